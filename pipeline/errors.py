@@ -1,0 +1,33 @@
+"""User-facing errors: one line that names the file, column or value and says what to do.
+
+The CLI prints ``str(error)`` and exits with ``error.exit_code``; a traceback appears only
+with ``--debug``. Library callers catch ``PipelineError``.
+"""
+
+
+class PipelineError(Exception):
+    """Base class for errors caused by input, configuration or the environment, not by a bug."""
+
+    exit_code = 1
+
+
+class UsageError(PipelineError):
+    """An unknown name or a bad flag value (exit code 2, like click's own usage errors)."""
+
+    exit_code = 2
+
+
+class DownloadError(PipelineError):
+    """A dataset could not be fetched and verified from any mirror or its canonical URL."""
+
+
+class DataError(PipelineError):
+    """An input file (CSV, IDX, archive, checkpoint) is malformed or inconsistent."""
+
+
+class TrainingError(PipelineError):
+    """Training failed, e.g. the loss became non-finite."""
+
+
+class LockedError(PipelineError):
+    """Another pipeline process holds the workspace lock."""

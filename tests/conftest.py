@@ -1,0 +1,29 @@
+"""Shared fixtures. ``shared_datasets`` is the local mirror ``../shared/datasets``: tests that need
+it skip where it is absent, and fail instead under ``CI=true`` (CI always has it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = Path(os.environ.get("PIPELINE_TEST_MIRROR", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    if not (SHARED_DATASETS / "kaggle_house_pred_train.csv").exists():
+        message = f"the dataset mirror {SHARED_DATASETS} is absent"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true requires it)")
+        pytest.skip(message)
+    return SHARED_DATASETS
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch):
+    """No test reads the developer's own workspace or mirror settings."""
+    monkeypatch.delenv("PIPELINE_HOME", raising=False)
+    monkeypatch.delenv("PIPELINE_MIRROR", raising=False)
