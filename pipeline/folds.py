@@ -1,0 +1,175 @@
+"""Folds and sweeps: K-fold cross-validation of one config or a grid, each group trained at once.
+
+The splitters are scikit-learn's (KFold, StratifiedKFold). Configs that can share a stacked
+model (same :meth:`TrainParams.group_key`) train together with all K folds as one model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from pipeline.errors import UsageError
+from pipeline.tabular import Features
+from pipeline.trainer import FitResult, TrainParams, fit, predict_raw, to_predictions
+
+SPLITS = ("contiguous", "shuffled")
+
+
+def fold_rows(labels: torch.Tensor, folds: int, split: str, seed: int,
+              stratify: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(train rows, valid rows) per fold. ``contiguous`` is d2l's split: fold i is the i-th block."""
+    if split not in SPLITS:
+        raise UsageError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
+    n = len(labels)
+    if not 2 <= folds <= n:
+        raise UsageError(f"--folds {folds}: need between 2 and {n} (the number of training rows)")
+    shuffle = split == "shuffled"
+    splitter_cls = StratifiedKFold if stratify else KFold
+    splitter = splitter_cls(n_splits=folds, shuffle=shuffle, random_state=seed if shuffle else None)
+    y = labels.cpu().numpy() if stratify else np.zeros(n)
+    return [(torch.from_numpy(tr), torch.from_numpy(va)) for tr, va in splitter.split(np.zeros(n), y)]
+
+
+@dataclass
+class ConfigScore:
+    """One config's cross-validation: per-fold final metrics and per-epoch curves."""
+
+    params: TrainParams
+    train: list[float]
+    valid: list[float]
+    failed_epoch: list[int]  # per fold; 0 when the fold trained to the end
+    train_curves: list[list[float]]  # per fold, per epoch (empty without curves)
+    valid_curves: list[list[float]]
+
+    @property
+    def failed(self) -> bool:
+        return any(self.failed_epoch)
+
+    @property
+    def mean_valid(self) -> float:
+        return float(np.mean(self.valid)) if not self.failed else float("nan")
+
+    @property
+    def std_valid(self) -> float:
+        return float(np.std(self.valid)) if not self.failed else float("nan")
+
+
+@dataclass
+class CVResult:
+    scores: list[ConfigScore]
+    metric: str
+    folds: int
+    split: str
+    seed: int
+    seconds: float
+    device: str
+
+    def ranked(self) -> list[ConfigScore]:
+        """Best first; failed configs last. Accuracy is maximised, errors minimised."""
+        sign = -1 if self.metric == "accuracy" else 1
+        return sorted(self.scores, key=lambda s: (s.failed, sign * s.mean_valid if not s.failed else 0))
+
+
+def cross_validate(features: Features, configs: list[TrainParams], *, folds: int = 5,
+                   split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
+                   curves: bool = True, on_epoch: Callable[[int, int], None] | None = None) -> CVResult:
+    """K-fold CV of every config; configs sharing a group key train as one stacked model."""
+    started = time.perf_counter()
+    spec = features.spec
+    classification = spec.task == "classification"
+    _check_log_target(features, configs)
+    splits = fold_rows(features.y, folds, split, seed, stratify=classification)
+    X, y = features.X.to(device), features.y.to(device)
+    train_rows = [tr.to(device) for tr, _ in splits]
+    valid_rows = [va.to(device) for _, va in splits]
+    by_key: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        by_key.setdefault(config.group_key(), []).append(i)
+    scores: list[ConfigScore | None] = [None] * len(configs)
+    for indices in by_key.values():
+        result = fit(X, y, train_rows, [configs[i] for i in indices], metric=spec.metric,
+                     valid_rows=valid_rows, n_out=max(1, len(features.classes)), seed=seed,
+                     curves=curves, on_epoch=on_epoch)
+        for column, i in enumerate(indices):
+            scores[i] = _score(result, column)
+    return CVResult(scores, spec.metric, folds, split, seed, time.perf_counter() - started, str(device))
+
+
+def _score(result: FitResult, column: int) -> ConfigScore:
+    curves = result.valid_curve is not None and len(result.train_curve) > 1
+    return ConfigScore(
+        params=result.configs[column],
+        train=[float(v) for v in result.final_train[:, column]],
+        valid=[float(v) for v in result.final_valid[:, column]],
+        failed_epoch=[int(e) for e in result.failed_epoch[:, column]],
+        train_curves=result.train_curve[:, :, column].T.tolist() if curves else [],
+        valid_curves=result.valid_curve[:, :, column].T.tolist() if curves else [],
+    )
+
+
+def _check_log_target(features: Features, configs: list[TrainParams]) -> None:
+    if any(c.log_target for c in configs) and (
+            features.spec.task != "regression" or bool((features.y <= 0).any())):
+        raise UsageError("--log-target needs a regression target with positive labels")
+
+
+def parse_grid(items: list[str] | tuple[str, ...]) -> dict[str, list]:
+    """``["lr=0.01,0.03", "hidden=256,128x64"]`` -> ``{"lr": [0.01, 0.03], "hidden": [(256,), (128, 64)]}``.
+
+    Values are typed by the param's default in :class:`TrainParams`.
+    """
+    defaults = TrainParams()
+    grid: dict[str, list] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        key = name.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise UsageError(f"--grid {item!r}: write NAME=V1,V2,… (e.g. lr=0.01,0.03)")
+        if not hasattr(defaults, key):
+            raise UsageError(f"--grid {item!r}: unknown param {name!r} "
+                             f"(sweepable: {', '.join(sorted(defaults.to_dict()))})")
+        grid[key] = [_typed(key, getattr(defaults, key), v.strip(), item) for v in values.split(",")]
+    return grid
+
+
+def _typed(key: str, default, text: str, item: str):
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, tuple):
+            return tuple(int(w) for w in text.split("x"))
+        return type(default)(text)
+    except ValueError:
+        raise UsageError(f"--grid {item!r}: {text!r} is not a valid {key}") from None
+
+
+def expand_grid(base: TrainParams, grid: dict[str, list]) -> list[TrainParams]:
+    """Every combination of the grid's values over ``base``, in the grid's order."""
+    names = list(grid)
+    return [base.with_(**dict(zip(names, values))) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def fit_final(features: Features, params: TrainParams, *, seed: int = 0,
+              device: torch.device = torch.device("cpu"),
+              on_epoch: Callable[[int, int], None] | None = None) -> FitResult:
+    """Train one model on every training row (no validation), for the submission."""
+    _check_log_target(features, [params])
+    X, y = features.X.to(device), features.y.to(device)
+    rows = torch.arange(len(X), device=device)
+    return fit(X, y, [rows], [params], metric=features.spec.metric, n_out=max(1, len(features.classes)),
+               seed=seed, curves=False, on_epoch=on_epoch)
+
+
+def predict(result_model, params: TrainParams, X: torch.Tensor, task: str) -> np.ndarray:
+    """Predictions of a single trained model: prices, or class probabilities."""
+    raw = predict_raw(result_model, X.to(result_model.device))
+    return to_predictions(raw, [params], task)[0, :, 0].cpu().numpy()
