@@ -7,7 +7,9 @@ that a bad CSV ends in a one-line :class:`DataError` instead of a traceback deep
 
 from __future__ import annotations
 
+import csv
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,12 +104,25 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty: expected a header row and data rows")
     try:
-        frame = pd.read_csv(path, encoding="utf-8", low_memory=False)
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
-            "re-save it as UTF-8"
-        ) from None
+        with warnings.catch_warnings():
+            # index_col=False: without it, a first data row with one field more than the header
+            # silently turns the first column into the index and shifts every column left.
+            # pandas then warns (ParserWarning) that it dropped the extra field; that is an error.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, encoding="utf-8", low_memory=False, index_col=False)
+    except UnicodeDecodeError:
+        # pandas decodes in chunks, so its exception's offset is within a chunk: find the real one.
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+            where = "somewhere"
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            where = f"byte {data[exc.start]:#04x} at offset {exc.start}, line {line}"
+        raise DataError(f"{path} is not UTF-8 text ({where}); re-save it as UTF-8") from None
+    except pd.errors.ParserWarning:
+        raise DataError(f"{path}: line {_long_line(path)} has more fields than the header; "
+                        "quote values that contain commas") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} has no columns: expected a header row") from None
     except pd.errors.ParserError as exc:
@@ -115,6 +130,17 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"{path} has a header but no data rows")
     return frame
+
+
+def _long_line(path: Path) -> int | str:
+    """The first line (1-based, as an editor counts) with more fields than the header."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        width = len(next(reader, []))
+        for row in reader:
+            if len(row) > width:
+                return reader.line_num
+    return "?"
 
 
 def _check_ids(frame: pd.DataFrame, spec: TableSpec, path: Path) -> None:
@@ -125,7 +151,7 @@ def _check_ids(frame: pd.DataFrame, spec: TableSpec, path: Path) -> None:
         raise DataError(f"{path}: id column {spec.id!r} is empty at line {_line(ids.isna())}")
     duplicated = ids.duplicated(keep=False)
     if duplicated.any():
-        raise DataError(f"{path}: duplicate {spec.id} {ids[duplicated].iloc[0]!r} at lines "
+        raise DataError(f"{path}: duplicate {spec.id} {_plain(ids[duplicated].iloc[0])!r} at lines "
                         f"{', '.join(str(i + 2) for i in np.flatnonzero(duplicated)[:3])}")
 
 
@@ -141,7 +167,7 @@ def _check_labels(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.Series
     numeric = pd.to_numeric(labels, errors="coerce")
     if numeric.isna().any():
         bad = numeric.isna()
-        raise DataError(f"{path}: label {spec.label!r} holds non-numeric {labels[bad].iloc[0]!r} "
+        raise DataError(f"{path}: label {spec.label!r} holds non-numeric {_plain(labels[bad].iloc[0])!r} "
                         f"at line {_line(bad)}")
     values = numeric.to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
@@ -165,11 +191,13 @@ def load_tables(train_path: str | Path, test_path: str | Path, spec: TableSpec) 
     _check_ids(train, spec, train_path)
     _check_ids(test, spec, test_path)
     labels = _check_labels(train, spec, train_path)
-    train_features = train.drop(columns=[spec.id, spec.label])
-    test_features = test.drop(columns=[spec.id, spec.label], errors="ignore")
+    train_features = _infinite_as_missing(train.drop(columns=[spec.id, spec.label]), train_path)
+    test_features = _infinite_as_missing(test.drop(columns=[spec.id, spec.label], errors="ignore"), test_path)
 
     # Documented handling: a feature present on one side only cannot be used for prediction,
     # and a column with no values carries no information; both are dropped with a warning.
+    # A column with values in the test file only is dropped too: the model cannot learn a weight
+    # for it, so its test values would only add noise (and fit_on="train" could not scale it).
     only_train = [c for c in train_features.columns if c not in test_features.columns]
     only_test = [c for c in test_features.columns if c not in train_features.columns]
     if only_train:
@@ -177,13 +205,34 @@ def load_tables(train_path: str | Path, test_path: str | Path, spec: TableSpec) 
     if only_test:
         log.warning("%s: dropping %s (absent from %s)", test_path.name, _preview(only_test), train_path.name)
     common = [c for c in train_features.columns if c in test_features.columns]
-    empty = [c for c in common if train_features[c].isna().all() and test_features[c].isna().all()]
+    empty = [c for c in common if train_features[c].isna().all()]
     if empty:
-        log.warning("dropping %s: no values in either file", _preview(empty))
+        log.warning("dropping %s: no values in %s", _preview(empty), train_path.name)
     keep = [c for c in common if c not in empty]
     if not keep:
         raise DataError(f"{train_path} and {test_path} share no feature column with values")
     return Tables(train_features[keep], test_features[keep], labels, test[spec.id], spec, train_path, test_path)
+
+
+def _infinite_as_missing(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Infinite feature values become missing (NaN), with a warning that names the columns.
+
+    Chosen over an error: the test CSV is the competition's and cannot be fixed, and an infinite
+    feature is most often a ratio with a zero denominator, i.e. an unknown value; missing values
+    are then imputed with the column's mean like any other NaN (d2l's handling).
+    """
+    numeric = [c for c in frame.columns
+               if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
+    infinite = {c: int(np.isinf(frame[c].to_numpy(dtype=np.float64)).sum()) for c in numeric}
+    infinite = {c: n for c, n in infinite.items() if n}
+    if not infinite:
+        return frame
+    log.warning("%s: treating %d infinite value(s) in %s as missing", path.name, sum(infinite.values()),
+                _preview(infinite))
+    frame = frame.copy()
+    for c in infinite:
+        frame[c] = frame[c].astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    return frame
 
 
 class _OneHotWithMissing(OneHotEncoder):
@@ -237,10 +286,35 @@ def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> F
     fit_frame = pd.concat([train, test]) if params.fit_on == "all" else train
     logged = skewed_columns(fit_frame, numeric, params.log_skewed)
     if logged:
-        train, test, fit_frame = (f.assign(**{c: np.log1p(f[c]) for c in logged}) for f in (train, test, fit_frame))
-    transformer = make_transformer(numeric, categorical).fit(fit_frame)
-    X = transformer.transform(train).astype(np.float32)
-    X_test = transformer.transform(test).astype(np.float32)
+        # float64 first: log1p of a bool column would otherwise be float16.
+        train, test, fit_frame = (f.assign(**{c: np.log1p(f[c].astype(np.float64)) for c in logged})
+                                  for f in (train, test, fit_frame))
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+        # Overflow is reported below, per column (the imputer would drop the scaler's NaN column).
+        warnings.filterwarnings("ignore", message="Skipping features without any observed values")
+        transformer = make_transformer(numeric, categorical).fit(fit_frame)
+    if numeric:  # a sum or a sum of squares beyond float64
+        scaler = transformer.named_transformers_["numeric"][0]
+        overflow = np.flatnonzero(~(np.isfinite(scaler.mean_) & np.isfinite(scaler.var_)))
+        if len(overflow):
+            column = numeric[int(overflow[0])]
+            path = tables.test_path if test[column].abs().max() > train[column].abs().max() else tables.train_path
+            raise DataError(f"{path}: column {column!r} has values too large to standardize; "
+                            "rescale it (e.g. take its log)")
+    try:
+        names = list(transformer.get_feature_names_out())
+    except ValueError as exc:  # e.g. a numeric column "Color_red" beside a category Color == "red"
+        raise DataError(f"{tables.train_path}: two features get the same name "
+                        f"({str(exc).split(' are not unique')[0].removeprefix('Output feature names: ')}); "
+                        "rename the column") from None
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = transformer.transform(train).astype(np.float32)
+        X_test = transformer.transform(test).astype(np.float32)
+    for values, path in ((X, tables.train_path), (X_test, tables.test_path)):
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=0))
+        if len(bad):  # with fit_on="train", a test value far outside the training range
+            raise DataError(f"{path}: column {names[int(bad[0])]!r} has values too large "
+                            "to standardize into float32; rescale it (e.g. take its log)")
     classes: list = []
     if tables.spec.task == "classification":
         codes, uniques = pd.factorize(tables.labels, sort=True)
@@ -252,8 +326,13 @@ def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> F
         X=torch.from_numpy(np.ascontiguousarray(X)), y=y,
         X_test=torch.from_numpy(np.ascontiguousarray(X_test)),
         test_ids=[i.item() if hasattr(i, "item") else i for i in tables.test_ids],
-        names=list(transformer.get_feature_names_out()), spec=tables.spec, classes=classes,
+        names=names, spec=tables.spec, classes=classes,
     )
+
+
+def _plain(value):
+    """A numpy scalar as the Python value, so messages read 3 rather than np.int64(3)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _line(mask) -> int:

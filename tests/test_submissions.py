@@ -1,0 +1,142 @@
+"""Submission checks: every way a Kaggle CSV can be wrong is refused, and a refused one is never written."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from pipeline.errors import DataError
+from pipeline.submissions import check_submission, write_submission
+
+IDS = [1461, 1462, 1463, 1464]
+REGRESSION = dict(id_column="Id", label_column="SalePrice", expected_ids=IDS, positive=True)
+CLASSES = ["cat", "dog", "emu"]
+CLASSIFICATION = dict(id_column="Id", label_column="Label", expected_ids=IDS, classes=CLASSES)
+
+
+def prices(ids=IDS, values=(120000.0, 135000.5, 99000.0, 250000.25), columns=("Id", "SalePrice")) -> pd.DataFrame:
+    return pd.DataFrame({columns[0]: list(ids), columns[1]: list(values)})
+
+
+def refused(frame: pd.DataFrame, checks: dict, *needles: str) -> str:
+    """Assert ``check_submission`` raises a one-line DataError holding every needle; return the message."""
+    with pytest.raises(DataError) as caught:
+        check_submission(frame, **checks)
+    message = str(caught.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
+def test_a_correct_submission_passes():
+    check_submission(prices(), **REGRESSION)
+    check_submission(pd.DataFrame({"Id": IDS, "Label": ["dog", "cat", "emu", "dog"]}), **CLASSIFICATION)
+
+
+@pytest.mark.parametrize("columns", [
+    ("id", "SalePrice"),           # wrong case
+    ("Id", "Price"),               # wrong label name
+    ("SalePrice", "Id"),           # swapped
+])
+def test_header_must_match_exactly(columns):
+    frame = pd.DataFrame({columns[0]: IDS, columns[1]: [1.0] * 4})
+    refused(frame, REGRESSION, "header", ",".join(columns), "Id,SalePrice")
+
+
+def test_extra_column_is_refused():
+    frame = prices().assign(Extra=0)
+    refused(frame, REGRESSION, "Id,SalePrice,Extra", "expected exactly Id,SalePrice")
+
+
+@pytest.mark.parametrize("rows", [3, 5])
+def test_wrong_row_count(rows):
+    ids = list(range(1461, 1461 + rows))
+    refused(prices(ids, [1.0] * rows), REGRESSION, f"{rows} rows", "4")
+
+
+def test_duplicate_ids():
+    refused(prices([1461, 1462, 1462, 1464]), REGRESSION, "repeats Id 1462")
+
+
+def test_ids_out_of_order():
+    refused(prices([1462, 1461, 1463, 1464]), REGRESSION, "differ", "order")
+
+
+def test_ids_of_another_test_set():
+    refused(prices([1, 2, 3, 4]), REGRESSION, "differ")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_predictions(bad):
+    refused(prices(values=[1.0, bad, 2.0, bad]), REGRESSION, "2 predictions are not finite", "Id 1462",
+            "nothing was written")
+
+
+def test_non_numeric_prediction_is_not_finite():
+    frame = pd.DataFrame({"Id": IDS, "SalePrice": ["1.5", "oops", "2", "3"]}, dtype=object)
+    refused(frame, REGRESSION, "not finite", "Id 1462")
+
+
+@pytest.mark.parametrize("bad", [0.0, -5.0])
+def test_non_positive_prediction_under_positive(bad):
+    refused(prices(values=[1.0, 2.0, bad, 3.0]), REGRESSION, "Id 1463", "not positive")
+
+
+def test_non_positive_prediction_is_fine_without_positive():
+    check_submission(prices(values=[1.0, 0.0, -3.0, 2.0]), **{**REGRESSION, "positive": False})
+
+
+def test_unknown_class_label():
+    frame = pd.DataFrame({"Id": IDS, "Label": ["dog", "cat", "wolf", "dog"]})
+    refused(frame, CLASSIFICATION, "'wolf'", "not a known class")
+
+
+def test_unknown_integer_class_reads_as_a_plain_number():
+    frame = pd.DataFrame({"Id": IDS, "Label": [0, 1, 10, 2]})
+    message = refused(frame, {**CLASSIFICATION, "classes": list(range(10))}, "Label 10 ")
+    assert "np." not in message
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@pytest.mark.parametrize("frame, checks", [
+    (prices(columns=("Id", "Price")), REGRESSION),
+    (prices(IDS[:3], [1.0, 2.0, 3.0]), REGRESSION),
+    (prices([1461, 1461, 1463, 1464]), REGRESSION),
+    (prices(IDS[::-1]), REGRESSION),
+    (prices(values=[1.0, math.nan, 2.0, 3.0]), REGRESSION),
+    (prices(values=[1.0, math.inf, 2.0, 3.0]), REGRESSION),
+    (prices(values=[1.0, -1.0, 2.0, 3.0]), REGRESSION),
+    (pd.DataFrame({"Id": IDS, "Label": ["dog", "cat", "wolf", "dog"]}), CLASSIFICATION),
+], ids=["header", "rows", "duplicate", "order", "nan", "inf", "negative", "class"])
+def test_failing_check_writes_nothing(tmp_path, frame, checks):
+    fresh = tmp_path / "fresh" / "submission.csv"
+    with pytest.raises(DataError):
+        write_submission(fresh, frame, **checks)
+    assert not fresh.exists()
+
+    existing = tmp_path / "existing.csv"
+    existing.write_bytes(b"Id,SalePrice\n1461,1.0\n")
+    with pytest.raises(DataError):
+        write_submission(existing, frame, **checks)
+    assert existing.read_bytes() == b"Id,SalePrice\n1461,1.0\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.csv"], "no temporary file is left behind"
+
+
+def test_success_writes_exactly_header_and_rows(tmp_path):
+    path = tmp_path / "submissions" / "house.csv"
+    assert write_submission(path, prices(), **REGRESSION) == path
+    assert path.read_text().splitlines() == [
+        "Id,SalePrice", "1461,120000.0", "1462,135000.5", "1463,99000.0", "1464,250000.25"]
+    assert [p.name for p in path.parent.iterdir()] == ["house.csv"]
+
+
+def test_success_replaces_an_old_submission(tmp_path):
+    path = tmp_path / "house.csv"
+    path.write_text("stale\n")
+    write_submission(path, pd.DataFrame({"Id": IDS, "Label": ["emu", "cat", "dog", "dog"]}), **CLASSIFICATION)
+    assert path.read_text().splitlines() == ["Id,Label", "1461,emu", "1462,cat", "1463,dog", "1464,dog"]
