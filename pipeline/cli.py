@@ -118,9 +118,10 @@ def _announce(stage: str, what: str) -> None:
     click.echo(f"{stage}: {what}", err=True)
 
 
-def _make(state: State, ctx: stages.Context, until: str, *, always: bool = True, force: bool = False) -> dict:
+def _make(state: State, ctx: stages.Context, until: str, **options) -> dict:
+    options.setdefault("always", True)
     with state.workspace.exclusive(state.wait):
-        return stages.make(ctx, until, always=always, force=force, report=_announce)
+        return stages.make(ctx, until, report=_announce, **options)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -262,7 +263,7 @@ def run(state: State, target, until, force, device):
     """Run the stages in order, skipping those whose inputs, params and code are unchanged."""
     ctx = _context(state, target, {}, device)
     last = until or stages.stages_of(ctx.target)[-1].name
-    _make(state, ctx, last, always=False, force=force)
+    _make(state, ctx, last, always=False, force=force, in_order=True)
 
 
 @cli.command()

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -237,16 +238,23 @@ def _toml(tables: dict) -> str:
     return "\n".join(lines)
 
 
+def _load_checkpoint(path: Path):
+    """``torch.load(weights_only=True)``, quiet: torch warns on foreign pickles before refusing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_model(path: Path, device: torch.device) -> tuple[StackedRegressor, dict]:
     """A saved tabular model; a tampered or foreign file is refused with a one-line error."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_checkpoint(path)
     except FileNotFoundError:
         raise DataError(f"{path} is missing; run `pipeline train` first") from None
     except Exception as exc:  # pickle errors, truncated zip, non-tensor objects: all mean "not ours"
         raise DataError(f"{path} is not a pipeline checkpoint ({type(exc).__name__}); "
                         "delete it and run `pipeline train` again") from None
-    if not isinstance(state, dict) or state.get("format") != "pipeline.stacked/1":
+    if not isinstance(state, dict) or state.get("format") != StackedRegressor.FORMAT:
         raise DataError(f"{path} is not a pipeline tabular checkpoint; delete it and run `pipeline train` again")
     try:
         return StackedRegressor.from_state(state, device), state
@@ -350,7 +358,7 @@ def _image_train(ctx: Context) -> tuple[list[Path], dict]:
 
 def load_classifier(path: Path, device: torch.device):
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_checkpoint(path)
     except FileNotFoundError:
         raise DataError(f"{path} is missing; run `pipeline train fashion --model {path.stem.split('-')[-1]}`") from None
     except Exception as exc:
@@ -520,12 +528,24 @@ def status(ctx: Context, until: str | None = None) -> list[dict]:
 
 
 def _upto(target, until: str | None) -> tuple[Stage, ...]:
+    """Every stage in declared order, through ``until``."""
     stages = stages_of(target)
     if until is None:
         return stages
     names = [s.name for s in stages]
     get_stage(target, until)
     return stages[: names.index(until) + 1]
+
+
+def _needed(target, name: str) -> tuple[Stage, ...]:
+    """``name`` and the stages it depends on (transitively), in declared order."""
+    wanted, todo = set(), [name]
+    while todo:
+        stage = get_stage(target, todo.pop())
+        if stage.name not in wanted:
+            wanted.add(stage.name)
+            todo.extend(stage.after)
+    return tuple(s for s in stages_of(target) if s.name in wanted)
 
 
 def execute(stage: Stage, ctx: Context) -> dict:
@@ -544,14 +564,15 @@ def execute(stage: Stage, ctx: Context) -> dict:
     return summary
 
 
-def make(ctx: Context, until: str, *, force: bool = False, always: bool = False,
+def make(ctx: Context, until: str, *, force: bool = False, always: bool = False, in_order: bool = False,
          report: Callable[[str, str], None] = lambda stage, what: None) -> dict:
-    """Bring every stage up to ``until`` up to date; ``always`` reruns ``until`` itself.
+    """Bring ``until`` and what it depends on up to date; ``always`` reruns ``until`` itself.
 
-    Returns the last stage's summary (or its recorded summary when it was skipped).
+    ``in_order`` takes every stage declared before ``until`` instead (``pipeline run``).
+    Returns the last stage's summary (empty when it was up to date and skipped).
     """
     summary: dict = {}
-    for stage in _upto(ctx.target, until):
+    for stage in (_upto if in_order else _needed)(ctx.target, until):
         # Upstream stages already ran (or were fresh), so their recorded outputs tell the truth.
         state, reason = check(stage, ctx, read_lock(ctx.workspace), set())
         last = stage.name == until
