@@ -6,7 +6,6 @@ appears only with ``--debug``.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -57,13 +56,14 @@ TRAINING_OPTIONS = [
     click.option("--seed", type=int),
     click.option("--fit-on", type=click.Choice(["all", "train"]), help="Fit preprocessing on train+test or train."),
     click.option("--log-skewed", type=float, help="log1p numeric columns with |skew| above this (0: off)."),
+    click.option("--clip-quantile", type=float, help="Clip numeric columns to their [q, 1-q] quantiles (0: off)."),
     click.option("--augment/--no-augment", default=None, help="Images: random crop and flip."),
     click.option("--valid-fraction", type=float, help="Images: held-out share when --folds < 2."),
     click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda"),
 ]
 PARAM_FLAGS = ("model", "hidden", "activation", "dropout", "epochs", "lr", "weight_decay", "batch_size",
                "log_target", "optimizer", "schedule", "folds", "split", "seed", "fit_on", "log_skewed",
-               "augment", "valid_fraction")
+               "clip_quantile", "augment", "valid_fraction")
 
 
 def training_options(func):
@@ -168,6 +168,7 @@ def hub_status(state: State):
 @click.argument("target")
 @click.option("--fit-on", type=click.Choice(["all", "train"]))
 @click.option("--log-skewed", type=float)
+@click.option("--clip-quantile", type=float)
 @click.pass_obj
 def preprocess(state: State, target, **flags):
     """Turn the CSVs (or IDX files) into cached tensors under data/."""

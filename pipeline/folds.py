@@ -158,18 +158,95 @@ def expand_grid(base: TrainParams, grid: dict[str, list]) -> list[TrainParams]:
     return [base.with_(**dict(zip(names, values))) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def fit_final(features: Features, params: TrainParams, *, seed: int = 0,
+# ----------------------------------------------------------------------------- ensembles
+
+def recipe_members(base: TrainParams, ensemble: list[dict]) -> list[TrainParams]:
+    """The models of a recipe: ``base`` alone, or one per ``ensemble`` table of overrides."""
+    if not ensemble:
+        return [base]
+    members = []
+    for table in ensemble:
+        if not isinstance(table, dict):
+            raise UsageError(f"ensemble member {table!r} must be a table of params, e.g. {{model = \"mlp\"}}")
+        members.append(TrainParams.from_dict({**base.to_dict(), **table}))
+    return members
+
+
+def blend_space(predictions: torch.Tensor, metric: str) -> torch.Tensor:
+    """Where members are averaged: log prices for log-RMSE (a geometric mean), else as predicted."""
+    return predictions.clamp_min(1).log() if metric == "log_rmse" else predictions
+
+
+def _score_blend(blend: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, metric: str) -> float:
+    if metric == "accuracy":
+        return float((blend[rows].argmax(-1) == y[rows]).float().mean())
+    target = y[rows].log() if metric == "log_rmse" else y[rows]
+    return float((blend[rows] - target).square().mean().sqrt())
+
+
+@dataclass
+class RecipeScore:
+    """A recipe's CV: the blend's per-fold metrics and each member's own score."""
+
+    score: ConfigScore
+    members: list[ConfigScore]
+
+
+def cross_validate_recipe(features: Features, members: list[TrainParams], *, seeds: int = 1, folds: int = 5,
+                          split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
+                          on_epoch: Callable[[int, int], None] | None = None) -> tuple[RecipeScore, float]:
+    """K-fold CV of the average of ``members`` (each trained ``seeds`` times, all folds at once).
+
+    Every member and seed is fit inside the folds, so the blend's fold scores are honest.
+    A single member with one seed is plain :func:`cross_validate`.
+    """
+    started = time.perf_counter()
+    spec = features.spec
+    _check_log_target(features, members)
+    splits = fold_rows(features.y, folds, split, seed, stratify=spec.task == "classification")
+    X, y = features.X.to(device), features.y.to(device)
+    train_rows = [tr.to(device) for tr, _ in splits]
+    valid_rows = [va.to(device) for _, va in splits]
+    blend, member_scores = 0.0, []
+    for member in members:
+        result = fit(X, y, train_rows, [member] * seeds, metric=spec.metric, valid_rows=valid_rows,
+                     n_out=max(1, len(features.classes)), seed=seed, on_epoch=on_epoch)
+        member_scores.append(_score(result, 0))
+        predictions = to_predictions(predict_raw(result.model, X), result.configs, spec.task)
+        blend = blend + blend_space(predictions, spec.metric).mean(2) / len(members)  # (folds, rows[, classes])
+    train = [_score_blend(blend[g], y, tr, spec.metric) for g, tr in enumerate(train_rows)]
+    valid = [_score_blend(blend[g], y, va, spec.metric) for g, va in enumerate(valid_rows)]
+    failed = [max(int(m.failed_epoch[g]) for m in member_scores) for g in range(folds)]
+    score = ConfigScore(members[0], train, valid, failed,
+                        *_mean_curves(member_scores) if len(members) > 1 or seeds > 1 else
+                        (member_scores[0].train_curves, member_scores[0].valid_curves))
+    return RecipeScore(score, member_scores), time.perf_counter() - started
+
+
+def _mean_curves(scores: list[ConfigScore]) -> tuple[list, list]:
+    """Each member's fold-mean curves (one line per member in the plot)."""
+    return ([np.mean(s.train_curves, axis=0).tolist() for s in scores],
+            [np.mean(s.valid_curves, axis=0).tolist() for s in scores])
+
+
+def fit_final(features: Features, members: list[TrainParams], *, seeds: int = 1, seed: int = 0,
               device: torch.device = torch.device("cpu"),
-              on_epoch: Callable[[int, int], None] | None = None) -> FitResult:
-    """Train one model on every training row (no validation), for the submission."""
-    _check_log_target(features, [params])
+              on_epoch: Callable[[int, int], None] | None = None) -> list[FitResult]:
+    """Train every member (``seeds`` copies each) on every training row, for the submission."""
+    _check_log_target(features, members)
     X, y = features.X.to(device), features.y.to(device)
     rows = torch.arange(len(X), device=device)
-    return fit(X, y, [rows], [params], metric=features.spec.metric, n_out=max(1, len(features.classes)),
-               seed=seed, curves=False, on_epoch=on_epoch)
+    return [fit(X, y, [rows], [member] * seeds, metric=features.spec.metric,
+                n_out=max(1, len(features.classes)), seed=seed, curves=False, on_epoch=on_epoch)
+            for member in members]
 
 
-def predict(result_model, params: TrainParams, X: torch.Tensor, task: str) -> np.ndarray:
-    """Predictions of a single trained model: prices, or class probabilities."""
-    raw = predict_raw(result_model, X.to(result_model.device))
-    return to_predictions(raw, [params], task)[0, :, 0].cpu().numpy()
+def predict_blend(models: list[tuple], X: torch.Tensor, task: str, metric: str) -> np.ndarray:
+    """The recipe's predictions on ``X`` from ``(StackedRegressor, configs)`` pairs: prices, or
+    class probabilities, averaged over members and seeds in :func:`blend_space`."""
+    blend = 0.0
+    for model, configs in models:
+        predictions = to_predictions(predict_raw(model, X.to(model.device)), configs, task)[0]
+        blend = blend + blend_space(predictions, metric).mean(1) / len(models)
+    out = blend.exp() if metric == "log_rmse" else blend
+    return out.cpu().numpy()

@@ -26,8 +26,9 @@ import torch
 
 from pipeline import classifiers, hub, plots, reports
 from pipeline.devices import resolve_device
-from pipeline.errors import DataError, TrainingError, UsageError
-from pipeline.folds import cross_validate, expand_grid, fit_final, fold_rows, predict
+from pipeline.errors import DataError, PipelineError, TrainingError, UsageError
+from pipeline.folds import (cross_validate, cross_validate_recipe, expand_grid, fit_final, fold_rows,
+                            predict_blend, recipe_members)
 from pipeline.images import CACHE_NAME, CLASS_NAMES, load_fashion
 from pipeline.models import StackedRegressor
 from pipeline.submissions import write_submission
@@ -38,9 +39,11 @@ from pipeline.workspace import Workspace, atomic_path, write_json, write_text
 
 log = logging.getLogger(__name__)
 
-FEATURE_KEYS = ("fit_on", "log_skewed")
+FEATURE_KEYS = ("fit_on", "log_skewed", "clip_quantile")
 TRAIN_KEYS = tuple(TrainParams.__dataclass_fields__)
+RECIPE_KEYS = TRAIN_KEYS + ("ensemble", "seeds")
 CV_KEYS = ("folds", "split", "seed")
+CHECKPOINT_FORMAT = "pipeline.recipe/1"
 
 
 @dataclass
@@ -134,29 +137,40 @@ def train_params(params: dict) -> TrainParams:
     return TrainParams.from_dict({k: params[k] for k in TRAIN_KEYS})
 
 
+def members(params: dict) -> list[TrainParams]:
+    """The recipe's models: the base params alone, or one per ``ensemble`` table."""
+    return recipe_members(train_params(params), params.get("ensemble") or [])
+
+
 def _cv(ctx: Context) -> tuple[list[Path], dict]:
     features = load_features(ctx)
     device = resolve_device(ctx.device)
-    config = train_params(ctx.params)
-    result = cross_validate(features, [config], folds=ctx.params["folds"], split=ctx.params["split"],
-                            seed=ctx.params["seed"], device=device,
-                            on_epoch=ctx.progress(f"cv {ctx.target.name}"))
-    score = result.scores[0]
+    recipe = members(ctx.params)
+    folds, split = ctx.params["folds"], ctx.params["split"]
+    result, seconds = cross_validate_recipe(
+        features, recipe, seeds=int(ctx.params["seeds"]), folds=folds, split=split, seed=ctx.params["seed"],
+        device=device, on_epoch=ctx.progress(f"cv {ctx.target.name}"))
+    score = result.score
+    labels = ([f"fold {i + 1}" for i in range(folds)] if len(score.train_curves) == folds
+              else [f"{m.model} {i + 1} (fold mean)" for i, m in enumerate(recipe)])
     run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "cv")
     plot = plots.learning_curves_png(
-        [{"label": f"fold {i + 1}", "train": tr, "valid": va}
-         for i, (tr, va) in enumerate(zip(score.train_curves, score.valid_curves))],
+        [{"label": label, "train": tr, "valid": va}
+         for label, tr, va in zip(labels, score.train_curves, score.valid_curves)],
         run_dir / "curves.png", ylabel=features.spec.metric, log_scale=features.spec.metric != "accuracy",
-        title=f"{ctx.target.name}: {config.model}, {result.folds}-fold {result.split}")
+        title=f"{ctx.target.name}: {' + '.join(m.model for m in recipe)}, {folds}-fold {split}")
     report = {
-        "run": run_dir.name, "target": ctx.target.name, "kind": "cv", "metric": result.metric,
+        "run": run_dir.name, "target": ctx.target.name, "kind": "cv", "metric": features.spec.metric,
         "params": _public_params(ctx), "folds": [
             {"train": tr, "valid": va, "failed_epoch": fe}
             for tr, va, fe in zip(score.train, score.valid, score.failed_epoch)],
         "mean_valid": score.mean_valid, "std_valid": score.std_valid,
-        "seconds": result.seconds, "device": result.device, "created": reports.now(),
+        "seconds": seconds, "device": str(device), "created": reports.now(),
         "plots": [plot.name],
     }
+    if len(result.members) > 1:
+        report["members"] = [{"model": m.params.model, "mean_valid": m.mean_valid, "std_valid": m.std_valid}
+                             for m in result.members]
     if score.failed:
         bad = [f"fold {i + 1} at epoch {e}" for i, e in enumerate(score.failed_epoch) if e]
         log.warning("training diverged (non-finite loss): %s; lower --lr", ", ".join(bad))
@@ -167,19 +181,21 @@ def _cv(ctx: Context) -> tuple[list[Path], dict]:
 def _train(ctx: Context) -> tuple[list[Path], dict]:
     features = load_features(ctx)
     device = resolve_device(ctx.device)
-    config = train_params(ctx.params)
-    result = fit_final(features, config, seed=ctx.params["seed"], device=device,
-                       on_epoch=ctx.progress(f"train {ctx.target.name}"))
-    if result.failed_epoch[0, 0]:
-        raise TrainingError(f"training diverged (non-finite loss) at epoch {result.failed_epoch[0, 0]}; "
-                            f"no model was saved; lower --lr (now {config.lr})")
+    recipe = members(ctx.params)
+    results = fit_final(features, recipe, seeds=int(ctx.params["seeds"]), seed=ctx.params["seed"],
+                        device=device, on_epoch=ctx.progress(f"train {ctx.target.name}"))
+    for member, result in zip(recipe, results):
+        if result.failed_epoch.any():
+            raise TrainingError(f"training {member.model} diverged (non-finite loss) at epoch "
+                                f"{result.failed_epoch.max()}; no model was saved; lower --lr (now {member.lr})")
     path = _model_path(ctx)
-    state = result.model.state({"params": config.to_dict(), "target": ctx.target.name,
-                                "features": features.names, "metric": features.spec.metric})
+    state = {"format": CHECKPOINT_FORMAT, "target": ctx.target.name, "params": _public_params(ctx),
+             "features": features.names, "metric": features.spec.metric,
+             "members": [r.model.state({"configs": [c.to_dict() for c in r.configs]}) for r in results]}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    return [path], {"model": ctx.rel(path), "train": float(result.final_train[0, 0]),
-                    "seconds": result.seconds, "device": str(device)}
+    return [path], {"model": ctx.rel(path), "train": float(np.mean([r.final_train.mean() for r in results])),
+                    "seconds": sum(r.seconds for r in results), "device": str(device)}
 
 
 def run_sweep(ctx: Context, grid: dict[str, list], save: bool = True) -> dict:
@@ -245,7 +261,7 @@ def _load_checkpoint(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_model(path: Path, device: torch.device) -> tuple[StackedRegressor, dict]:
+def load_model(path: Path, device: torch.device) -> tuple[list[tuple], dict]:
     """A saved tabular model; a tampered or foreign file is refused with a one-line error."""
     try:
         state = _load_checkpoint(path)
@@ -254,23 +270,24 @@ def load_model(path: Path, device: torch.device) -> tuple[StackedRegressor, dict
     except Exception as exc:  # pickle errors, truncated zip, non-tensor objects: all mean "not ours"
         raise DataError(f"{path} is not a pipeline checkpoint ({type(exc).__name__}); "
                         "delete it and run `pipeline train` again") from None
-    if not isinstance(state, dict) or state.get("format") != StackedRegressor.FORMAT:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path} is not a pipeline tabular checkpoint; delete it and run `pipeline train` again")
     try:
-        return StackedRegressor.from_state(state, device), state
-    except (KeyError, TypeError, ValueError) as exc:
+        models = [(StackedRegressor.from_state(m, device), [TrainParams.from_dict(c) for c in m["configs"]])
+                  for m in state["members"]]
+        return models, state
+    except (KeyError, TypeError, ValueError, PipelineError) as exc:
         raise DataError(f"{path} is damaged ({exc}); delete it and run `pipeline train` again") from None
 
 
 def _submit(ctx: Context) -> tuple[list[Path], dict]:
     features = load_features(ctx)
     device = resolve_device(ctx.device)
-    model, state = load_model(_model_path(ctx), device)
+    models, state = load_model(_model_path(ctx), device)
     if state["features"] != features.names:
         raise DataError(f"{_model_path(ctx)} was trained on other features; run `pipeline train {ctx.target.name}`")
-    params = TrainParams.from_dict(state["params"])
     spec = features.spec
-    predictions = predict(model, params, features.X_test, spec.task)
+    predictions = predict_blend(models, features.X_test, spec.task, spec.metric)
     labels = ([features.classes[i] for i in predictions.argmax(1)] if spec.task == "classification"
               else predictions)
     frame = pd.DataFrame({spec.id: features.test_ids, spec.label: labels})
@@ -346,7 +363,7 @@ def _image_train(ctx: Context) -> tuple[list[Path], dict]:
         run_dir / "curves.png", ylabel="cross-entropy", title=f"{ctx.target.name}: {name}")
     report = {"run": run_dir.name, "target": ctx.target.name, "kind": "train", "metric": "accuracy",
               "params": _public_params(ctx), "history": histories,
-              "folds": [{"valid": s} for s in scores],
+              "folds": [{"train": h[-1]["train_accuracy"], "valid": s} for h, s in zip(histories, scores)],
               "seconds": time.perf_counter() - started, "device": str(device), "created": reports.now(),
               "plots": [plot.name]}
     if scores:
@@ -416,9 +433,9 @@ def _public_params(ctx: Context) -> dict:
 TABULAR_STAGES = (
     Stage("download", (), (), ("pipeline.hub",), _download),
     Stage("preprocess", ("download",), FEATURE_KEYS, ("pipeline.tabular",), _preprocess),
-    Stage("cv", ("preprocess",), TRAIN_KEYS + CV_KEYS,
+    Stage("cv", ("preprocess",), RECIPE_KEYS + CV_KEYS,
           ("pipeline.folds", "pipeline.trainer", "pipeline.models"), _cv),
-    Stage("train", ("preprocess",), TRAIN_KEYS + ("seed",),
+    Stage("train", ("preprocess",), RECIPE_KEYS + ("seed",),
           ("pipeline.folds", "pipeline.trainer", "pipeline.models"), _train),
     Stage("submit", ("preprocess", "train"), (), ("pipeline.submissions",), _submit),
 )

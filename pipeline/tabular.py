@@ -47,14 +47,19 @@ class FeatureParams:
     ``fit_on``: ``all`` fits the scaler and categories on train+test features (d2l's way; it
     uses no labels), ``train`` on the training rows only. ``log_skewed``: apply log1p to
     non-negative numeric columns whose absolute skewness exceeds this (0 turns it off).
+    ``clip_quantile``: clip each numeric column to its [q, 1-q] quantiles first (winsorizing),
+    so a few extreme rows cannot make a linear model extrapolate wildly (0 turns it off).
     """
 
     fit_on: str = "all"
     log_skewed: float = 0.0
+    clip_quantile: float = 0.0
 
     def __post_init__(self):
         if self.fit_on not in ("all", "train"):
             raise DataError(f"fit_on={self.fit_on!r} is not one of all, train")
+        if not 0 <= self.clip_quantile < 0.5:
+            raise DataError(f"clip_quantile={self.clip_quantile} must be in [0, 0.5)")
 
 
 @dataclass
@@ -284,6 +289,11 @@ def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> F
                and pd.api.types.is_numeric_dtype(test[c])]
     categorical = [c for c in train.columns if c not in numeric]
     fit_frame = pd.concat([train, test]) if params.fit_on == "all" else train
+    if params.clip_quantile and numeric:
+        values = fit_frame[numeric].astype(np.float64)
+        low, high = values.quantile(params.clip_quantile), values.quantile(1 - params.clip_quantile)
+        train, test, fit_frame = (f.assign(**{c: f[c].astype(np.float64).clip(low[c], high[c]) for c in numeric})
+                                  for f in (train, test, fit_frame))
     logged = skewed_columns(fit_frame, numeric, params.log_skewed)
     if logged:
         # float64 first: log1p of a bool column would otherwise be float16.

@@ -35,6 +35,9 @@ else:  # pragma: no cover - Python 3.10
 D2L_HOUSE = {"model": "linear", "lr": 5.0, "weight_decay": 0.0, "batch_size": 64, "epochs": 100,
              "log_target": False, "split": "contiguous", "log_skewed": 0.0}
 CV_DEFAULTS = {"folds": 5, "split": "contiguous", "seed": 0}
+# An ensemble is a list of tables, each overriding the base params for one member; every member
+# is trained `seeds` times (different initialisations) and the predictions are averaged.
+RECIPE_DEFAULTS = {"ensemble": [], "seeds": 1}
 
 
 def tabular_defaults(**overrides) -> dict:
@@ -43,6 +46,7 @@ def tabular_defaults(**overrides) -> dict:
     params.update({f.name: f.default for f in fields(TrainParams)})
     params["hidden"] = list(params["hidden"])
     params.update(CV_DEFAULTS)
+    params.update(RECIPE_DEFAULTS)
     params.update(overrides)
     return params
 

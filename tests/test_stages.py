@@ -4,7 +4,6 @@ each kind of change, SIGKILL midway, lock contention, reports and plots."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

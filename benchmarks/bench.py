@@ -1,0 +1,153 @@
+"""Side-by-side benchmarks against the seeds' recipes in ../shared/anchors (run by `make bench`).
+
+Runs each anchor script and the pipeline on the same data and settings in one session, then
+prints time ratios and both sides' quality numbers next to the targets of issue 6. Absolute
+times drift on these shared machines; the ratios are what to quote.
+
+    python benchmarks/bench.py [--shared ../shared] [--device auto|cpu|cuda] [--skip-fashion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline import classifiers
+from pipeline.devices import resolve_device
+from pipeline.folds import cross_validate, expand_grid
+from pipeline.images import load_fashion
+from pipeline.tabular import TableSpec, build_features, load_tables
+from pipeline.trainer import TrainParams
+
+D2L = TrainParams(model="linear", epochs=100, lr=5.0, weight_decay=0.0, batch_size=64, log_target=False)
+GRID = {"lr": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0], "weight_decay": [0, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0]}
+
+
+def anchor(script: Path, *args: str) -> tuple[str, float]:
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True).stdout
+    return out, time.perf_counter() - started
+
+
+def number(text: str, key: str) -> float:
+    return float(re.findall(rf"{key}=([0-9.]+)", text)[-1])
+
+
+def peak_rss_mb(command: list[str], cwd: Path) -> tuple[float, float]:
+    """Peak resident memory (MB) and wall seconds of a child process."""
+    started = time.perf_counter()
+    code = os.wait4(subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL).pid, 0)
+    if os.waitstatus_to_exitcode(code[1]) != 0:
+        raise SystemExit(f"{' '.join(command)} failed")
+    return code[2].ru_maxrss / 1024, time.perf_counter() - started
+
+
+def row(name, ours, theirs, ratio, target, ok):
+    print(f"{name:<44} {ours:>14} {theirs:>14} {ratio:>9} {target:>12}  {'PASS' if ok else 'FAIL'}", flush=True)
+
+
+def bench_house(shared: Path, device: torch.device) -> list[bool]:
+    data = shared / "datasets"
+    train_csv, test_csv = data / "kaggle_house_pred_train.csv", data / "kaggle_house_pred_test.csv"
+    features = build_features(load_tables(train_csv, test_csv, TableSpec("Id", "SalePrice")))
+    cross_validate(features, [D2L.with_(epochs=2)], device=device)  # warm-up: first-call costs
+    with tempfile.TemporaryDirectory() as tmp:
+        text, _ = anchor(shared / "anchors" / "d2l_house_reference.py", str(train_csv), str(test_csv),
+                         f"{tmp}/a.csv", "--device", device.type)
+    anchor_s, anchor_valid = number(text, "kfold_seconds"), number(text, "kfold_valid_logrmse")
+    ours = cross_validate(features, [D2L], folds=5, split="contiguous", device=device)
+    valid = ours.scores[0].mean_valid
+    ratio = anchor_s / ours.seconds
+    results = [ratio >= 30]
+    row("house d2l 5-fold CV (s)", f"{ours.seconds:.3f}", f"{anchor_s:.2f}", f"{ratio:.1f}x", ">= 30x", results[-1])
+    results.append(abs(valid - anchor_valid) <= 0.01)
+    row("house d2l mean valid log-RMSE", f"{valid:.4f}", f"{anchor_valid:.4f}", f"{valid - anchor_valid:+.4f}",
+        "|d| <= 0.01", results[-1])
+    configs = expand_grid(D2L, GRID)
+    sweep = cross_validate(features, configs, folds=5, split="contiguous", device=device, curves=False)
+    results.append(sweep.seconds < anchor_s)
+    row(f"house sweep {len(configs)} configs x 5 folds (s)", f"{sweep.seconds:.2f}", f"{anchor_s:.2f}",
+        f"{anchor_s / sweep.seconds:.1f}x", "< anchor", results[-1])
+    best = sweep.ranked()[0]
+    print(f"  best of sweep: lr {best.params.lr}, weight decay {best.params.weight_decay}: "
+          f"{best.mean_valid:.4f}", flush=True)
+    return results
+
+
+def bench_fashion(shared: Path, device: torch.device) -> list[bool]:
+    raw = shared / "datasets" / "fashion-mnist"
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "fashion-mnist").mkdir()
+        for f in raw.iterdir():
+            os.symlink(f, Path(tmp) / "fashion-mnist" / f.name)
+        data = load_fashion(tmp)
+    x, y = data.train_images, data.train_labels.long()
+    xt, yt = data.test_images, data.test_labels.long()
+    settings = {"epochs": 10, "batch_size": 256, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0,
+                "schedule": "none", "augment": False}
+    classifiers.fit_classifier("softmax", {**settings, "epochs": 1}, x[:5000], y[:5000], device=device)
+    started = time.perf_counter()
+    model, _ = classifiers.fit_classifier("softmax", settings, x, y, xt, yt, device=device, progress=False)
+    ours_s = time.perf_counter() - started
+    ours_acc = classifiers.evaluate(model, xt, yt, device)["accuracy"]
+    text, _ = anchor(shared / "anchors" / "d2l_fashion_reference.py", str(raw), "--model", "softmax",
+                     "--epochs", "10")
+    anchor_s, anchor_acc = number(text, "seconds"), number(text, "test_acc")
+    ratio = anchor_s / ours_s
+    results = [ratio >= 25, abs(ours_acc - anchor_acc) <= 0.01]
+    row("fashion softmax 10 epochs (s)", f"{ours_s:.2f}", f"{anchor_s:.2f}", f"{ratio:.1f}x", ">= 25x", results[0])
+    row("fashion softmax test accuracy", f"{ours_acc:.4f}", f"{anchor_acc:.4f}", f"{ours_acc - anchor_acc:+.4f}",
+        "|d| <= 0.01", results[1])
+    if device.type == "cuda":
+        started = time.perf_counter()
+        model, history = classifiers.fit_classifier("cnn", None, x, y, xt, yt, device=device, progress=False)
+        reached = next((h for h in history if h["valid_accuracy"] >= 0.92), None)
+        print(f"  cnn on {device}: {time.perf_counter() - started:.1f} s for {len(history)} epochs; "
+              f"0.92 test accuracy {'at ' + format(reached['seconds'], '.1f') + ' s' if reached else 'not reached'}")
+    return results
+
+
+def bench_memory(shared: Path) -> list[bool]:
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp)
+        base = [sys.executable, "-m", "pipeline", "--workdir", str(ws), "--mirror", str(shared / "datasets")]
+        subprocess.run(base + ["download", "all"], check=True, capture_output=True)
+        house_mb, _ = peak_rss_mb(base + ["cv", "house"], ws)
+        fashion_mb, _ = peak_rss_mb(base + ["train", "fashion", "--model", "mlp"], ws)
+    results = [house_mb < 1536, fashion_mb < 2048]
+    row("peak RSS `pipeline cv house` (MB)", f"{house_mb:.0f}", "", "", "< 1536", results[0])
+    row("peak RSS `pipeline train fashion --model mlp`", f"{fashion_mb:.0f}", "", "", "< 2048", results[1])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--skip-fashion", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    print(f"pipeline benchmarks on {device} ({os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads), {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"{'benchmark':<44} {'pipeline':>14} {'anchor':>14} {'ratio':>9} {'target':>12}")
+    results = bench_house(args.shared, device)
+    if not args.skip_fashion:
+        results += bench_fashion(args.shared, device)
+    if not args.skip_memory:
+        results += bench_memory(args.shared)
+    print(json.dumps({"passed": sum(results), "failed": len(results) - sum(results)}))
+    sys.exit(0 if all(results) else 1)
+
+
+if __name__ == "__main__":
+    main()
