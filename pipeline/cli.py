@@ -224,12 +224,13 @@ def train(state: State, target, device, as_json, **flags):
 
 @cli.command()
 @click.argument("target")
-@click.option("--model", help="Which trained model to evaluate (fashion: softmax|mlp|lenet|cnn).")
-@click.option("--device", default="auto", show_default=True)
+@training_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.pass_obj
 def evaluate(state: State, target, device, as_json, **flags):
-    """Test-set accuracy, per-class accuracy and confusion matrix (targets with test labels)."""
+    """Test-set accuracy, per-class accuracy and confusion matrix (targets with test labels).
+
+    Like every command, it first brings the model up to date with params.toml and the flags."""
     ctx = _context(state, target, flags, device)
     if ctx.target.kind != "image":
         raise UsageError(f"target {target} has no test labels to evaluate on; use `pipeline cv {target}`")
