@@ -129,12 +129,42 @@ def bench_memory(shared: Path) -> list[bool]:
     return results
 
 
+def synthetic_tables(rows: int, seed: int = 0):
+    """A regression competition of ``rows`` training rows: 20 numeric and 5 categorical columns."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.tabular import Tables
+
+    rng = np.random.default_rng(seed)
+    n = rows + rows // 4
+    frame = pd.DataFrame(rng.normal(size=(n, 20)), columns=[f"x{i}" for i in range(20)])
+    for j in range(5):
+        frame[f"c{j}"] = rng.choice(list("abcdefgh"), n)
+    label = np.exp(10 + frame.iloc[:, :20].to_numpy() @ rng.normal(0.05, 0.05, 20) + rng.normal(0, 0.1, n))
+    spec = TableSpec("id", "y")
+    return Tables(frame.iloc[:rows], frame.iloc[rows:], pd.Series(label[:rows]), pd.Series(range(rows, n)),
+                  spec, Path("synthetic-train.csv"), Path("synthetic-test.csv"))
+
+
+def bench_scaling(device: torch.device) -> None:
+    """CV time against rows (issue 7): it should grow about linearly."""
+    params = TrainParams(model="linear", epochs=10, lr=0.01, batch_size=256, log_target=True)
+    print(f"{'rows':>8} {'features':>9} {'5-fold CV s':>12} {'us/row':>8}", flush=True)
+    for rows in (10_000, 30_000, 100_000, 300_000):
+        features = build_features(synthetic_tables(rows))
+        result = cross_validate(features, [params], folds=5, split="shuffled", device=device)
+        print(f"{rows:>8} {features.X.shape[1]:>9} {result.seconds:>12.2f} {1e6 * result.seconds / rows:>8.1f}",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-fashion", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--scaling", action="store_true", help="Also time CV on 10k-300k synthetic rows.")
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(f"pipeline benchmarks on {device} ({os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -145,6 +175,8 @@ def main() -> None:
         results += bench_fashion(args.shared, device)
     if not args.skip_memory:
         results += bench_memory(args.shared)
+    if args.scaling:
+        bench_scaling(device)
     print(json.dumps({"passed": sum(results), "failed": len(results) - sum(results)}))
     sys.exit(0 if all(results) else 1)
 

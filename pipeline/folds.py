@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import Lasso, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from pipeline.errors import UsageError
@@ -160,15 +162,47 @@ def expand_grid(base: TrainParams, grid: dict[str, list]) -> list[TrainParams]:
 
 # ----------------------------------------------------------------------------- ensembles
 
-def recipe_members(base: TrainParams, ensemble: list[dict]) -> list[TrainParams]:
-    """The models of a recipe: ``base`` alone, or one per ``ensemble`` table of overrides."""
+SKLEARN_MODELS = {"lasso": Lasso, "ridge": Ridge, "gbm": HistGradientBoostingRegressor}
+
+
+@dataclass(frozen=True)
+class SklearnMember:
+    """A scikit-learn regressor as a recipe member, fit per fold like the others.
+
+    They add what Adam-trained torch models do not give: the exact L1 path of a Lasso, and
+    boosted trees, which do not extrapolate past the training range. ``options`` go to the
+    estimator as keyword arguments; training is on log(label) when ``log_target``.
+    """
+
+    model: str
+    options: tuple = ()
+    log_target: bool = True
+
+    def fit_predict(self, X: np.ndarray, y: np.ndarray, X_eval: np.ndarray) -> np.ndarray:
+        estimator = SKLEARN_MODELS[self.model](**dict(self.options))
+        try:
+            estimator.fit(X, np.log(y) if self.log_target else y)
+        except TypeError as exc:
+            raise UsageError(f"ensemble member {self.model}: {exc}") from None
+        out = estimator.predict(X_eval)
+        return np.exp(out) if self.log_target else out
+
+
+def recipe_members(base: TrainParams, ensemble: list[dict]) -> list:
+    """The models of a recipe: ``base`` alone, or one per ``ensemble`` table of overrides
+    (``{model = "lasso", alpha = 5e-4}`` makes a scikit-learn member)."""
     if not ensemble:
         return [base]
     members = []
     for table in ensemble:
         if not isinstance(table, dict):
             raise UsageError(f"ensemble member {table!r} must be a table of params, e.g. {{model = \"mlp\"}}")
-        members.append(TrainParams.from_dict({**base.to_dict(), **table}))
+        if table.get("model") in SKLEARN_MODELS:
+            options = {k: v for k, v in table.items() if k not in ("model", "log_target")}
+            members.append(SklearnMember(table["model"], tuple(sorted(options.items())),
+                                         table.get("log_target", True)))
+        else:
+            members.append(TrainParams.from_dict({**base.to_dict(), **table}))
     return members
 
 
@@ -209,6 +243,18 @@ def cross_validate_recipe(features: Features, members: list[TrainParams], *, see
     valid_rows = [va.to(device) for _, va in splits]
     blend, member_scores = 0.0, []
     for member in members:
+        if isinstance(member, SklearnMember):
+            _check_sklearn(features)
+            Xn, yn = features.X.numpy(), features.y.numpy()
+            predictions = torch.stack([torch.from_numpy(member.fit_predict(Xn[tr.cpu()], yn[tr.cpu()], Xn))
+                                       for tr in train_rows]).to(device, torch.float32)
+            member_blend = blend_space(predictions, spec.metric)  # (folds, rows)
+            member_scores.append(ConfigScore(
+                member, [_score_blend(member_blend[g], y, tr, spec.metric) for g, tr in enumerate(train_rows)],
+                [_score_blend(member_blend[g], y, va, spec.metric) for g, va in enumerate(valid_rows)],
+                [0] * folds, [], []))
+            blend = blend + member_blend / len(members)
+            continue
         result = fit(X, y, train_rows, [member] * seeds, metric=spec.metric, valid_rows=valid_rows,
                      n_out=max(1, len(features.classes)), seed=seed, on_epoch=on_epoch)
         member_scores.append(_score(result, 0))
@@ -223,30 +269,52 @@ def cross_validate_recipe(features: Features, members: list[TrainParams], *, see
     return RecipeScore(score, member_scores), time.perf_counter() - started
 
 
+def _check_sklearn(features: Features) -> None:
+    if features.spec.task != "regression":
+        raise UsageError("scikit-learn ensemble members (lasso, ridge, gbm) are for regression targets")
+
+
 def _mean_curves(scores: list[ConfigScore]) -> tuple[list, list]:
-    """Each member's fold-mean curves (one line per member in the plot)."""
-    return ([np.mean(s.train_curves, axis=0).tolist() for s in scores],
-            [np.mean(s.valid_curves, axis=0).tolist() for s in scores])
+    """Each torch member's fold-mean curves (one line per member in the plot)."""
+    curved = [s for s in scores if s.train_curves]
+    return ([np.mean(s.train_curves, axis=0).tolist() for s in curved],
+            [np.mean(s.valid_curves, axis=0).tolist() for s in curved])
 
 
-def fit_final(features: Features, members: list[TrainParams], *, seeds: int = 1, seed: int = 0,
+def fit_final(features: Features, members: list, *, seeds: int = 1, seed: int = 0,
               device: torch.device = torch.device("cpu"),
-              on_epoch: Callable[[int, int], None] | None = None) -> list[FitResult]:
-    """Train every member (``seeds`` copies each) on every training row, for the submission."""
+              on_epoch: Callable[[int, int], None] | None = None) -> list:
+    """Train every member (``seeds`` copies each) on every training row, for the submission.
+
+    A torch member gives its :class:`FitResult`; a scikit-learn member gives its test-set
+    predictions (trees are not tensors, and a checkpoint must load with weights_only=True).
+    """
     _check_log_target(features, members)
     X, y = features.X.to(device), features.y.to(device)
     rows = torch.arange(len(X), device=device)
-    return [fit(X, y, [rows], [member] * seeds, metric=features.spec.metric,
-                n_out=max(1, len(features.classes)), seed=seed, curves=False, on_epoch=on_epoch)
-            for member in members]
+    out = []
+    for member in members:
+        if isinstance(member, SklearnMember):
+            _check_sklearn(features)
+            prices = member.fit_predict(features.X.numpy(), features.y.numpy(), features.X_test.numpy())
+            out.append(torch.from_numpy(prices).float())
+        else:
+            out.append(fit(X, y, [rows], [member] * seeds, metric=features.spec.metric,
+                           n_out=max(1, len(features.classes)), seed=seed, curves=False, on_epoch=on_epoch))
+    return out
 
 
-def predict_blend(models: list[tuple], X: torch.Tensor, task: str, metric: str) -> np.ndarray:
-    """The recipe's predictions on ``X`` from ``(StackedRegressor, configs)`` pairs: prices, or
-    class probabilities, averaged over members and seeds in :func:`blend_space`."""
+def predict_blend(models: list, X_test: torch.Tensor, task: str, metric: str) -> np.ndarray:
+    """The recipe's test predictions: prices, or class probabilities, averaged over members and
+    seeds in :func:`blend_space`. ``models`` holds ``(StackedRegressor, configs)`` pairs and
+    scikit-learn members' saved test predictions."""
     blend = 0.0
-    for model, configs in models:
-        predictions = to_predictions(predict_raw(model, X.to(model.device)), configs, task)[0]
-        blend = blend + blend_space(predictions, metric).mean(1) / len(models)
+    for member in models:
+        if isinstance(member, torch.Tensor):
+            predictions = member.to(X_test.device).unsqueeze(1)
+        else:
+            model, configs = member
+            predictions = to_predictions(predict_raw(model, X_test.to(model.device)), configs, task)[0]
+        blend = blend + blend_space(predictions.to(X_test.device), metric).mean(1) / len(models)
     out = blend.exp() if metric == "log_rmse" else blend
     return out.cpu().numpy()

@@ -151,8 +151,8 @@ def _cv(ctx: Context) -> tuple[list[Path], dict]:
         features, recipe, seeds=int(ctx.params["seeds"]), folds=folds, split=split, seed=ctx.params["seed"],
         device=device, on_epoch=ctx.progress(f"cv {ctx.target.name}"))
     score = result.score
-    labels = ([f"fold {i + 1}" for i in range(folds)] if len(score.train_curves) == folds
-              else [f"{m.model} {i + 1} (fold mean)" for i, m in enumerate(recipe)])
+    labels = ([f"fold {i + 1}" for i in range(folds)] if len(recipe) == 1 and int(ctx.params["seeds"]) == 1
+              else [f"{m.model} {i + 1} (fold mean)" for i, m in enumerate(recipe) if isinstance(m, TrainParams)])
     run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "cv")
     plot = plots.learning_curves_png(
         [{"label": label, "train": tr, "valid": va}
@@ -169,8 +169,8 @@ def _cv(ctx: Context) -> tuple[list[Path], dict]:
         "plots": [plot.name],
     }
     if len(result.members) > 1:
-        report["members"] = [{"model": m.params.model, "mean_valid": m.mean_valid, "std_valid": m.std_valid}
-                             for m in result.members]
+        report["members"] = [{"model": m.params.model, "mean_valid": m.mean_valid, "std_valid": m.std_valid,
+                              "valid": m.valid} for m in result.members]
     if score.failed:
         bad = [f"fold {i + 1} at epoch {e}" for i, e in enumerate(score.failed_epoch) if e]
         log.warning("training diverged (non-finite loss): %s; lower --lr", ", ".join(bad))
@@ -184,18 +184,26 @@ def _train(ctx: Context) -> tuple[list[Path], dict]:
     recipe = members(ctx.params)
     results = fit_final(features, recipe, seeds=int(ctx.params["seeds"]), seed=ctx.params["seed"],
                         device=device, on_epoch=ctx.progress(f"train {ctx.target.name}"))
+    saved = []
     for member, result in zip(recipe, results):
+        if isinstance(result, torch.Tensor):  # a scikit-learn member: its test predictions
+            if not torch.isfinite(result).all():
+                raise TrainingError(f"ensemble member {member.model} predicted non-finite values; no model was saved")
+            saved.append({"test_predictions": result})
+            continue
         if result.failed_epoch.any():
             raise TrainingError(f"training {member.model} diverged (non-finite loss) at epoch "
                                 f"{result.failed_epoch.max()}; no model was saved; lower --lr (now {member.lr})")
+        saved.append(result.model.state({"configs": [c.to_dict() for c in result.configs]}))
     path = _model_path(ctx)
     state = {"format": CHECKPOINT_FORMAT, "target": ctx.target.name, "params": _public_params(ctx),
-             "features": features.names, "metric": features.spec.metric,
-             "members": [r.model.state({"configs": [c.to_dict() for c in r.configs]}) for r in results]}
+             "features": features.names, "metric": features.spec.metric, "members": saved}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    return [path], {"model": ctx.rel(path), "train": float(np.mean([r.final_train.mean() for r in results])),
-                    "seconds": sum(r.seconds for r in results), "device": str(device)}
+    fitted = [r for r in results if not isinstance(r, torch.Tensor)]
+    return [path], {"model": ctx.rel(path),
+                    "train": float(np.mean([r.final_train.mean() for r in fitted])) if fitted else float("nan"),
+                    "seconds": sum(r.seconds for r in fitted), "device": str(device)}
 
 
 def run_sweep(ctx: Context, grid: dict[str, list], save: bool = True) -> dict:
@@ -273,7 +281,8 @@ def load_model(path: Path, device: torch.device) -> tuple[list[tuple], dict]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path} is not a pipeline tabular checkpoint; delete it and run `pipeline train` again")
     try:
-        models = [(StackedRegressor.from_state(m, device), [TrainParams.from_dict(c) for c in m["configs"]])
+        models = [m["test_predictions"] if "test_predictions" in m else
+                  (StackedRegressor.from_state(m, device), [TrainParams.from_dict(c) for c in m["configs"]])
                   for m in state["members"]]
         return models, state
     except (KeyError, TypeError, ValueError, PipelineError) as exc:
