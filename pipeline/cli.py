@@ -40,7 +40,8 @@ def _hidden(value: str | None):
 
 
 TRAINING_OPTIONS = [
-    click.option("--model", help="house/declared: linear|mlp; fashion: softmax|mlp|lenet|cnn."),
+    click.option("--recipe", help="A preset: house has best (the default) and d2l (d2l 4.10)."),
+    click.option("--model", help="house/declared: linear|mlp (a single model); fashion: softmax|mlp|lenet|cnn."),
     click.option("--hidden", callback=lambda c, p, v: _hidden(v), help="Hidden widths, e.g. 256 or 128,64."),
     click.option("--activation", type=click.Choice(["relu", "gelu", "tanh", "silu", "elu"])),
     click.option("--dropout", type=float),
@@ -61,7 +62,7 @@ TRAINING_OPTIONS = [
     click.option("--valid-fraction", type=float, help="Images: held-out share when --folds < 2."),
     click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda"),
 ]
-PARAM_FLAGS = ("model", "hidden", "activation", "dropout", "epochs", "lr", "weight_decay", "batch_size",
+PARAM_FLAGS = ("recipe", "model", "hidden", "activation", "dropout", "epochs", "lr", "weight_decay", "batch_size",
                "log_target", "optimizer", "schedule", "folds", "split", "seed", "fit_on", "log_skewed",
                "clip_quantile", "augment", "valid_fraction")
 
@@ -82,7 +83,7 @@ def _flags_for(target, kwargs: dict) -> dict:
         allowed = {"model", "valid_fraction", "folds", "seed", "hidden", "dropout", "epochs", "lr",
                    "weight_decay", "batch_size", "optimizer", "schedule", "augment"}
     else:
-        allowed = set(target.defaults)
+        allowed = set(target.defaults) | ({"recipe"} if target.presets else set())
     for key in given:
         if key not in allowed:
             raise UsageError(f"--{key.replace('_', '-')} does not apply to target {target.name}")

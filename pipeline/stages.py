@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 FEATURE_KEYS = ("fit_on", "log_skewed", "clip_quantile")
 TRAIN_KEYS = tuple(TrainParams.__dataclass_fields__)
-RECIPE_KEYS = TRAIN_KEYS + ("ensemble", "seeds")
+RECIPE_KEYS = TRAIN_KEYS + ("ensemble", "seeds", "recipe")
 CV_KEYS = ("folds", "split", "seed")
 CHECKPOINT_FORMAT = "pipeline.recipe/1"
 
@@ -80,16 +80,22 @@ class Stage:
 
 
 def resolve_params(target, workspace: Workspace, flags: dict) -> dict:
-    """Target defaults, then ``params.toml``'s ``[target]`` table, then flags given (not None)."""
+    """Target defaults, a preset recipe, ``params.toml``'s ``[target]`` table, then flags."""
     params = dict(target.defaults)
     from_file = load_params_file(workspace, target.name)
+    given = {**from_file, **{k: v for k, v in flags.items() if v is not None}}
     if target.kind == "tabular":
-        unknown = sorted(set(from_file) - set(params))
+        unknown = sorted(set(from_file) - set(params) - {"recipe"})
         if unknown:
             raise UsageError(f"{workspace.params_file}: [{target.name}] has unknown param {unknown[0]!r} "
                              f"(known: {', '.join(sorted(params))})")
-    params.update(from_file)
-    params.update({k: v for k, v in flags.items() if v is not None})
+        recipe = given.get("recipe") or (None if "model" in given else target.default_preset)
+        if recipe and recipe not in target.presets:
+            raise UsageError(f"recipe {recipe!r} is not one of {', '.join(target.presets) or 'none'} "
+                             f"for target {target.name}")
+        params.update(target.presets.get(recipe, {}))
+        params["recipe"] = recipe or ""
+    params.update(given)
     return params
 
 
@@ -192,8 +198,8 @@ def _train(ctx: Context) -> tuple[list[Path], dict]:
             saved.append({"test_predictions": result})
             continue
         if result.failed_epoch.any():
-            raise TrainingError(f"training {member.model} diverged (non-finite loss) at epoch "
-                                f"{result.failed_epoch.max()}; no model was saved; lower --lr (now {member.lr})")
+            raise TrainingError(f"training diverged (non-finite loss) at epoch {result.failed_epoch.max()} "
+                                f"({member.model}); no model was saved; lower --lr (now {member.lr})")
         saved.append(result.model.state({"configs": [c.to_dict() for c in result.configs]}))
     path = _model_path(ctx)
     state = {"format": CHECKPOINT_FORMAT, "target": ctx.target.name, "params": _public_params(ctx),

@@ -32,12 +32,12 @@ from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.errors import DataError
-from pipeline.models import StackedRegressor
-from pipeline.stages import load_model, read_lock, sha1_file
+
+from pipeline.stages import CHECKPOINT_FORMAT, load_model, read_lock, sha1_file
 from pipeline.tabular import FeatureParams, TableSpec, build_features, load_tables
 from pipeline.workspace import Workspace, write_json
 
-FORMAT = StackedRegressor.FORMAT  # the "format" key of a tabular checkpoint
+FORMAT = CHECKPOINT_FORMAT  # the "format" key of a tabular checkpoint
 SPEC = TableSpec(id="Id", label="Price", task="regression", metric="log_rmse")
 TOML = """\
 [target.toy]
