@@ -1,0 +1,258 @@
+"""Image classifiers for Fashion-MNIST and the loop that trains them on one device-resident tensor.
+
+Every model takes raw uint8 images (B, 28, 28) (or floats in [0, 1]) and does its own scaling,
+so a saved model needs no separate preprocessing recipe. The loop never syncs with the device
+inside an epoch: metrics accumulate in device tensors and are read once per epoch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.devices import make_generator, resolve_device
+from pipeline.errors import TrainingError, UsageError
+from pipeline.images import CLASS_NAMES, augment
+
+NUM_CLASSES = len(CLASS_NAMES)
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics (of x / 255)
+
+
+class Pixels(nn.Module):
+    """uint8 (B, H, W) or float (B, 1, H, W) images -> standardised float (B, 1, H, W)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return (x - MEAN) / STD
+
+
+def _softmax() -> nn.Module:
+    """d2l 3.6: softmax regression, one linear layer on the flattened pixels."""
+    return nn.Sequential(Pixels(), nn.Flatten(), nn.Linear(784, NUM_CLASSES))
+
+
+def _mlp(hidden: int = 256, dropout: float = 0.0) -> nn.Module:
+    """d2l 4.2/4.3 (4.6 with ``dropout``): one hidden ReLU layer."""
+    return nn.Sequential(
+        Pixels(), nn.Flatten(),
+        nn.Linear(784, hidden), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(hidden, NUM_CLASSES),
+    )
+
+
+def _lenet() -> nn.Module:
+    """d2l 7.6 LeNet-5, with ReLU and max-pooling instead of sigmoid and average-pooling."""
+    return nn.Sequential(
+        Pixels(),
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, NUM_CLASSES),
+    )
+
+
+def _cnn(channels: tuple[int, ...] | list[int] = (32, 64, 128)) -> nn.Module:
+    """A small modern convnet: conv-BN-ReLU blocks, max-pooling between them, global-average head."""
+    layers: list[nn.Module] = [Pixels()]
+    width = 1
+    for i, out in enumerate(channels):
+        if i:
+            layers.append(nn.MaxPool2d(2))
+        # no conv bias: BatchNorm's shift replaces it
+        layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
+        width = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, NUM_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+MODELS = {"softmax": _softmax, "mlp": _mlp, "lenet": _lenet, "cnn": _cnn}
+CONVNETS = frozenset({"lenet", "cnn"})  # get channels_last memory and, on CUDA, bf16 autocast
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "cosine", "onecycle")
+_SHOWN = ("train_loss", "train_accuracy", "valid_accuracy")  # in the progress bar
+
+_TRAINING = {
+    "epochs": 10, "batch_size": 128, "optimizer": "adamw", "lr": 2e-3, "momentum": 0.9,
+    "weight_decay": 0.05, "schedule": "onecycle", "augment": False, "crop_pad": 2,
+    "label_smoothing": 0.0, "amp": True, "compile": False,
+}
+# Training keys plus each model's own keyword arguments, measured on the full data: AdamW with a
+# one-cycle schedule reaches the target test accuracies (softmax 0.84, mlp 0.88, lenet 0.89,
+# cnn 0.92) in 10 epochs, where constant-rate Adam or SGD fell short. For the cnn, flips help but
+# crops (crop_pad 1 or 2) cost accuracy within 10 epochs, and label smoothing helps a little.
+DEFAULTS: dict[str, dict] = {
+    "softmax": {**_TRAINING, "lr": 5e-3, "weight_decay": 0.1},
+    "mlp": {**_TRAINING, "hidden": 256, "dropout": 0.0},
+    "lenet": {**_TRAINING, "lr": 3e-3},
+    "cnn": {**_TRAINING, "channels": [16, 32, 64, 128], "batch_size": 256, "lr": 4e-3,
+            "augment": True, "crop_pad": 0, "label_smoothing": 0.1},
+}
+
+
+def build_classifier(name: str, **params) -> nn.Module:
+    """A fresh model by name; ``params`` are the model's own keyword arguments (e.g. ``hidden``)."""
+    if name not in MODELS:
+        raise UsageError(f"unknown classifier {name!r}; choose one of {', '.join(MODELS)}")
+    factory = MODELS[name]
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        valid = sorted(set(accepted) | set(_TRAINING))
+        raise UsageError(
+            f"classifier {name!r} has no parameter {', '.join(unknown)}; valid: {', '.join(valid)}"
+        )
+    return factory(**params)
+
+
+def fit_classifier(
+    model_name: str,
+    params: dict | None,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    valid_x: torch.Tensor | None = None,
+    valid_y: torch.Tensor | None = None,
+    *,
+    device: torch.device | str = "auto",
+    seed: int = 0,
+    progress: bool | None = None,
+) -> tuple[nn.Module, list[dict]]:
+    """Train ``model_name`` with ``DEFAULTS[model_name]`` updated by ``params``.
+
+    ``train_x`` is uint8 (N, 28, 28), ``train_y`` class indices; pass any index subset for folds.
+    Returns the model (eval mode, on ``device``) and one history dict per epoch. The same seed on
+    the same device gives the same model. ``progress``: None shows a bar only on a terminal.
+    """
+    if model_name not in DEFAULTS:
+        raise UsageError(f"unknown classifier {model_name!r}; choose one of {', '.join(MODELS)}")
+    p = {**DEFAULTS[model_name], **(params or {})}
+    for key, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        if p[key] not in choices:
+            raise UsageError(f"{key} {p[key]!r} is not one of {', '.join(choices)}")
+    device = resolve_device(device) if isinstance(device, str) else device
+    n, bs, epochs = len(train_x), int(p["batch_size"]), int(p["epochs"])
+    if n < 2:
+        raise UsageError(f"fit_classifier needs at least 2 training images, got {n}")
+    seen = n - 1 if n % bs == 1 else n  # BatchNorm cannot train on a final batch of one sample
+    steps = math.ceil(seen / bs)
+
+    x, y = train_x.to(device), train_y.to(device, torch.long)
+    valid = None if valid_x is None else (valid_x.to(device), valid_y.to(device, torch.long))
+    conv = model_name in CONVNETS
+    generator = make_generator(seed, device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # weight init and dropout, without disturbing the caller's RNG
+        arch = {k: v for k, v in p.items() if k not in _TRAINING}
+        model = build_classifier(model_name, **arch).to(device)
+        if conv:
+            model = model.to(memory_format=torch.channels_last)  # faster convs on CPU (oneDNN) and GPU
+        forward = torch.compile(model) if p["compile"] else model
+        optimizer = _optimizer(model, p)
+        schedule = _schedule(optimizer, p, epochs * steps)
+        use_amp = bool(p["amp"]) and conv and device.type == "cuda"
+        autocast = torch.autocast(device.type, torch.bfloat16, enabled=use_amp)
+
+        history = []
+        hide = None if progress is None else not progress  # tqdm: None = hide unless on a terminal
+        bar = tqdm(range(1, epochs + 1), desc=model_name, unit="epoch", disable=hide)
+        for epoch in bar:
+            start = time.perf_counter()
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            order = torch.randperm(n, device=device, generator=generator)
+            for first in range(0, seen, bs):
+                idx = order[first: first + bs]
+                xb, yb = x[idx], y[idx]
+                if p["augment"]:
+                    xb = augment(xb, generator, pad=int(p["crop_pad"]))
+                with autocast:
+                    logits = forward(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=float(p["label_smoothing"]))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                loss_sum += loss.detach() * len(idx)
+                correct += (logits.argmax(1) == yb).sum()
+            stats = [loss_sum / seen, correct / seen]
+            if valid is not None:
+                stats += _scores(model, *valid)
+            stats = torch.stack([s.float() for s in stats]).tolist()  # the epoch's one device sync
+            if not math.isfinite(stats[0]):
+                raise TrainingError(
+                    f"{model_name}: training loss became non-finite ({stats[0]}) in epoch {epoch}; "
+                    f"lower lr (now {p['lr']})"
+                )
+            row = {"epoch": epoch, "train_loss": stats[0], "train_accuracy": stats[1],
+                   "valid_loss": stats[2] if valid else None, "valid_accuracy": stats[3] if valid else None,
+                   "seconds": time.perf_counter() - start}
+            history.append(row)
+            bar.set_postfix({k: round(row[k], 4) for k in _SHOWN if row[k] is not None})
+    return model.eval(), history
+
+
+def _optimizer(model: nn.Module, p: dict) -> torch.optim.Optimizer:
+    lr, decay = float(p["lr"]), float(p["weight_decay"])
+    if p["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(p["momentum"]), weight_decay=decay)
+    cls = torch.optim.Adam if p["optimizer"] == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=lr, weight_decay=decay)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, p: dict, total_steps: int):
+    """Per-step LR schedule; ``onecycle`` warms up then anneals, which lets few epochs go far."""
+    if p["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if p["schedule"] == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(p["lr"]), total_steps=total_steps)
+    return None
+
+
+def predict(
+    model: nn.Module, x: torch.Tensor, device: torch.device | str = "auto", batch_size: int = 4096
+) -> torch.Tensor:
+    """Float32 logits (N, 10) on ``device`` for images ``x``; ``.softmax(1)`` gives probabilities."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    was_training = model.training
+    model.eval()
+    x = x.to(device)
+    with torch.inference_mode():
+        logits = torch.cat([model(x[i: i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return logits
+
+
+def _scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """Mean loss and accuracy as device tensors (no sync)."""
+    logits = predict(model, x, x.device)
+    return [F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()]
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | str = "auto") -> dict:
+    """Accuracy, mean cross-entropy, per-class accuracy (recall; None for an absent class) and the
+    confusion matrix (rows = true class, columns = predicted) of ``model`` on images ``x``."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    y = y.to(device, torch.long)
+    logits = predict(model, x, device)
+    confusion = torch.bincount(y * NUM_CLASSES + logits.argmax(1), minlength=NUM_CLASSES**2)
+    confusion = confusion.reshape(NUM_CLASSES, NUM_CLASSES).tolist()
+    hits = [row[i] for i, row in enumerate(confusion)]
+    counts = [sum(row) for row in confusion]
+    return {
+        "accuracy": sum(hits) / len(y),
+        "loss": F.cross_entropy(logits, y).item(),
+        "per_class": [h / c if c else None for h, c in zip(hits, counts)],
+        "confusion": confusion,
+    }
