@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
 
@@ -20,12 +21,11 @@ import torch.nn.functional as F
 
 from pipeline.devices import make_generator
 from pipeline.errors import UsageError
-from pipeline.models import Architecture, StackedRegressor
+from pipeline.models import ACTIVATION_BUDGET, Architecture, StackedRegressor
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 BETAS, EPS = (0.9, 0.999), 1e-8
-EVAL_CHUNK = 1 << 22  # rows x hidden units evaluated at once, to bound memory in wide sweeps
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,9 @@ class FitResult:
     metric: str
     train_curve: np.ndarray
     valid_curve: np.ndarray | None
-    failed_epoch: np.ndarray  # (groups, configs): first epoch (1-based) with a non-finite loss, 0 if none
+    # (groups, configs): first epoch (1-based) with a non-finite loss, 0 if none: one whose squared
+    # training errors (float32) summed over the epoch overflow, or whose logits are not finite
+    failed_epoch: np.ndarray
     seconds: float
 
     @property
@@ -105,10 +107,6 @@ class FitResult:
     @property
     def final_valid(self) -> np.ndarray | None:
         return None if self.valid_curve is None else self.valid_curve[-1]
-
-
-def _loss_target(y: torch.Tensor, params: TrainParams) -> torch.Tensor:
-    return torch.log(y) if params.log_target else y
 
 
 def _metric_errors(out: torch.Tensor, y: torch.Tensor, metric: str, log_target: bool) -> torch.Tensor:
@@ -133,12 +131,14 @@ def _finish_metric(sums: torch.Tensor, counts: torch.Tensor, metric: str) -> tor
     return mean if metric == "accuracy" else mean.sqrt()
 
 
+
 def predict_raw(model: StackedRegressor, X: torch.Tensor) -> torch.Tensor:
-    """Raw outputs (G, N, C, n_out) for all rows, in chunks that bound memory."""
+    """Raw outputs (G, N, C, n_out) for all rows of ``X``, in chunks that bound memory. ``X`` is
+    (N, d), or (N, d + 1) with a last column of ones (the first layer's bias then rides in its product)."""
     width = max(model.sizes[1:]) * model.configs * model.groups
-    step = max(1, EVAL_CHUNK // width)
-    with torch.no_grad():
-        return torch.cat([model.forward(X[i:i + step].unsqueeze(0)) for i in range(0, len(X), step)], dim=1)
+    step = max(1, ACTIVATION_BUDGET // width)
+    chunks = [model.forward(X[i:i + step].unsqueeze(0)) for i in range(0, len(X), step)]
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
 def to_predictions(raw: torch.Tensor, configs: list[TrainParams], task: str) -> torch.Tensor:
@@ -150,6 +150,107 @@ def to_predictions(raw: torch.Tensor, configs: list[TrainParams], task: str) -> 
     return torch.where(logged, out.exp(), out)
 
 
+class BatchPlan:
+    """Which rows each optimizer step trains on.
+
+    Every epoch, each group visits its rows once in a fresh random order, in ``steps`` batches of
+    ``batch_size`` rows; steps follow the smallest group and the last batch takes every row
+    left, so all groups step together (K-fold sizes differ by at most one row). Smaller groups
+    are padded, after their own rows, with copies of their first row: padding only ever falls
+    in the last batch, where :meth:`weights` gives it weight zero.
+    """
+
+    def __init__(self, train_rows: list[torch.Tensor], batch_size: int, device: torch.device):
+        self.rows = [rows.to(device) for rows in train_rows]
+        self.counts = [len(rows) for rows in train_rows]
+        G, n_max = len(train_rows), max(self.counts)
+        self.steps = max(1, math.ceil(min(self.counts) / batch_size))
+        self.bounds = [(s * batch_size, (s + 1) * batch_size if s < self.steps - 1 else n_max)
+                       for s in range(self.steps)]
+        self._order = torch.stack([rows[:1].expand(n_max) for rows in self.rows])  # the padding stays put
+        # An epoch's rows laid out step after step, so that each step's index is one contiguous slice.
+        flat = torch.arange(G * n_max, device=device).view(G, n_max)
+        self._layout = torch.cat([flat[:, a:b].reshape(-1) for a, b in self.bounds])
+        self._flat = torch.empty_like(self._layout)
+        self._steps = self._flat.split([G * (b - a) for a, b in self.bounds])
+
+    def order(self, generator: torch.Generator) -> torch.Tensor:
+        """(G, n_max): each group's rows in a fresh random order, its padding after them.
+        (randperm, not argsort of random keys: shuffling is O(n), sorting cost 5x more here.)"""
+        for rows, slot in zip(self.rows, self._order):
+            perm = torch.randperm(len(rows), generator=generator, device=rows.device)
+            torch.index_select(rows, 0, perm, out=slot[:len(rows)])
+        return self._order
+
+    def epoch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """This epoch's rows: per step a flat (G * batch,) index, group after group. The
+        tensors are reused: each call overwrites the previous epoch's."""
+        torch.index_select(self.order(generator).view(-1), 0, self._layout, out=self._flat)
+        return self._steps
+
+    def weights(self, scale: float) -> list[torch.Tensor]:
+        """Per step, ``scale`` / (the group's rows in the batch): (G, 1, 1, 1), or (G, 1, 1, batch)
+        with zeros on the padding where the groups' sizes differ."""
+        device = self._flat.device
+        out = [torch.full((len(self.counts), 1, 1, 1), scale / (b - a), device=device) for a, b in self.bounds]
+        start, stop = self.bounds[-1]
+        if len(set(self.counts)) > 1:
+            real = torch.tensor(self.counts, device=device).view(-1, 1, 1, 1) - start
+            position = torch.arange(stop - start, device=device).view(1, 1, 1, -1)
+            out[-1] = (position < real).float() * scale / real
+        return out
+
+
+class RowGather:
+    """``X[idx]`` for an index of any shape, as one index_select of whole rows, optionally into
+    ``out`` (idx.numel(), d): advanced indexing costs per element on the CPU, about 5x more here."""
+
+    def __init__(self, X: torch.Tensor):
+        self.X = X.contiguous()
+
+    def __call__(self, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        rows = torch.index_select(self.X, 0, idx.reshape(-1), out=out)
+        return rows if idx.dim() == 1 else rows.view(*idx.shape, -1)
+
+
+class _Adam:
+    """torch.optim.Adam's update (AdamW's when ``decoupled``) on one flat tensor, with a learning
+    rate and weight decay per element (per config), in 6-7 in-place ops on preallocated buffers.
+    Constants are tensors: a Python float operand costs a tensor conversion per op."""
+
+    def __init__(self, theta: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor | None, decoupled: bool):
+        self.theta, self.decoupled = theta, decoupled
+        self.decay = decay * lr if decoupled and decay is not None else decay
+        # The per-element lr divides the denominator, with eps: (sqrt(v_hat) + eps) / lr.
+        self.inverse_lr = 1 / lr
+        self.eps_over_lr = EPS * self.inverse_lr
+        self.exp_avg, self.exp_avg_sq, self.denom = (torch.zeros_like(theta) for _ in range(3))
+        self.beta2 = torch.tensor(BETAS[1], device=theta.device)
+        self.steps = 0
+
+    def step(self, grad: torch.Tensor, scale: float) -> None:
+        """One update with learning rates ``scale * lr`` (``scale`` is the schedule's factor)."""
+        self.steps += 1
+        if self.decay is not None:
+            if self.decoupled:
+                self.theta.addcmul_(self.theta, self.decay, value=-scale)
+            else:
+                grad.addcmul_(self.decay, self.theta)
+        self.exp_avg.lerp_(grad, 1 - BETAS[0])
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - BETAS[1])
+        torch.sqrt(self.exp_avg_sq, out=self.denom)
+        torch.addcmul(self.eps_over_lr, self.denom, self.inverse_lr, value=1 / math.sqrt(1 - BETAS[1] ** self.steps),
+                      out=self.denom)
+        self.theta.addcdiv_(self.exp_avg, self.denom, value=-scale / (1 - BETAS[0] ** self.steps))
+
+
+def _train_targets(y: torch.Tensor, params: TrainParams, n_out: int) -> torch.Tensor:
+    """The loss's targets as columns: one-hot classes, or the label (its log with log_target)."""
+    if n_out > 1:
+        return F.one_hot(y, n_out).float()
+    return (torch.log(y) if params.log_target else y).float().view(-1, 1)
+
+
 def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], configs: list[TrainParams], *,
         metric: str, valid_rows: list[torch.Tensor] | None = None, n_out: int = 1, seed: int = 0,
         curves: bool = True, on_epoch: Callable[[int, int], None] | None = None) -> FitResult:
@@ -158,37 +259,69 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
     Group g trains on rows ``train_rows[g]`` of ``X``/``y`` (already on the training device)
     and is scored on ``valid_rows[g]``. All configs must share :meth:`TrainParams.group_key`.
     With ``curves`` the metrics are computed after every epoch, else only after the last.
+    The loss is the mean squared error for ``n_out == 1``, else cross-entropy over n_out classes.
     """
     keys = {c.group_key() for c in configs}
     if len(keys) != 1:
         raise UsageError("configs differing in model, depth, activation, epochs, batch size, "
                          "log target, optimizer or schedule cannot share one stacked model")
+    with _one_cpu_thread(X.device):
+        return _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_epoch)
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Train with one CPU thread: a step is ~15 small ops, and a second thread only adds
+    synchronisation, which stalls whenever another process holds a core (d2l 5-fold on a busy
+    2-core machine: 0.4 s with 1 thread, 4-30 s with 2; a 4-config MLP: 44 s vs 237 s)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_epoch) -> FitResult:
     first = configs[0]
     device = X.device
     started = time.perf_counter()
     generator = make_generator(seed, device)
-    G, C, N = len(train_rows), len(configs), len(X)
-    arch = Architecture(first.model, len(first.widths), first.activation, X.shape[1], n_out)
+    G, C, N, d = len(train_rows), len(configs), len(X), X.shape[1]
+    arch = Architecture(first.model, len(first.widths), first.activation, d, n_out)
     model = StackedRegressor(arch, G, [c.widths for c in configs], [c.dropout for c in configs], device, generator)
-    theta = model.theta.requires_grad_(True)
-    lr = model.per_element([c.lr for c in configs])
-    decay = model.per_element([c.weight_decay for c in configs])
-    decoupled = first.optimizer == "adamw"
-    lr_decay = lr * decay
-    exp_avg, exp_avg_sq = torch.zeros_like(theta), torch.zeros_like(theta)
+    decays = [c.weight_decay for c in configs]
+    adam = _Adam(model.theta, model.per_element([c.lr for c in configs]),
+                 model.per_element(decays) if any(decays) else None, first.optimizer == "adamw")
+    grad = torch.empty_like(model.theta)
+    classify = n_out > 1
+    plan = BatchPlan(train_rows, first.batch_size, device)
+    weights = plan.weights(1.0 if classify else 2.0)  # d mean-loss / d output = weight * residual
+    # Features, a ones column (the first layer's bias rides in its product) and the targets: one
+    # gather per step fetches all three.
+    table = torch.cat([X, torch.ones(N, 1, device=device), _train_targets(y, first, n_out).to(X.dtype)], dim=1)
+    gather = RowGather(table)
+    width = max(b - a for a, b in plan.bounds)
+    blocks = list(zip(model.blocks(width), model.blocks(width, grad)))
+    tracked = torch.zeros(G, C, n_out, width, device=device)  # the epoch's loss terms, to catch non-finite losses
 
-    counts = [len(rows) for rows in train_rows]
-    n_max, batch = max(counts), first.batch_size
-    # Steps per epoch follow the smallest group; the last step takes every row left, so every
-    # row is seen once an epoch and all groups step together (the sizes differ by <= 1 in K-fold).
-    steps = max(1, math.ceil(min(counts) / batch))
-    padded = torch.stack([F.pad(rows.to(device), (0, n_max - len(rows))) for rows in train_rows])
-    equal = len(set(counts)) == 1
-    count_t = torch.tensor(counts, device=device, dtype=torch.float32).view(G, 1)
-    position = torch.arange(n_max, device=device)
-    pad_key = (position.view(1, -1) >= count_t).float() * 2  # sorts padding behind the real rows
-    target = _loss_target(y, first)
-    gather_rows = RowGather(X)
+    # Per step: the gather buffer and, per block, its views of the batch, made once.
+    buffers, steps = {}, []
+    for (start, stop), weight in zip(plan.bounds, weights):
+        rows = stop - start
+        if rows not in buffers:
+            buffers[rows] = torch.empty(G * rows, gather.X.shape[1], device=device)
+        batch = buffers[rows].view(G, rows, -1)
+        views = []
+        for block, _ in blocks:
+            x = batch[block.groups, :, :d + 1]
+            views.append((x, x.transpose(1, 2), batch[block.groups, :, d + 1:].transpose(1, 2).unsqueeze(1),
+                          weight[block.groups],
+                          tracked[block.groups, block.configs, :, :rows]))
+        steps.append((buffers[rows], views))
 
     masks = {}
     for name, rows_list in (("train", train_rows), ("valid", valid_rows or [])):
@@ -197,90 +330,48 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
             for g, rows in enumerate(rows_list):
                 mask[g, rows.to(device)] = 1.0
             masks[name] = mask
-    history = torch.full((first.epochs if curves else 1, len(masks), G, C), float("nan"), device=device)
-    failed = torch.zeros(G, C, device=device)
+    mask = torch.stack(list(masks.values()), dim=2)  # (G, N, masks)
+    history = torch.full((first.epochs if curves else 1, G, C, len(masks)), float("nan"), device=device)
+    losses = torch.zeros(first.epochs, G, C, device=device)  # per epoch, summed; only finiteness matters
+    dropout = generator if model.use_dropout else None
 
-    total_steps, step_no = first.epochs * steps, 0
+    total_steps, step_no, cosine = first.epochs * plan.steps, 0, first.schedule == "cosine"
     for epoch in range(first.epochs):
-        order = torch.gather(padded, 1, torch.argsort(torch.rand(G, n_max, generator=generator, device=device)
-                                                     + pad_key, dim=1))
-        epoch_loss = torch.zeros(G, C, device=device)
-        for s in range(steps):
-            stop = n_max if s == steps - 1 else (s + 1) * batch
-            idx = order[:, s * batch:stop]
-            out = model.forward(gather_rows(idx), theta, generator=generator)
-            if n_out == 1:
-                per_row = (out[..., 0] - target[idx].unsqueeze(-1)).square()
-            else:
-                per_row = F.cross_entropy(out.permute(0, 3, 1, 2), target[idx].unsqueeze(-1).expand(-1, -1, C),
-                                          reduction="none")
-            if equal:
-                loss = per_row.mean(1)
-            else:
-                valid = (position[s * batch:stop].view(1, -1) < count_t).float()
-                loss = (per_row * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True)
-            theta.grad = None
-            loss.sum().backward()
-            epoch_loss += loss.detach()
+        for index, (buffer, views) in zip(plan.epoch(generator), steps):
+            gather(index, out=buffer)
+            for (block, grads), (x, xT, target, weight, track) in zip(blocks, views):
+                out, saved = model.forward_block(block, xT, dropout)
+                if classify:  # finite logits give a finite loss, and softmax - one-hot is bounded
+                    error = torch.softmax(out, 2).sub_(target)
+                    track.add_(error)
+                else:
+                    error = out.sub_(target)
+                    track.addcmul_(error, error)
+                model.backward_block(block, grads, x, saved, error.mul_(weight))
             step_no += 1
-            scale = 0.5 * (1 + math.cos(math.pi * (step_no - 1) / total_steps)) if first.schedule == "cosine" else 1.0
-            _adam_step(theta, exp_avg, exp_avg_sq, lr, decay, lr_decay, decoupled, step_no, scale)
-        failed = torch.where((failed == 0) & ~torch.isfinite(epoch_loss), float(epoch + 1), failed)
+            scale = 0.5 * (1 + math.cos(math.pi * (step_no - 1) / total_steps)) if cosine else 1.0
+            adam.step(grad, scale)
+        torch.sum(tracked, (2, 3), out=losses[epoch])
+        tracked.zero_()
         if curves or epoch == first.epochs - 1:
-            history[epoch if curves else 0] = _evaluate(model, X, y, masks, metric, first.log_target)
+            history[epoch if curves else 0] = _evaluate(model, table[:, :d + 1], y, mask, metric, first.log_target)
         if on_epoch:
             on_epoch(epoch + 1, first.epochs)
 
-    theta.requires_grad_(False)
-    curves_np = history.cpu().numpy()  # the one read of device values
-    failed_np = failed.cpu().numpy().astype(int)
+    curves_np, finite = history.cpu().numpy(), torch.isfinite(losses).cpu().numpy()  # device values, read once at the end
+    failed_np = np.where(finite.all(0), 0, finite.argmin(0) + 1)
+    epoch_of_row = np.arange(1, first.epochs + 1) if curves else np.array([first.epochs])
+    curves_np[(failed_np > 0) & (epoch_of_row.reshape(-1, 1, 1) >= failed_np)] = np.nan
     names = list(masks)
     return FitResult(
         model=model, configs=list(configs), metric=metric,
-        train_curve=curves_np[:, names.index("train")],
-        valid_curve=curves_np[:, names.index("valid")] if "valid" in names else None,
+        train_curve=curves_np[..., names.index("train")],
+        valid_curve=curves_np[..., names.index("valid")] if "valid" in names else None,
         failed_epoch=failed_np, seconds=time.perf_counter() - started,
     )
 
 
-class RowGather:
-    """``X[idx]`` for a (G, B) index, with X's rows viewed as 16-byte elements.
-
-    torch's CPU index kernel costs per element, so gathering 4 floats per element is about 6x
-    faster than ``X[idx]`` on these 2-core machines; the copy is sliced back to d columns.
-    """
-
-    def __init__(self, X: torch.Tensor):
-        self.width = X.shape[1]
-        padded = F.pad(X, (0, -X.shape[1] % 4)).contiguous()
-        self.wide = padded.view(torch.complex128) if X.dtype == torch.float32 else padded
-
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        gathered = self.wide[idx]
-        if gathered.dtype == torch.complex128:
-            gathered = gathered.view(torch.float32)
-        return gathered[..., :self.width]
-
-
-def _adam_step(theta, exp_avg, exp_avg_sq, lr, decay, lr_decay, decoupled, step, scale):
-    """torch.optim.Adam's update (AdamW's when ``decoupled``) with per-element lr and decay."""
-    with torch.no_grad():
-        grad = theta.grad
-        if decoupled:
-            theta.addcmul_(theta, lr_decay, value=-scale)
-        else:
-            grad = grad.addcmul(decay, theta)
-        exp_avg.lerp_(grad, 1 - BETAS[0])
-        exp_avg_sq.mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
-        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - BETAS[1] ** step)).add_(EPS)
-        theta.addcdiv_(exp_avg * lr, denom, value=-scale / (1 - BETAS[0] ** step))
-
-
-def _evaluate(model, X, y, masks, metric, log_target) -> torch.Tensor:
-    """(len(masks), G, C) metrics on every mask's rows, without leaving the device."""
+def _evaluate(model, X, y, mask, metric, log_target) -> torch.Tensor:
+    """(G, C, masks) metrics on every mask's rows (``X`` with its ones column), without leaving the device."""
     errors = _metric_errors(predict_raw(model, X), y, metric, log_target)  # (G, N, C)
-    out = []
-    for mask in masks.values():
-        sums = torch.einsum("gn,gnc->gc", mask, errors)
-        out.append(_finish_metric(sums, mask.sum(1, keepdim=True), metric))
-    return torch.stack(out)
+    return _finish_metric(torch.bmm(errors.transpose(1, 2), mask), mask.sum(1, keepdim=True), metric)
