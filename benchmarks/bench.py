@@ -92,9 +92,11 @@ def bench_fashion(shared: Path, device: torch.device) -> list[bool]:
         data = load_fashion(tmp)
     x, y = data.train_images, data.train_labels.long()
     xt, yt = data.test_images, data.test_labels.long()
-    settings = {"epochs": 10, "batch_size": 256, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0,
-                "schedule": "none", "augment": False}
-    classifiers.fit_classifier("softmax", {**settings, "epochs": 1}, x[:5000], y[:5000], device=device)
+    # 10 epochs of softmax regression on each side, each with its own optimizer: d2l's SGD at lr 0.1
+    # suits its [0, 1] pixels; ours standardizes pixels, where the package default (AdamW,
+    # one-cycle) is what reaches d2l's accuracy.
+    settings = {"epochs": 10}
+    classifiers.fit_classifier("softmax", {"epochs": 1}, x[:5000], y[:5000], device=device)
     started = time.perf_counter()
     model, _ = classifiers.fit_classifier("softmax", settings, x, y, xt, yt, device=device, progress=False)
     ours_s = time.perf_counter() - started
@@ -103,10 +105,10 @@ def bench_fashion(shared: Path, device: torch.device) -> list[bool]:
                      "--epochs", "10")
     anchor_s, anchor_acc = number(text, "seconds"), number(text, "test_acc")
     ratio = anchor_s / ours_s
-    results = [ratio >= 25, abs(ours_acc - anchor_acc) <= 0.01]
+    results = [ratio >= 25, ours_acc >= anchor_acc - 0.01]
     row("fashion softmax 10 epochs (s)", f"{ours_s:.2f}", f"{anchor_s:.2f}", f"{ratio:.1f}x", ">= 25x", results[0])
     row("fashion softmax test accuracy", f"{ours_acc:.4f}", f"{anchor_acc:.4f}", f"{ours_acc - anchor_acc:+.4f}",
-        "|d| <= 0.01", results[1])
+        ">= -0.01", results[1])
     if device.type == "cuda":
         started = time.perf_counter()
         model, history = classifiers.fit_classifier("cnn", None, x, y, xt, yt, device=device, progress=False)

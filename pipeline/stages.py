@@ -33,7 +33,7 @@ from pipeline.images import CACHE_NAME, CLASS_NAMES, load_fashion
 from pipeline.models import StackedRegressor
 from pipeline.submissions import write_submission
 from pipeline.tabular import FeatureParams, Features, build_features, load_tables
-from pipeline.targets import ImageTarget, TabularTarget, load_params_file, tomllib
+from pipeline.targets import ImageTarget, TabularTarget, load_params_file, read_toml
 from pipeline.trainer import TrainParams
 from pipeline.workspace import Workspace, atomic_path, write_json, write_text
 
@@ -242,9 +242,7 @@ def _plain_dict(values: dict) -> dict:
 def save_params(workspace: Workspace, target: str, values: dict) -> Path:
     """Merge ``values`` into ``params.toml``'s ``[target]`` table, keeping everything else."""
     path = workspace.params_file
-    tables = {}
-    if path.exists():
-        tables = tomllib.loads(path.read_text(encoding="utf-8"))
+    tables = read_toml(path)
     tables.setdefault(target, {}).update(values)
     return write_text(path, _toml(tables))
 

@@ -101,15 +101,20 @@ BUILTIN = {"house": HOUSE, "fashion": FASHION}
 TARGET_KEYS = {"train", "test", "train_sha1", "test_sha1", "id", "label", "task", "metric"}
 
 
-def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
-    """Targets declared in ``pipeline.toml``; every mistake is a one-line DataError."""
-    path = workspace.config_file
+def read_toml(path: Path) -> dict:
+    """A workspace TOML file as a dict (empty when absent); a syntax error is one line."""
     if not path.exists():
         return {}
     try:
-        config = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid TOML ({exc})") from None
+
+
+def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
+    """Targets declared in ``pipeline.toml``; every mistake is a one-line DataError."""
+    path = workspace.config_file
+    config = read_toml(path)
     targets = {}
     for name, table in config.get("target", {}).items():
         where = f"{path} [target.{name}]"
@@ -167,13 +172,7 @@ def get_target(name: str, workspace: Workspace):
 def load_params_file(workspace: Workspace, target: str) -> dict:
     """The ``[target]`` table of ``params.toml`` (empty when absent)."""
     path = workspace.params_file
-    if not path.exists():
-        return {}
-    try:
-        config = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid TOML ({exc})") from None
-    table = config.get(target, {})
+    table = read_toml(path).get(target, {})
     if not isinstance(table, dict):
         raise DataError(f"{path}: [{target}] must be a table")
     return dict(table)
