@@ -2,9 +2,9 @@
 
 A stacked model holds the parameters of G*C independent linear or MLP models in ONE flat
 tensor. Every config of a group sees that group's rows, so the first layer is a single batched
-matmul of the group's batch with the (G, C*H, d) weights of all its configs; the configs may
-differ in learning rate, weight decay, dropout and hidden width (narrower ones are zero-padded
-to the widest, and the padding stays exactly zero, see ``DERIVATIVES``). torch.func.vmap over
+matmul of the group's batch with the (G, C*H, d + 1) weights and biases of all its configs; the
+configs may differ in learning rate, weight decay, dropout and hidden width (narrower ones are
+zero-padded to the widest, and the padding stays exactly zero, see ``DERIVATIVES``). torch.func.vmap over
 module copies would give the same maths with one kernel per config and layer; stacking is what
 makes a 240-model sweep one matmul per layer.
 
@@ -14,9 +14,9 @@ the orientation in which CPU BLAS is fast for the narrow outputs of linear model
 faster than (rows, d) @ (d, 1) here), and no operand needs a transposed copy.
 
 The backward pass is written out (``backward_block``) rather than taken from autograd: a
-training step of a small model is ~20 kernel launches, and autograd's graph bookkeeping cost
-more than the arithmetic; the derivatives are the textbook ones of a linear layer, the
-activation (``DERIVATIVES``) and the loss (in the trainer).
+training step of the d2l linear model is ~12 small kernels, and autograd's graph bookkeeping
+per op cost more than the arithmetic; the derivatives are the textbook ones of a linear layer,
+the activation (``DERIVATIVES``) and the loss (in the trainer), for every activation here.
 """
 
 from __future__ import annotations
@@ -218,7 +218,8 @@ class StackedRegressor:
 
     def forward(self, x: torch.Tensor, theta: torch.Tensor | None = None, *,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """``x`` (G or 1, B, d) -> outputs (G, B, C, n_out). Dropout applies when a generator is given."""
+        """``x`` (G or 1, B, d), or d + 1 with a ones column last -> outputs (G, B, C, n_out).
+        Dropout applies when a generator is given."""
         rows = x.shape[1]
         out = torch.empty(self.groups, rows, self.configs, self.arch.n_out, device=x.device)
         shared = x[0].T if x.shape[0] == 1 else None  # 2-D, so that matmul makes one product of all groups

@@ -1,10 +1,12 @@
 """The tabular trainer: every fold and every config of a grid advance in one optimizer step.
 
-The loop is airbench-shaped: data sit on the training device, a batch is an index slice of a
-device-side permutation, and losses and metrics accumulate on the device and are read once,
-after the last epoch. Adam is written out here, on the one flat parameter tensor of a
-:class:`StackedRegressor`, because torch.optim takes one learning rate and weight decay per
-tensor while a sweep needs one per config: as a per-element tensor it costs one extra multiply.
+The loop is airbench-shaped: data sit on the training device, each step fetches its batch
+(features, a ones column and the targets) with one index_select of a device-side index, and
+losses and metrics accumulate on the device and are read once, after the last epoch. Gradients
+come from the model's hand-written backward pass (:mod:`pipeline.models`) into one flat buffer,
+and Adam is written out here, on the one flat parameter tensor of a :class:`StackedRegressor`,
+because torch.optim takes one learning rate and weight decay per tensor while a sweep needs one
+per config.
 """
 
 from __future__ import annotations
@@ -131,7 +133,6 @@ def _finish_metric(sums: torch.Tensor, counts: torch.Tensor, metric: str) -> tor
     return mean if metric == "accuracy" else mean.sqrt()
 
 
-
 def predict_raw(model: StackedRegressor, X: torch.Tensor) -> torch.Tensor:
     """Raw outputs (G, N, C, n_out) for all rows of ``X``, in chunks that bound memory. ``X`` is
     (N, d), or (N, d + 1) with a last column of ones (the first layer's bias then rides in its product)."""
@@ -221,7 +222,8 @@ class _Adam:
     def __init__(self, theta: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor | None, decoupled: bool):
         self.theta, self.decoupled = theta, decoupled
         self.decay = decay * lr if decoupled and decay is not None else decay
-        # The per-element lr divides the denominator, with eps: (sqrt(v_hat) + eps) / lr.
+        # lr * m_hat / (sqrt(v_hat) + eps) with the per-element lr moved into the denominator,
+        # (sqrt(v_hat) + eps) / lr: one addcmul with 1/lr and eps/lr instead of a multiply more.
         self.inverse_lr = 1 / lr
         self.eps_over_lr = EPS * self.inverse_lr
         self.exp_avg, self.exp_avg_sq, self.denom = (torch.zeros_like(theta) for _ in range(3))
@@ -358,7 +360,8 @@ def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_
         if on_epoch:
             on_epoch(epoch + 1, first.epochs)
 
-    curves_np, finite = history.cpu().numpy(), torch.isfinite(losses).cpu().numpy()  # device values, read once at the end
+    # The device values, read once, at the end.
+    curves_np, finite = history.cpu().numpy(), torch.isfinite(losses).cpu().numpy()
     failed_np = np.where(finite.all(0), 0, finite.argmin(0) + 1)
     epoch_of_row = np.arange(1, first.epochs + 1) if curves else np.array([first.epochs])
     curves_np[(failed_np > 0) & (epoch_of_row.reshape(-1, 1, 1) >= failed_np)] = np.nan

@@ -101,8 +101,8 @@ def reference_fit(X, y, train_rows, valid_rows, configs, *, metric, n_out=1, see
             net = nets[g, c] = reference_net(init, g, c, config, X.shape[1], n_out)
             kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
             optimizers[g, c] = kind(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-            cosine = (lambda k: 0.5 * (1 + math.cos(math.pi * k / total))) if config.schedule == "cosine" else (lambda k: 1.0)
-            schedulers[g, c] = torch.optim.lr_scheduler.LambdaLR(optimizers[g, c], cosine)
+            factor = (lambda k: 0.5 * (1 + math.cos(math.pi * k / total))) if config.schedule == "cosine" else None
+            schedulers[g, c] = torch.optim.lr_scheduler.LambdaLR(optimizers[g, c], factor or (lambda k: 1.0))
     target = torch.log(y) if first.log_target else y
     curves = np.zeros((first.epochs, 2, G, C))
     failed = np.zeros((G, C), dtype=int)
@@ -115,7 +115,8 @@ def reference_fit(X, y, train_rows, valid_rows, configs, *, metric, n_out=1, see
                 for c in range(C):
                     out = nets[g, c](X[rows])
                     loss = F.cross_entropy(out, y[rows]) if n_out > 1 else F.mse_loss(out[:, 0], target[rows])
-                    with torch.no_grad():  # fit's failure test: squared errors, or softmax - one-hot (finite iff the logits are)
+                    # fit's failure test: squared errors, or softmax - one-hot (finite iff the logits are)
+                    with torch.no_grad():
                         error = out.softmax(1) - F.one_hot(y[rows], n_out) if n_out > 1 else out[:, 0] - target[rows]
                         epoch_errors[g, c] += error.square().sum() if n_out == 1 else error.sum()
                     optimizers[g, c].zero_grad()
@@ -173,6 +174,11 @@ def house(shared_datasets):
 
 def test_linear_d2l_matches_reference(house):
     assert_matches_reference(house.X, house.y, [TrainParams(epochs=3)], metric="log_rmse", k=5)
+
+
+def test_mlp_on_house_data_matches_reference(house):
+    configs = [TrainParams(model="mlp", hidden=(h,), lr=0.5, epochs=1) for h in (32, 12)]
+    assert_matches_reference(house.X, house.y, configs, metric="log_rmse", k=5)
 
 
 @pytest.mark.parametrize("optimizer,schedule", [("adam", "constant"), ("adamw", "cosine")])
@@ -302,7 +308,8 @@ def test_divergence_fails_only_the_diverged_models(house, model):
     assert (good.failed_epoch == 0).all()
     assert np.isnan(bad.final_valid[:, 2]).all()
     for g, epoch in enumerate(bad.failed_epoch[:, 2]):
-        assert np.isfinite(bad.valid_curve[:epoch - 1, g, 2]).all() and np.isnan(bad.valid_curve[epoch - 1:, g, 2]).all()
+        assert np.isfinite(bad.valid_curve[:epoch - 1, g, 2]).all()
+        assert np.isnan(bad.valid_curve[epoch - 1:, g, 2]).all()
     np.testing.assert_array_equal(bad.valid_curve[:, :, :2], good.valid_curve[:, :, :2])
     np.testing.assert_array_equal(bad.train_curve[:, :, :2], good.train_curve[:, :, :2])
 
