@@ -40,7 +40,7 @@ BEST_HOUSE = {
     "log_target": True, "log_skewed": 0.75, "clip_quantile": 0.005, "split": "contiguous",
     "ensemble": [
         {"model": "lasso", "alpha": 0.0005, "max_iter": 50000},
-        {"model": "gbm", "learning_rate": 0.05, "max_iter": 400, "max_leaf_nodes": 15,
+        {"model": "gbm", "learning_rate": 0.03, "max_iter": 800, "max_leaf_nodes": 15,
          "min_samples_leaf": 10, "l2_regularization": 1.0, "random_state": 0},
     ],
 }
