@@ -94,7 +94,7 @@ class FashionData:
     test_labels: torch.Tensor
 
 
-def raw_files(data_dir: Path) -> dict[str, Path]:
+def raw_files(data_dir: str | Path) -> dict[str, Path]:
     """The four raw ``.gz`` paths under ``data_dir/fashion-mnist``, keyed like FashionData's fields."""
     folder = Path(data_dir) / "fashion-mnist"
     return {
@@ -134,7 +134,7 @@ def _read_cache(cache: Path, key: dict) -> dict[str, torch.Tensor] | None:
         stored = torch.load(cache, weights_only=True)
     except Exception:  # a damaged cache is only a cache: rebuild it from the raw files
         return None
-    if not isinstance(stored, dict) or stored.pop("key", None) != key:
+    if not isinstance(stored, dict) or stored.pop("key", None) != key or set(stored) != set(key):
         return None
     return stored
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pipeline.workspace import atomic_path
 
@@ -85,6 +86,7 @@ def learning_curves_png(
     if log_scale:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     if curves:

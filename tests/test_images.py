@@ -99,6 +99,10 @@ def test_load_fashion_caches_tensors_and_rebuilds_on_change(tmp_path, monkeypatc
     rebuilt = load_fashion(tmp_path)
     assert torch.equal(rebuilt.test_images, _pixels(9, seed=2))
 
+    cache.write_bytes(b"not a torch file")  # a damaged cache is rebuilt, not an error
+    assert torch.equal(load_fashion(tmp_path).test_images, _pixels(9, seed=2))
+    assert torch.load(cache, weights_only=True)["test_images"].shape == (9, 28, 28)
+
 
 def test_load_fashion_errors(tmp_path):
     with pytest.raises(DataError, match="run `pipeline download fashion`"):
