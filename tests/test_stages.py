@@ -209,3 +209,21 @@ def test_house_d2l_recipe_matches_the_book(shared_datasets, tmp_path, capsys):
     submission = pd.read_csv(tmp_path / "s.csv")
     assert list(submission.columns) == ["Id", "SalePrice"] and len(submission) == 1459
     assert submission["Id"].is_unique and np.isfinite(submission["SalePrice"]).all()
+
+
+def test_ensemble_recipe_blends_members_in_cv_and_submission(ws, capsys):
+    """A Lasso (scikit-learn) and a torch linear model, each fit inside the folds, then blended."""
+    (ws / "params.toml").write_text(
+        '[toy]\nepochs = 20\nlr = 0.05\nbatch_size = 32\nlog_target = true\n'
+        'ensemble = [{model = "lasso", alpha = 0.001}, {model = "linear"}]\n')
+    capsys.readouterr()
+    assert cli(ws, "cv", "toy", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [m["model"] for m in report["members"]] == ["lasso", "linear"]
+    blend, members = report["mean_valid"], [m["mean_valid"] for m in report["members"]]
+    assert np.isfinite(blend) and blend <= max(members) + 1e-9
+    assert cli(ws, "submit", "toy") == 0
+    state = torch.load(ws / "models" / "toy.pt", weights_only=True)
+    assert len(state["members"]) == 2 and "test_predictions" in state["members"][0]
+    submission = pd.read_csv(ws / "submissions" / "toy.csv")
+    assert len(submission) == 120 and submission["price"].gt(0).all()
