@@ -85,12 +85,7 @@ def cross_validate(features: Features, configs: list[TrainParams], *, folds: int
     """K-fold CV of every config; configs sharing a group key train as one stacked model."""
     started = time.perf_counter()
     spec = features.spec
-    classification = spec.task == "classification"
-    _check_log_target(features, configs)
-    splits = fold_rows(features.y, folds, split, seed, stratify=classification)
-    X, y = features.X.to(device), features.y.to(device)
-    train_rows = [tr.to(device) for tr, _ in splits]
-    valid_rows = [va.to(device) for _, va in splits]
+    X, y, train_rows, valid_rows = _on_device(features, configs, folds, split, seed, device)
     by_key: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
         by_key.setdefault(config.group_key(), []).append(i)
@@ -102,6 +97,14 @@ def cross_validate(features: Features, configs: list[TrainParams], *, folds: int
         for column, i in enumerate(indices):
             scores[i] = _score(result, column)
     return CVResult(scores, spec.metric, folds, split, seed, time.perf_counter() - started, str(device))
+
+
+def _on_device(features: Features, configs: list, folds: int, split: str, seed: int, device: torch.device):
+    """Checked configs' data and fold rows on the training device: X, y, train rows, valid rows."""
+    _check_log_target(features, configs)
+    splits = fold_rows(features.y, folds, split, seed, stratify=features.spec.task == "classification")
+    return (features.X.to(device), features.y.to(device),
+            [tr.to(device) for tr, _ in splits], [va.to(device) for _, va in splits])
 
 
 def _score(result: FitResult, column: int) -> ConfigScore:
@@ -226,7 +229,7 @@ class RecipeScore:
     members: list[ConfigScore]
 
 
-def cross_validate_recipe(features: Features, members: list[TrainParams], *, seeds: int = 1, folds: int = 5,
+def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, folds: int = 5,
                           split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
                           on_epoch: Callable[[int, int], None] | None = None) -> tuple[RecipeScore, float]:
     """K-fold CV of the average of ``members`` (each trained ``seeds`` times, all folds at once).
@@ -236,11 +239,7 @@ def cross_validate_recipe(features: Features, members: list[TrainParams], *, see
     """
     started = time.perf_counter()
     spec = features.spec
-    _check_log_target(features, members)
-    splits = fold_rows(features.y, folds, split, seed, stratify=spec.task == "classification")
-    X, y = features.X.to(device), features.y.to(device)
-    train_rows = [tr.to(device) for tr, _ in splits]
-    valid_rows = [va.to(device) for _, va in splits]
+    X, y, train_rows, valid_rows = _on_device(features, members, folds, split, seed, device)
     blend, member_scores = 0.0, []
     for member in members:
         if isinstance(member, SklearnMember):

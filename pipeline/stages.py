@@ -143,7 +143,7 @@ def train_params(params: dict) -> TrainParams:
     return TrainParams.from_dict({k: params[k] for k in TRAIN_KEYS})
 
 
-def members(params: dict) -> list[TrainParams]:
+def members(params: dict) -> list:
     """The recipe's models: the base params alone, or one per ``ensemble`` table."""
     return recipe_members(train_params(params), params.get("ensemble") or [])
 
