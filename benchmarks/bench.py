@@ -56,6 +56,8 @@ def row(name, ours, theirs, ratio, target, ok):
 
 
 def bench_house(shared: Path, device: torch.device) -> list[bool]:
+    """Our side is the median of three runs: one run of a 0.2 s job is at the mercy of a noisy
+    neighbour, where the anchor's seconds-long run averages the noise out."""
     data = shared / "datasets"
     train_csv, test_csv = data / "kaggle_house_pred_train.csv", data / "kaggle_house_pred_test.csv"
     features = build_features(load_tables(train_csv, test_csv, TableSpec("Id", "SalePrice")))
@@ -64,7 +66,8 @@ def bench_house(shared: Path, device: torch.device) -> list[bool]:
         text, _ = anchor(shared / "anchors" / "d2l_house_reference.py", str(train_csv), str(test_csv),
                          f"{tmp}/a.csv", "--device", device.type)
     anchor_s, anchor_valid = number(text, "kfold_seconds"), number(text, "kfold_valid_logrmse")
-    ours = cross_validate(features, [D2L], folds=5, split="contiguous", device=device)
+    runs = [cross_validate(features, [D2L], folds=5, split="contiguous", device=device) for _ in range(3)]
+    ours = sorted(runs, key=lambda r: r.seconds)[1]  # the median of three, as for fashion below
     valid = ours.scores[0].mean_valid
     ratio = anchor_s / ours.seconds
     results = [ratio >= 30]
@@ -92,14 +95,19 @@ def bench_fashion(shared: Path, device: torch.device) -> list[bool]:
         data = load_fashion(tmp)
     x, y = data.train_images, data.train_labels.long()
     xt, yt = data.test_images, data.test_labels.long()
-    # 10 epochs of softmax regression on each side, each with its own optimizer: d2l's SGD at lr 0.1
-    # suits its [0, 1] pixels; ours standardizes pixels, where the package default (AdamW,
-    # one-cycle) is what reaches d2l's accuracy.
-    settings = {"epochs": 10}
+    # 10 epochs of softmax regression on each side, each with its own recipe: d2l's SGD (lr 0.1,
+    # batch 256) suits its [0, 1] pixels; ours standardizes pixels and uses the package default
+    # (AdamW, one-cycle, batch 1024), which reaches a higher accuracy in the same 10 epochs.
+    ours = classifiers.DEFAULTS["softmax"]
+    print(f"  softmax recipes: pipeline {ours['optimizer']} lr {ours['lr']} batch {ours['batch_size']}; "
+          f"anchor sgd lr 0.1 batch 256; both evaluate on the test set every epoch", flush=True)
     classifiers.fit_classifier("softmax", {"epochs": 1}, x[:5000], y[:5000], device=device)
-    started = time.perf_counter()
-    model, _ = classifiers.fit_classifier("softmax", settings, x, y, xt, yt, device=device, progress=False)
-    ours_s = time.perf_counter() - started
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        model, _ = classifiers.fit_classifier("softmax", None, x, y, xt, yt, device=device, progress=False)
+        times.append(time.perf_counter() - started)
+    ours_s = sorted(times)[1]
     ours_acc = classifiers.evaluate(model, xt, yt, device)["accuracy"]
     text, _ = anchor(shared / "anchors" / "d2l_fashion_reference.py", str(raw), "--model", "softmax",
                      "--epochs", "10")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.devices import make_generator
+from pipeline.devices import make_generator, one_cpu_thread
 from pipeline.errors import UsageError
 from pipeline.models import ACTIVATION_BUDGET, Architecture, StackedRegressor
 
@@ -267,24 +266,8 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
     if len(keys) != 1:
         raise UsageError("configs differing in model, depth, activation, epochs, batch size, "
                          "log target, optimizer or schedule cannot share one stacked model")
-    with _one_cpu_thread(X.device):
+    with one_cpu_thread(X.device):
         return _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_epoch)
-
-
-@contextmanager
-def _one_cpu_thread(device: torch.device):
-    """Train with one CPU thread: a step is ~15 small ops, and a second thread only adds
-    synchronisation, which stalls whenever another process holds a core (d2l 5-fold on a busy
-    2-core machine: 0.4 s with 1 thread, 4-30 s with 2; a 4-config MLP: 44 s vs 237 s)."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_epoch) -> FitResult:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.classifiers import DEFAULTS, MODELS, build_classifier, evaluate, fit_classifier, predict
+import torch.nn.functional as F
+
+from pipeline.classifiers import (
+    DEFAULTS, MODELS, Head, build_classifier, class_scores, evaluate, fit_classifier, predict,
+)
 from pipeline.errors import TrainingError, UsageError
 from pipeline.images import CLASS_NAMES, read_idx
 from pipeline.plots import confusion_matrix_png, learning_curves_png, prediction_grid_png
@@ -38,6 +42,29 @@ def test_models_map_images_to_ten_logits(name):
     assert model(torch.zeros(5, 28, 28, dtype=torch.uint8)).shape == (5, 10)
     assert model(torch.rand(5, 1, 28, 28)).shape == (5, 10)
     assert {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "augment"} <= set(DEFAULTS[name])
+
+
+def test_head_is_nn_linear_in_value_and_gradient():
+    torch.manual_seed(0)
+    head, x = Head(784, 10), torch.rand(37, 784)
+    reference = torch.nn.Linear(784, 10)
+    reference.load_state_dict(head.state_dict())  # same parameter names and shapes
+    out, expected = head(x), reference(x)
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(head.weight.grad, reference.weight.grad)
+    torch.testing.assert_close(head.bias.grad, reference.bias.grad)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_class_scores_match_cross_entropy_and_argmax(smoothing):
+    torch.manual_seed(0)
+    y = torch.randint(0, 10, (50,))
+    for logits in (torch.randn(50, 10), torch.randn(10, 50).t()):  # contiguous, and a Head's layout
+        loss, hits = class_scores(logits, y, smoothing)
+        torch.testing.assert_close(loss, F.cross_entropy(logits, y, label_smoothing=smoothing))
+        assert hits.item() == (logits.argmax(1) == y).sum().item()
 
 
 def test_unknown_names_are_usage_errors():
