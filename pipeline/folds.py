@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import Lasso, Ridge
+from sklearn.svm import SVR
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from pipeline.errors import UsageError
@@ -165,15 +166,15 @@ def expand_grid(base: TrainParams, grid: dict[str, list]) -> list[TrainParams]:
 
 # ----------------------------------------------------------------------------- ensembles
 
-SKLEARN_MODELS = {"lasso": Lasso, "ridge": Ridge, "gbm": HistGradientBoostingRegressor}
+SKLEARN_MODELS = {"lasso": Lasso, "ridge": Ridge, "svr": SVR, "gbm": HistGradientBoostingRegressor}
 
 
 @dataclass(frozen=True)
 class SklearnMember:
     """A scikit-learn regressor as a recipe member, fit per fold like the others.
 
-    They add what Adam-trained torch models do not give: the exact L1 path of a Lasso, and
-    boosted trees, which do not extrapolate past the training range. ``options`` go to the
+    They add what Adam-trained torch models do not give: the exact L1 path of a Lasso, an RBF
+    support-vector machine, and boosted trees, which do not extrapolate past the training range. ``options`` go to the
     estimator as keyword arguments; training is on log(label) when ``log_target``.
     """
 
@@ -181,13 +182,22 @@ class SklearnMember:
     options: tuple = ()
     log_target: bool = True
 
-    def fit_predict(self, X: np.ndarray, y: np.ndarray, X_eval: np.ndarray) -> np.ndarray:
-        estimator = SKLEARN_MODELS[self.model](**dict(self.options))
-        try:
-            estimator.fit(X, np.log(y) if self.log_target else y)
-        except TypeError as exc:
-            raise UsageError(f"ensemble member {self.model}: {exc}") from None
-        out = estimator.predict(X_eval)
+    def fit_predict(self, X: np.ndarray, y: np.ndarray, X_eval: np.ndarray, seeds: int = 1) -> np.ndarray:
+        """Fit on (X, y) and predict X_eval. A member with a ``random_state`` option (boosted trees
+        with feature subsampling) is fit ``seeds`` times from random_state, random_state + 1, …,
+        and its predictions averaged (in log space with ``log_target``); others are fit once."""
+        options = dict(self.options)
+        states = [options["random_state"] + i for i in range(seeds)] if "random_state" in options else [None]
+        target = np.log(y) if self.log_target else y
+        outs = []
+        for state in states:
+            estimator = SKLEARN_MODELS[self.model](**{**options, **({} if state is None else {"random_state": state})})
+            try:
+                estimator.fit(X, target)
+            except TypeError as exc:
+                raise UsageError(f"ensemble member {self.model}: {exc}") from None
+            outs.append(estimator.predict(X_eval))
+        out = np.mean(outs, axis=0)
         return np.exp(out) if self.log_target else out
 
 
@@ -245,7 +255,7 @@ def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, 
         if isinstance(member, SklearnMember):
             _check_sklearn(features)
             Xn, yn = features.X.numpy(), features.y.numpy()
-            predictions = torch.stack([torch.from_numpy(member.fit_predict(Xn[tr.cpu()], yn[tr.cpu()], Xn))
+            predictions = torch.stack([torch.from_numpy(member.fit_predict(Xn[tr.cpu()], yn[tr.cpu()], Xn, seeds))
                                        for tr in train_rows]).to(device, torch.float32)
             member_blend = blend_space(predictions, spec.metric)  # (folds, rows)
             member_scores.append(ConfigScore(
@@ -295,7 +305,7 @@ def fit_final(features: Features, members: list, *, seeds: int = 1, seed: int = 
     for member in members:
         if isinstance(member, SklearnMember):
             _check_sklearn(features)
-            prices = member.fit_predict(features.X.numpy(), features.y.numpy(), features.X_test.numpy())
+            prices = member.fit_predict(features.X.numpy(), features.y.numpy(), features.X_test.numpy(), seeds)
             out.append(torch.from_numpy(prices).float())
         else:
             out.append(fit(X, y, [rows], [member] * seeds, metric=features.spec.metric,

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.folds import SklearnMember
 from pipeline.cli import main
 from pipeline.workspace import Workspace
 
@@ -227,3 +228,18 @@ def test_ensemble_recipe_blends_members_in_cv_and_submission(ws, capsys):
     assert len(state["members"]) == 2 and "test_predictions" in state["members"][0]
     submission = pd.read_csv(ws / "submissions" / "toy.csv")
     assert len(submission) == 120 and submission["price"].gt(0).all()
+
+
+def test_sklearn_member_averages_its_seeds_in_log_space():
+    """`seeds` refits a member that has a random_state from consecutive states and averages the
+    log predictions; a deterministic member (no random_state) is fit once."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 5))
+    y = np.exp(1 + X[:, 0] + 0.1 * rng.normal(size=80))
+    options = (("max_features", 0.5), ("max_iter", 20))
+    fits = [SklearnMember("gbm", options + (("random_state", s),)).fit_predict(X, y, X) for s in (3, 4)]
+    assert not np.allclose(*fits)  # feature subsampling makes the seeds differ
+    blended = SklearnMember("gbm", options + (("random_state", 3),)).fit_predict(X, y, X, seeds=2)
+    np.testing.assert_allclose(blended, np.exp(np.log(fits).mean(0)), rtol=1e-12)
+    lasso = SklearnMember("lasso", (("alpha", 0.01),))
+    np.testing.assert_array_equal(lasso.fit_predict(X, y, X, seeds=3), lasso.fit_predict(X, y, X))
