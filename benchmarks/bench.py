@@ -4,7 +4,7 @@ Runs each anchor script and the pipeline on the same data and settings in one se
 prints time ratios and both sides' quality numbers next to the targets of issue 6. Absolute
 times drift on these shared machines; the ratios are what to quote.
 
-    python benchmarks/bench.py [--shared ../shared] [--device auto|cpu|cuda] [--skip-fashion] [--skip-best] [--skip-memory] [--scaling]
+    python benchmarks/bench.py [--shared ../shared] [--device auto|cpu|cuda] [--skip-fashion] [--skip-commands] [--scaling]
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import torch
 
 from pipeline import classifiers
 from pipeline.devices import resolve_device
-from pipeline.folds import cross_validate, cross_validate_recipe, expand_grid, recipe_members
+from pipeline.folds import cross_validate, expand_grid
 from pipeline.images import load_fashion
-from pipeline.tabular import FeatureParams, TableSpec, build_features, load_tables
-from pipeline.targets import BEST_HOUSE
+from pipeline.tabular import TableSpec, build_features, load_tables
 from pipeline.trainer import TrainParams
 
 D2L = TrainParams(model="linear", epochs=100, lr=5.0, weight_decay=0.0, batch_size=64, log_target=False)
@@ -43,10 +42,10 @@ def number(text: str, key: str) -> float:
     return float(re.findall(rf"{key}=([0-9.]+)", text)[-1])
 
 
-def peak_rss_mb(command: list[str], cwd: Path) -> tuple[float, float]:
-    """Peak resident memory (MB) and wall seconds of a child process."""
+def peak_rss_mb(command: list[str], cwd: Path, stdout=subprocess.DEVNULL) -> tuple[float, float]:
+    """Peak resident memory (MB) and wall seconds of a child process writing to ``stdout``."""
     started = time.perf_counter()
-    code = os.wait4(subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL).pid, 0)
+    code = os.wait4(subprocess.Popen(command, cwd=cwd, stdout=stdout).pid, 0)
     if os.waitstatus_to_exitcode(code[1]) != 0:
         raise SystemExit(f"{' '.join(command)} failed")
     return code[2].ru_maxrss / 1024, time.perf_counter() - started
@@ -90,23 +89,6 @@ def bench_house(shared: Path, device: torch.device) -> list[bool]:
     return results
 
 
-def bench_best_house(shared: Path, device: torch.device) -> list[bool]:
-    """Issue 7: the default recipe (`pipeline cv house`), 5-fold contiguous, every member per fold."""
-    data = shared / "datasets"
-    tables = load_tables(data / "kaggle_house_pred_train.csv", data / "kaggle_house_pred_test.csv",
-                         TableSpec("Id", "SalePrice"))
-    features = build_features(tables, FeatureParams(log_skewed=BEST_HOUSE["log_skewed"],
-                                                    clip_quantile=BEST_HOUSE["clip_quantile"]))
-    members = recipe_members(TrainParams(log_target=True), BEST_HOUSE["ensemble"])
-    result, seconds = cross_validate_recipe(features, members, seeds=BEST_HOUSE["seeds"], folds=5,
-                                            split=BEST_HOUSE["split"], device=device)
-    score = result.score.mean_valid
-    print("  members: " + ", ".join(f"{m.params.model} {m.mean_valid:.4f}" for m in result.members)
-          + "; folds: " + ", ".join(f"{v:.4f}" for v in result.score.valid), flush=True)
-    row(f"house best recipe 5-fold CV ({seconds:.0f} s)", f"{score:.4f}", "", "", "<= 0.115", score <= 0.115)
-    return [score <= 0.115]
-
-
 def bench_fashion(shared: Path, device: torch.device) -> list[bool]:
     raw = shared / "datasets" / "fashion-mnist"
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,16 +129,24 @@ def bench_fashion(shared: Path, device: torch.device) -> list[bool]:
     return results
 
 
-def bench_memory(shared: Path) -> list[bool]:
+def bench_commands(shared: Path) -> list[bool]:
+    """The commands as a user runs them: `pipeline cv house` (the default, best recipe: issue 7's
+    score) and Fashion-MNIST MLP training, each with its peak resident memory."""
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
         base = [sys.executable, "-m", "pipeline", "--workdir", str(ws), "--mirror", str(shared / "datasets")]
         subprocess.run(base + ["download", "all"], check=True, capture_output=True)
-        house_mb, _ = peak_rss_mb(base + ["cv", "house"], ws)
+        with open(ws / "cv.json", "w") as out:
+            house_mb, house_s = peak_rss_mb(base + ["cv", "house", "--json"], ws, out)
+        report = json.loads((ws / "cv.json").read_text())
         fashion_mb, _ = peak_rss_mb(base + ["train", "fashion", "--model", "mlp"], ws)
-    results = [house_mb < 1536, fashion_mb < 2048]
-    row("peak RSS `pipeline cv house` (MB)", f"{house_mb:.0f}", "", "", "< 1536", results[0])
-    row("peak RSS `pipeline train fashion --model mlp`", f"{fashion_mb:.0f}", "", "", "< 2048", results[1])
+    score = report["mean_valid"]
+    print("  members: " + ", ".join(f"{m['model']} {m['mean_valid']:.4f}" for m in report.get("members", []))
+          + "; folds: " + ", ".join(f"{f['valid']:.4f}" for f in report["folds"]), flush=True)
+    results = [score <= 0.115, house_mb < 1536, fashion_mb < 2048]
+    row(f"`pipeline cv house` mean valid ({house_s:.0f} s)", f"{score:.4f}", "", "", "<= 0.115", results[0])
+    row("peak RSS `pipeline cv house` (MB)", f"{house_mb:.0f}", "", "", "< 1536", results[1])
+    row("peak RSS `pipeline train fashion --model mlp`", f"{fashion_mb:.0f}", "", "", "< 2048", results[2])
     return results
 
 
@@ -194,8 +184,8 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-fashion", action="store_true")
-    parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--skip-best", action="store_true", help="Skip the best house recipe's CV (about a minute).")
+    parser.add_argument("--skip-commands", action="store_true",
+                        help="Skip `pipeline cv house` (best recipe's score) and the peak-memory runs (minutes).")
     parser.add_argument("--scaling", action="store_true", help="Also time CV on 10k-300k synthetic rows.")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -205,10 +195,8 @@ def main() -> None:
     results = bench_house(args.shared, device)
     if not args.skip_fashion:
         results += bench_fashion(args.shared, device)
-    if not args.skip_best:
-        results += bench_best_house(args.shared, device)
-    if not args.skip_memory:
-        results += bench_memory(args.shared)
+    if not args.skip_commands:
+        results += bench_commands(args.shared)
     if args.scaling:
         bench_scaling(device)
     print(json.dumps({"passed": sum(results), "failed": len(results) - sum(results)}))

@@ -174,8 +174,9 @@ class SklearnMember:
     """A scikit-learn regressor as a recipe member, fit per fold like the others.
 
     They add what Adam-trained torch models do not give: the exact L1 path of a Lasso, an RBF
-    support-vector machine, and boosted trees, which do not extrapolate past the training range. ``options`` go to the
-    estimator as keyword arguments; training is on log(label) when ``log_target``.
+    support-vector machine, and boosted trees, which do not extrapolate past the training range.
+    ``options`` go to the estimator as keyword arguments; training is on log(label) when
+    ``log_target``.
     """
 
     model: str
@@ -187,11 +188,12 @@ class SklearnMember:
         with feature subsampling) is fit ``seeds`` times from random_state, random_state + 1, …,
         and its predictions averaged (in log space with ``log_target``); others are fit once."""
         options = dict(self.options)
-        states = [options["random_state"] + i for i in range(seeds)] if "random_state" in options else [None]
+        first = options.get("random_state")
+        runs = [options] if first is None else [{**options, "random_state": first + i} for i in range(seeds)]
         target = np.log(y) if self.log_target else y
         outs = []
-        for state in states:
-            estimator = SKLEARN_MODELS[self.model](**{**options, **({} if state is None else {"random_state": state})})
+        for kwargs in runs:
+            estimator = SKLEARN_MODELS[self.model](**kwargs)
             try:
                 estimator.fit(X, target)
             except TypeError as exc:

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.folds import SklearnMember
 from pipeline.cli import main
+from pipeline.folds import SklearnMember
 from pipeline.workspace import Workspace
 
 
