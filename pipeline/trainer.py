@@ -110,28 +110,6 @@ class FitResult:
         return None if self.valid_curve is None else self.valid_curve[-1]
 
 
-def _metric_errors(out: torch.Tensor, y: torch.Tensor, metric: str, log_target: bool) -> torch.Tensor:
-    """Per-row quantity whose masked mean gives the metric: squared error or correctness.
-
-    ``out`` (G, N, C, n_out) raw model outputs; ``y`` (N,) labels. log-RMSE compares
-    log(max(prediction, 1)) with log(label), as d2l does.
-    """
-    if metric == "accuracy":
-        return (out.argmax(-1) == y.view(1, -1, 1)).float()
-    pred = out[..., 0]
-    target = y.view(1, -1, 1)
-    if metric == "log_rmse":
-        logged = pred.clamp_min(0) if log_target else pred.clamp_min(1).log()
-        return (logged - target.log()).square()
-    price = pred.exp() if log_target else pred
-    return (price - target).square()
-
-
-def _finish_metric(sums: torch.Tensor, counts: torch.Tensor, metric: str) -> torch.Tensor:
-    mean = sums / counts
-    return mean if metric == "accuracy" else mean.sqrt()
-
-
 def predict_raw(model: StackedRegressor, X: torch.Tensor) -> torch.Tensor:
     """Raw outputs (G, N, C, n_out) for all rows of ``X``, in chunks that bound memory. ``X`` is
     (N, d), or (N, d + 1) with a last column of ones (the first layer's bias then rides in its product)."""
@@ -148,6 +126,42 @@ def to_predictions(raw: torch.Tensor, configs: list[TrainParams], task: str) -> 
     logged = torch.tensor([c.log_target for c in configs], device=raw.device).view(1, 1, -1)
     out = raw[..., 0]
     return torch.where(logged, out.exp(), out)
+
+
+class _Scorer:
+    """Every model's metric on each group's masked rows (train, valid) after an epoch, on the
+    device: (G, C, masks). Runs every epoch, so the row chunks, their blocks and the labels'
+    transform are prepared once, and the outputs are turned into errors in place, in the
+    models' (G, C, n_out, rows) layout, which the masks' product takes as it is."""
+
+    def __init__(self, model: StackedRegressor, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                 metric: str, log_target: bool):
+        self.model, self.metric, self.log_target = model, metric, log_target
+        step = max(1, ACTIVATION_BUDGET // (max(model.sizes[1:]) * model.configs * model.groups))
+        # (d + 1, rows) chunks of X with its ones column: one product serves all groups
+        self.chunks = [(start, X[start:start + step].T) for start in range(0, len(X), step)]
+        self.blocks = {rows: model.blocks(rows) for rows in {xT.shape[1] for _, xT in self.chunks}}
+        self.out = torch.empty(model.groups, model.configs, model.arch.n_out, len(X), device=X.device)
+        # log-RMSE compares log(max(prediction, 1)) with log(label), as d2l does
+        self.y = y.log() if metric == "log_rmse" else y
+        self.mask, self.counts = mask, mask.sum(1, keepdim=True)
+
+    def __call__(self) -> torch.Tensor:
+        for start, xT in self.chunks:
+            for block in self.blocks[xT.shape[1]]:
+                z, _ = self.model.forward_block(block, xT)
+                self.out[block.groups, block.configs, :, start:start + xT.shape[1]] = z
+        if self.metric == "accuracy":
+            errors = (self.out.argmax(2) == self.y).float()
+        else:
+            errors = self.out[:, :, 0]
+            if self.metric == "log_rmse":
+                errors.clamp_(min=0) if self.log_target else errors.clamp_(min=1).log_()
+            elif self.log_target:
+                errors.exp_()
+            errors.sub_(self.y).square_()
+        mean = torch.bmm(errors, self.mask).div_(self.counts)
+        return mean if self.metric == "accuracy" else mean.sqrt_()
 
 
 class BatchPlan:
@@ -201,18 +215,6 @@ class BatchPlan:
         return out
 
 
-class RowGather:
-    """``X[idx]`` for an index of any shape, as one index_select of whole rows, optionally into
-    ``out`` (idx.numel(), d): advanced indexing costs per element on the CPU, about 5x more here."""
-
-    def __init__(self, X: torch.Tensor):
-        self.X = X.contiguous()
-
-    def __call__(self, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        rows = torch.index_select(self.X, 0, idx.reshape(-1), out=out)
-        return rows if idx.dim() == 1 else rows.view(*idx.shape, -1)
-
-
 class _Adam:
     """torch.optim.Adam's update (AdamW's when ``decoupled``) on one flat tensor, with a learning
     rate and weight decay per element (per config), in 6-7 in-place ops on preallocated buffers.
@@ -243,6 +245,33 @@ class _Adam:
         torch.addcmul(self.eps_over_lr, self.denom, self.inverse_lr, value=1 / math.sqrt(1 - BETAS[1] ** self.steps),
                       out=self.denom)
         self.theta.addcdiv_(self.exp_avg, self.denom, value=-scale / (1 - BETAS[0] ** self.steps))
+
+
+class _FusedAdam:
+    """torch's fused Adam/AdamW kernel (the one behind ``torch.optim.Adam(fused=True)``) called
+    directly, for models that share one learning rate and weight decay: one kernel per step in
+    place of _Adam's six. (torch.optim's ``step()`` spends ~60 µs in Python per call, more than a
+    whole training step of the d2l linear model.)"""
+
+    def __init__(self, theta: torch.Tensor, lr: float, decay: float, decoupled: bool, total_steps: int):
+        self.lr, self.decay = lr, decay
+        self.kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+        self.theta, self.exp_avg, self.exp_avg_sq = [theta], [torch.zeros_like(theta)], [torch.zeros_like(theta)]
+        # the kernel reads the step count (for the bias corrections) from a tensor
+        self.counts = iter(torch.arange(1, total_steps + 1, dtype=torch.float32, device=theta.device).unbind())
+
+    def step(self, grad: torch.Tensor, scale: float) -> None:
+        self.kernel(self.theta, [grad], self.exp_avg, self.exp_avg_sq, [], [next(self.counts)],
+                    lr=scale * self.lr, beta1=BETAS[0], beta2=BETAS[1], weight_decay=self.decay, eps=EPS,
+                    amsgrad=False, maximize=False)
+
+
+def _optimizer(model: StackedRegressor, configs: list[TrainParams], total_steps: int) -> _Adam | _FusedAdam:
+    lrs, decays = [c.lr for c in configs], [c.weight_decay for c in configs]
+    decoupled = configs[0].optimizer == "adamw"
+    if len(set(lrs)) == 1 and len(set(decays)) == 1:
+        return _FusedAdam(model.theta, lrs[0], decays[0], decoupled, total_steps)
+    return _Adam(model.theta, model.per_element(lrs), model.per_element(decays) if any(decays) else None, decoupled)
 
 
 def _train_targets(y: torch.Tensor, params: TrainParams, n_out: int) -> torch.Tensor:
@@ -278,17 +307,15 @@ def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_
     G, C, N, d = len(train_rows), len(configs), len(X), X.shape[1]
     arch = Architecture(first.model, len(first.widths), first.activation, d, n_out)
     model = StackedRegressor(arch, G, [c.widths for c in configs], [c.dropout for c in configs], device, generator)
-    decays = [c.weight_decay for c in configs]
-    adam = _Adam(model.theta, model.per_element([c.lr for c in configs]),
-                 model.per_element(decays) if any(decays) else None, first.optimizer == "adamw")
     grad = torch.empty_like(model.theta)
     classify = n_out > 1
     plan = BatchPlan(train_rows, first.batch_size, device)
+    adam = _optimizer(model, configs, first.epochs * plan.steps)
     weights = plan.weights(1.0 if classify else 2.0)  # d mean-loss / d output = weight * residual
     # Features, a ones column (the first layer's bias rides in its product) and the targets: one
-    # gather per step fetches all three.
+    # gather per step fetches all three. (index_select of whole rows: advanced indexing, table[idx],
+    # costs per element on the CPU, about 5x more here.)
     table = torch.cat([X, torch.ones(N, 1, device=device), _train_targets(y, first, n_out).to(X.dtype)], dim=1)
-    gather = RowGather(table)
     width = max(b - a for a, b in plan.bounds)
     blocks = list(zip(model.blocks(width), model.blocks(width, grad)))
     tracked = torch.zeros(G, C, n_out, width, device=device)  # the epoch's loss terms, to catch non-finite losses
@@ -298,7 +325,7 @@ def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_
     for (start, stop), weight in zip(plan.bounds, weights):
         rows = stop - start
         if rows not in buffers:
-            buffers[rows] = torch.empty(G * rows, gather.X.shape[1], device=device)
+            buffers[rows] = torch.empty(G * rows, table.shape[1], device=device)
         batch = buffers[rows].view(G, rows, -1)
         views = []
         for block, _ in blocks:
@@ -315,33 +342,34 @@ def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_
             for g, rows in enumerate(rows_list):
                 mask[g, rows.to(device)] = 1.0
             masks[name] = mask
-    mask = torch.stack(list(masks.values()), dim=2)  # (G, N, masks)
+    score = _Scorer(model, table[:, :d + 1], y, torch.stack(list(masks.values()), dim=2), metric, first.log_target)
     history = torch.full((first.epochs if curves else 1, G, C, len(masks)), float("nan"), device=device)
     losses = torch.zeros(first.epochs, G, C, device=device)  # per epoch, summed; only finiteness matters
     dropout = generator if model.use_dropout else None
 
     total_steps, step_no, cosine = first.epochs * plan.steps, 0, first.schedule == "cosine"
-    for epoch in range(first.epochs):
-        for index, (buffer, views) in zip(plan.epoch(generator), steps):
-            gather(index, out=buffer)
-            for (block, grads), (x, xT, target, weight, track) in zip(blocks, views):
-                out, saved = model.forward_block(block, xT, dropout)
-                if classify:  # finite logits give a finite loss, and softmax - one-hot is bounded
-                    error = torch.softmax(out, 2).sub_(target)
-                    track.add_(error)
-                else:
-                    error = out.sub_(target)
-                    track.addcmul_(error, error)
-                model.backward_block(block, grads, x, saved, error.mul_(weight))
-            step_no += 1
-            scale = 0.5 * (1 + math.cos(math.pi * (step_no - 1) / total_steps)) if cosine else 1.0
-            adam.step(grad, scale)
-        torch.sum(tracked, (2, 3), out=losses[epoch])
-        tracked.zero_()
-        if curves or epoch == first.epochs - 1:
-            history[epoch if curves else 0] = _evaluate(model, table[:, :d + 1], y, mask, metric, first.log_target)
-        if on_epoch:
-            on_epoch(epoch + 1, first.epochs)
+    with torch.inference_mode():  # skips autograd's bookkeeping, ~7% of a d2l step; tensors made above stay normal
+        for epoch in range(first.epochs):
+            for index, (buffer, views) in zip(plan.epoch(generator), steps):
+                torch.index_select(table, 0, index, out=buffer)
+                for (block, grads), (x, xT, target, weight, track) in zip(blocks, views):
+                    out, saved = model.forward_block(block, xT, dropout)
+                    if classify:  # finite logits give a finite loss, and softmax - one-hot is bounded
+                        error = torch.softmax(out, 2).sub_(target)
+                        track.add_(error)
+                    else:
+                        error = out.sub_(target)
+                        track.addcmul_(error, error)
+                    model.backward_block(block, grads, x, saved, error.mul_(weight))
+                step_no += 1
+                scale = 0.5 * (1 + math.cos(math.pi * (step_no - 1) / total_steps)) if cosine else 1.0
+                adam.step(grad, scale)
+            torch.sum(tracked, (2, 3), out=losses[epoch])
+            tracked.zero_()
+            if curves or epoch == first.epochs - 1:
+                history[epoch if curves else 0] = score()
+            if on_epoch:
+                on_epoch(epoch + 1, first.epochs)
 
     # The device values, read once, at the end.
     curves_np, finite = history.cpu().numpy(), torch.isfinite(losses).cpu().numpy()
@@ -355,9 +383,3 @@ def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_
         valid_curve=curves_np[..., names.index("valid")] if "valid" in names else None,
         failed_epoch=failed_np, seconds=time.perf_counter() - started,
     )
-
-
-def _evaluate(model, X, y, mask, metric, log_target) -> torch.Tensor:
-    """(G, C, masks) metrics on every mask's rows (``X`` with its ones column), without leaving the device."""
-    errors = _metric_errors(predict_raw(model, X), y, metric, log_target)  # (G, N, C)
-    return _finish_metric(torch.bmm(errors.transpose(1, 2), mask), mask.sum(1, keepdim=True), metric)
