@@ -184,7 +184,7 @@ def fit_classifier(
         model = build_classifier(model_name, **arch).to(device)
         if conv:
             model = model.to(memory_format=torch.channels_last)  # faster convs on CPU (oneDNN) and GPU
-        forward = torch.compile(model) if p["compile"] else model
+        forward = _compiled(model, p["compile"])
         optimizer = _optimizer(model, p)
         schedule = _schedule(optimizer, p, epochs * steps)
         use_amp = bool(p["amp"]) and conv and device.type == "cuda"
@@ -232,6 +232,19 @@ def fit_classifier(
                 history.append(row)
                 bar.set_postfix({k: round(row[k], 4) for k in _SHOWN if row[k] is not None})
     return model.eval(), history
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def _compiled(model: nn.Module, mode) -> nn.Module:
+    """``compile = true`` or a torch.compile mode; "reduce-overhead" replays CUDA graphs on a GPU,
+    which takes the per-kernel launch cost out of the small models' steps."""
+    if mode in (False, "false", "none"):
+        return model
+    if mode not in (True, "true", *COMPILE_MODES):
+        raise UsageError(f"compile {mode!r} is not one of false, true, {', '.join(COMPILE_MODES)}")
+    return torch.compile(model, mode=None if mode in (True, "true") else mode)
 
 
 def _optimizer(model: nn.Module, p: dict) -> torch.optim.Optimizer:

@@ -74,6 +74,8 @@ def test_unknown_names_are_usage_errors():
     x, y = _synthetic(20)
     with pytest.raises(UsageError, match="optimizer 'rmsprop'"):
         fit_classifier("mlp", {"optimizer": "rmsprop"}, x, y, device=CPU)
+    with pytest.raises(UsageError, match="compile 'cuda-graphs' is not one of false, true, default, reduce-overhead"):
+        fit_classifier("mlp", {"compile": "cuda-graphs"}, x, y, device=CPU)
 
 
 @pytest.mark.parametrize("name", ["softmax", "mlp"])
