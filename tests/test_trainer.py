@@ -190,6 +190,16 @@ def test_mlp_grid_with_unequal_folds_matches_reference(optimizer, schedule):
     assert_matches_reference(X, y, configs, metric="log_rmse")
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_shared_lr_and_decay_use_the_fused_kernel_and_match_reference(optimizer, monkeypatch):
+    """Configs sharing lr and weight decay (a CV of one config) step with torch's fused kernel."""
+    monkeypatch.setattr(trainer, "_Adam", None)  # the per-element path would fail
+    X, y = regression_data()
+    configs = [TrainParams(model="mlp", hidden=(h,), lr=0.03, weight_decay=0.1, epochs=4, batch_size=16,
+                           optimizer=optimizer, schedule="cosine") for h in (8, 5)]
+    assert_matches_reference(X, y, configs, metric="log_rmse")
+
+
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_two_hidden_layers_match_reference(activation):
     X, y = regression_data(n=60, seed=2)
