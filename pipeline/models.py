@@ -14,7 +14,7 @@ the orientation in which CPU BLAS is fast for the narrow outputs of linear model
 faster than (rows, d) @ (d, 1) here), and no operand needs a transposed copy.
 
 The backward pass is written out (``backward_block``) rather than taken from autograd: a
-training step of the d2l linear model is ~12 small kernels, and autograd's graph bookkeeping
+training step of the d2l linear model is 7 small kernels, and autograd's graph bookkeeping
 per op cost more than the arithmetic; the derivatives are the textbook ones of a linear layer,
 the activation (``DERIVATIVES``) and the loss (in the trainer), for every activation here.
 """

@@ -4,9 +4,9 @@ The loop is airbench-shaped: data sit on the training device, each step fetches 
 (features, a ones column and the targets) with one index_select of a device-side index, and
 losses and metrics accumulate on the device and are read once, after the last epoch. Gradients
 come from the model's hand-written backward pass (:mod:`pipeline.models`) into one flat buffer,
-and Adam is written out here, on the one flat parameter tensor of a :class:`StackedRegressor`,
-because torch.optim takes one learning rate and weight decay per tensor while a sweep needs one
-per config.
+and Adam updates the one flat parameter tensor of a :class:`StackedRegressor`: torch's fused
+kernel where all models share a learning rate and weight decay (a CV), else an Adam written out
+here with one rate and decay per config (a sweep), which torch.optim, with one per tensor, lacks.
 """
 
 from __future__ import annotations
