@@ -269,7 +269,7 @@ class _FusedAdam:
 def _optimizer(model: StackedRegressor, configs: list[TrainParams], total_steps: int) -> _Adam | _FusedAdam:
     lrs, decays = [c.lr for c in configs], [c.weight_decay for c in configs]
     decoupled = configs[0].optimizer == "adamw"
-    if len(set(lrs)) == 1 and len(set(decays)) == 1:
+    if len(set(lrs)) == 1 and len(set(decays)) == 1 and hasattr(torch, "_fused_adamw_"):  # a private op
         return _FusedAdam(model.theta, lrs[0], decays[0], decoupled, total_steps)
     return _Adam(model.theta, model.per_element(lrs), model.per_element(decays) if any(decays) else None, decoupled)
 
