@@ -4,6 +4,13 @@ The CLI prints ``str(error)`` and exits with ``error.exit_code``; a traceback ap
 with ``--debug``. Library callers catch ``PipelineError``.
 """
 
+import numpy as np
+
+
+def shown(value):
+    """A value as a message should show it: a numpy scalar as its Python value (3, not np.int64(3))."""
+    return value.item() if isinstance(value, np.generic) else value
+
 
 class PipelineError(Exception):
     """Base class for errors caused by input, configuration or the environment, not by a bug."""

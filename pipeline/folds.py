@@ -282,7 +282,7 @@ def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, 
 
 def _check_sklearn(features: Features) -> None:
     if features.spec.task != "regression":
-        raise UsageError("scikit-learn ensemble members (lasso, ridge, gbm) are for regression targets")
+        raise UsageError(f"scikit-learn ensemble members ({', '.join(SKLEARN_MODELS)}) are for regression targets")
 
 
 def _mean_curves(scores: list[ConfigScore]) -> tuple[list, list]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, shown
 from pipeline.workspace import atomic_path
 
 
@@ -21,28 +21,23 @@ def check_submission(frame: pd.DataFrame, *, id_column: str, label_column: str, 
         raise DataError(f"submission has {len(frame)} rows; the test set has {len(expected_ids)}")
     ids = frame[id_column]
     if ids.duplicated().any():
-        raise DataError(f"submission repeats {id_column} {_plain(ids[ids.duplicated()].iloc[0])!r}")
+        raise DataError(f"submission repeats {id_column} {shown(ids[ids.duplicated()].iloc[0])!r}")
     if list(ids) != list(expected_ids):
         raise DataError(f"submission {id_column}s differ from the test file's, in order or value")
     labels = frame[label_column]
     if classes is not None:
         unknown = ~labels.isin(classes)
         if unknown.any():
-            raise DataError(f"submission {label_column} {_plain(labels[unknown].iloc[0])!r} is not a known class")
+            raise DataError(f"submission {label_column} {shown(labels[unknown].iloc[0])!r} is not a known class")
         return
     values = pd.to_numeric(labels, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
-        raise DataError(f"{bad.sum()} predictions are not finite (first: {id_column} {_plain(ids[bad].iloc[0])!r}); "
+        raise DataError(f"{bad.sum()} predictions are not finite (first: {id_column} {shown(ids[bad].iloc[0])!r}); "
                         "the model diverged, nothing was written — lower --lr")
     if positive and (values <= 0).any():
-        first = _plain(ids[values <= 0].iloc[0])
+        first = shown(ids[values <= 0].iloc[0])
         raise DataError(f"prediction for {id_column} {first!r} is not positive; the metric takes logs")
-
-
-def _plain(value):
-    """A numpy scalar as the Python value, so messages read 3 rather than np.int64(3)."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def write_submission(path: str | Path, frame: pd.DataFrame, **checks) -> Path:

@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from sklearn.impute import SimpleImputer
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, shown
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def _check_ids(frame: pd.DataFrame, spec: TableSpec, path: Path) -> None:
         raise DataError(f"{path}: id column {spec.id!r} is empty at line {_line(ids.isna())}")
     duplicated = ids.duplicated(keep=False)
     if duplicated.any():
-        raise DataError(f"{path}: duplicate {spec.id} {_plain(ids[duplicated].iloc[0])!r} at lines "
+        raise DataError(f"{path}: duplicate {spec.id} {shown(ids[duplicated].iloc[0])!r} at lines "
                         f"{', '.join(str(i + 2) for i in np.flatnonzero(duplicated)[:3])}")
 
 
@@ -172,7 +172,7 @@ def _check_labels(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.Series
     numeric = pd.to_numeric(labels, errors="coerce")
     if numeric.isna().any():
         bad = numeric.isna()
-        raise DataError(f"{path}: label {spec.label!r} holds non-numeric {_plain(labels[bad].iloc[0])!r} "
+        raise DataError(f"{path}: label {spec.label!r} holds non-numeric {shown(labels[bad].iloc[0])!r} "
                         f"at line {_line(bad)}")
     values = numeric.to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
@@ -338,11 +338,6 @@ def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> F
         test_ids=[i.item() if hasattr(i, "item") else i for i in tables.test_ids],
         names=names, spec=tables.spec, classes=classes,
     )
-
-
-def _plain(value):
-    """A numpy scalar as the Python value, so messages read 3 rather than np.int64(3)."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _line(mask) -> int:

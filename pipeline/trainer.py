@@ -110,11 +110,15 @@ class FitResult:
         return None if self.valid_curve is None else self.valid_curve[-1]
 
 
+def _chunk_rows(model: StackedRegressor) -> int:
+    """Rows whose widest layer's activations, for all of the model's models, fit ACTIVATION_BUDGET."""
+    return max(1, ACTIVATION_BUDGET // (max(model.sizes[1:]) * model.configs * model.groups))
+
+
 def predict_raw(model: StackedRegressor, X: torch.Tensor) -> torch.Tensor:
     """Raw outputs (G, N, C, n_out) for all rows of ``X``, in chunks that bound memory. ``X`` is
     (N, d), or (N, d + 1) with a last column of ones (the first layer's bias then rides in its product)."""
-    width = max(model.sizes[1:]) * model.configs * model.groups
-    step = max(1, ACTIVATION_BUDGET // width)
+    step = _chunk_rows(model)
     chunks = [model.forward(X[i:i + step].unsqueeze(0)) for i in range(0, len(X), step)]
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
@@ -137,7 +141,7 @@ class _Scorer:
     def __init__(self, model: StackedRegressor, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
                  metric: str, log_target: bool):
         self.model, self.metric, self.log_target = model, metric, log_target
-        step = max(1, ACTIVATION_BUDGET // (max(model.sizes[1:]) * model.configs * model.groups))
+        step = _chunk_rows(model)
         # (d + 1, rows) chunks of X with its ones column: one product serves all groups
         self.chunks = [(start, X[start:start + step].T) for start in range(0, len(X), step)]
         self.blocks = {rows: model.blocks(rows) for rows in {xT.shape[1] for _, xT in self.chunks}}
@@ -310,7 +314,8 @@ def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_
     grad = torch.empty_like(model.theta)
     classify = n_out > 1
     plan = BatchPlan(train_rows, first.batch_size, device)
-    adam = _optimizer(model, configs, first.epochs * plan.steps)
+    total_steps = first.epochs * plan.steps
+    adam = _optimizer(model, configs, total_steps)
     weights = plan.weights(1.0 if classify else 2.0)  # d mean-loss / d output = weight * residual
     # Features, a ones column (the first layer's bias rides in its product) and the targets: one
     # gather per step fetches all three. (index_select of whole rows: advanced indexing, table[idx],
@@ -347,7 +352,7 @@ def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_
     losses = torch.zeros(first.epochs, G, C, device=device)  # per epoch, summed; only finiteness matters
     dropout = generator if model.use_dropout else None
 
-    total_steps, step_no, cosine = first.epochs * plan.steps, 0, first.schedule == "cosine"
+    step_no, cosine = 0, first.schedule == "cosine"
     with torch.inference_mode():  # skips autograd's bookkeeping, ~7% of a d2l step; tensors made above stay normal
         for epoch in range(first.epochs):
             for index, (buffer, views) in zip(plan.epoch(generator), steps):
