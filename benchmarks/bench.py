@@ -22,12 +22,14 @@ from pathlib import Path
 
 import torch
 
-from pipeline import classifiers
 from pipeline.devices import resolve_device
-from pipeline.folds import cross_validate, expand_grid
-from pipeline.images import load_fashion
-from pipeline.tabular import TableSpec, build_features, load_tables
-from pipeline.trainer import TrainParams
+from pipeline.images import train as classifiers
+from pipeline.images.data import load_fashion
+from pipeline.params import expand_grid
+from pipeline.tabular.cv import cross_validate
+from pipeline.tabular.features import build_features
+from pipeline.tabular.tables import TableSpec, Tables, load_tables
+from pipeline.tabular.trainer import TrainParams
 
 D2L = TrainParams(model="linear", epochs=100, lr=5.0, weight_decay=0.0, batch_size=64, log_target=False)
 GRID = {"lr": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0], "weight_decay": [0, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0]}
@@ -81,7 +83,7 @@ def bench_house(shared: Path, device: torch.device) -> list[bool]:
     results.append(abs(valid - anchor_valid) <= 0.01)
     row("house d2l mean valid log-RMSE", f"{valid:.4f}", f"{anchor_valid:.4f}", f"{valid - anchor_valid:+.4f}",
         "|d| <= 0.01", results[-1])
-    configs = expand_grid(D2L, GRID)
+    configs = [D2L.with_(**overrides) for overrides in expand_grid(GRID)]
     sweep = cross_validate(features, configs, folds=5, split="contiguous", device=device, curves=False)
     results.append(sweep.seconds < anchor_s)
     row(f"house sweep {len(configs)} configs x 5 folds (s)", f"{sweep.seconds:.2f}", f"{anchor_s:.2f}",
@@ -158,8 +160,6 @@ def synthetic_tables(rows: int, seed: int = 0):
     """A regression competition of ``rows`` training rows: 20 numeric and 5 categorical columns."""
     import numpy as np
     import pandas as pd
-
-    from pipeline.tabular import Tables
 
     rng = np.random.default_rng(seed)
     n = rows + rows // 4

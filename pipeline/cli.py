@@ -1,7 +1,7 @@
-"""The ``pipeline`` command: a thin click layer over :mod:`pipeline.stages` and friends.
+"""The ``pipeline`` command: click over :class:`pipeline.api.Pipeline`, nothing more.
 
 Errors caused by input (:class:`PipelineError`) print one line and exit non-zero; a traceback
-appears only with ``--debug``.
+appears only with ``--debug``. A refused param is shown as its flag (``--folds 1: ...``).
 """
 
 from __future__ import annotations
@@ -11,26 +11,20 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
-from pipeline import __version__, hub, reports, stages
-from pipeline.errors import PipelineError, UsageError
-from pipeline.folds import parse_grid
-from pipeline.targets import all_targets, get_target
-from pipeline.workspace import Workspace, mirrors_from_env
+from pipeline import __version__, reports
+from pipeline.api import Pipeline
+from pipeline.devices import DEVICE_CHOICES
+from pipeline.errors import ParamError, PipelineError
+from pipeline.targets import BUILTIN
 
 log = logging.getLogger("pipeline")
 
 
-class State:
-    def __init__(self, workdir, mirrors, wait):
-        self.workspace = Workspace.resolve(workdir)
-        self.mirrors = list(mirrors) + mirrors_from_env()
-        self.wait = wait
-
-
-def _hidden(value: str | None):
+def _widths(value: str | None):
     if value is None:
         return None
     try:
@@ -39,55 +33,57 @@ def _hidden(value: str | None):
         raise click.BadParameter(f"{value!r}: give widths like 256 or 128,64") from None
 
 
-TRAINING_OPTIONS = [
-    click.option("--recipe", help="A preset: house has best (the default) and d2l (d2l 4.10)."),
-    click.option("--model", help="house/declared: linear|mlp (a single model); fashion: softmax|mlp|lenet|cnn."),
-    click.option("--hidden", callback=lambda c, p, v: _hidden(v), help="Hidden widths, e.g. 256 or 128,64."),
-    click.option("--activation", type=click.Choice(["relu", "gelu", "tanh", "silu", "elu"])),
-    click.option("--dropout", type=float),
-    click.option("--epochs", type=int),
-    click.option("--lr", type=float, help="Learning rate."),
-    click.option("--weight-decay", type=float),
-    click.option("--batch-size", type=int),
-    click.option("--log-target/--no-log-target", default=None, help="Train on log(label)."),
-    click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"])),
-    click.option("--schedule", type=click.Choice(["constant", "cosine", "none", "onecycle"])),
-    click.option("--folds", type=int, help="K for K-fold cross-validation."),
-    click.option("--split", type=click.Choice(["contiguous", "shuffled"]), help="Fold assignment."),
-    click.option("--seed", type=int),
-    click.option("--fit-on", type=click.Choice(["all", "train"]), help="Fit preprocessing on train+test or train."),
-    click.option("--log-skewed", type=float, help="log1p numeric columns with |skew| above this (0: off)."),
-    click.option("--clip-quantile", type=float, help="Clip numeric columns to their [q, 1-q] quantiles (0: off)."),
-    click.option("--augment/--no-augment", default=None, help="Images: random crop and flip."),
-    click.option("--valid-fraction", type=float, help="Images: held-out share when --folds < 2."),
-    click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda"),
-]
-PARAM_FLAGS = ("recipe", "model", "hidden", "activation", "dropout", "epochs", "lr", "weight_decay", "batch_size",
-               "log_target", "optimizer", "schedule", "folds", "split", "seed", "fit_on", "log_skewed",
-               "clip_quantile", "augment", "valid_fraction")
+CHOICE_LABELS = {"house": "house and declared targets"}
+
+
+def _choices(param: str) -> str:
+    """Each built-in target's choices for ``param``, from the library: "house: a|b; fashion: c"."""
+    parts = [f"{CHOICE_LABELS.get(name, name)}: {'|'.join(t.choices[param])}"
+             for name, t in BUILTIN.items() if t.choices.get(param)]
+    return "; ".join(parts)
+
+
+# (param, click type, help): every training flag, named as its param (--weight-decay is weight_decay).
+PARAM_OPTIONS = (
+    ("recipe", str, lambda: f"A preset recipe ({_choices('recipe')})."),
+    ("model", str, lambda: f"A single model ({_choices('model')})."),
+    ("hidden", str, "Hidden widths, e.g. 256 or 128,64."),
+    ("activation", str, lambda: _choices("activation")),
+    ("dropout", float, None),
+    ("epochs", int, None),
+    ("lr", float, "Learning rate."),
+    ("weight_decay", float, None),
+    ("batch_size", int, None),
+    ("log_target", bool, "Train on log(label)."),
+    ("optimizer", str, lambda: _choices("optimizer")),
+    ("schedule", str, lambda: _choices("schedule")),
+    ("folds", int, "K for K-fold cross-validation."),
+    ("split", str, lambda: f"Fold assignment ({_choices('split')})."),
+    ("seed", int, None),
+    ("fit_on", str, lambda: f"Fit preprocessing on train+test or train ({_choices('fit_on')})."),
+    ("log_skewed", float, "log1p numeric columns with |skew| above this (0: off)."),
+    ("clip_quantile", float, "Clip numeric columns to their [q, 1-q] quantiles (0: off)."),
+    ("augment", bool, "Images: random crop and flip."),
+    ("valid_fraction", float, "Images: held-out share when --folds < 2."),
+)
+PARAM_NAMES = tuple(name for name, _, _ in PARAM_OPTIONS)
+
+
+def _option(name: str, value_type, help_text) -> Callable:
+    flag = name.replace("_", "-")
+    help_text = help_text() if callable(help_text) else help_text
+    if value_type is bool:
+        return click.option(f"--{flag}/--no-{flag}", name, default=None, help=help_text)
+    if name == "hidden":
+        return click.option(f"--{flag}", name, callback=lambda c, p, v: _widths(v), help=help_text)
+    return click.option(f"--{flag}", name, type=value_type, help=help_text)
 
 
 def training_options(func):
-    for option in reversed(TRAINING_OPTIONS):
-        func = option(func)
+    func = click.option("--device", default="auto", show_default=True, help="|".join(DEVICE_CHOICES))(func)
+    for name, value_type, help_text in reversed(PARAM_OPTIONS):
+        func = _option(name, value_type, help_text)(func)
     return func
-
-
-def _flags_for(target, kwargs: dict) -> dict:
-    """Flags given on the command line, checked against what the target takes."""
-    given = {k: kwargs.pop(k) for k in PARAM_FLAGS if k in kwargs}
-    given = {k: v for k, v in given.items() if v is not None}
-    if target.kind == "image":
-        if "hidden" in given:
-            given["hidden"] = given["hidden"][0] if len(given["hidden"]) == 1 else given["hidden"]
-        allowed = {"model", "valid_fraction", "folds", "seed", "hidden", "dropout", "epochs", "lr",
-                   "weight_decay", "batch_size", "optimizer", "schedule", "augment"}
-    else:
-        allowed = set(target.defaults) | ({"recipe"} if target.presets else set())
-    for key in given:
-        if key not in allowed:
-            raise UsageError(f"--{key.replace('_', '-')} does not apply to target {target.name}")
-    return given
 
 
 def _progress(desc: str):
@@ -109,20 +105,12 @@ def _progress(desc: str):
     return on_epoch
 
 
-def _context(state: State, target_name: str, flags: dict, device: str = "auto", out=None) -> stages.Context:
-    target = get_target(target_name, state.workspace)
-    params = stages.resolve_params(target, state.workspace, _flags_for(target, flags))
-    return stages.Context(state.workspace, target, params, state.mirrors, device, _progress, out)
-
-
 def _announce(stage: str, what: str) -> None:
     click.echo(f"{stage}: {what}", err=True)
 
 
-def _make(state: State, ctx: stages.Context, until: str, **options) -> dict:
-    options.setdefault("always", True)
-    with state.workspace.exclusive(state.wait):
-        return stages.make(ctx, until, report=_announce, **options)
+def _params(flags: dict) -> dict:
+    return {k: flags.pop(k) for k in PARAM_NAMES if k in flags}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -138,43 +126,34 @@ def _make(state: State, ctx: stages.Context, until: str, **options) -> dict:
 def cli(click_ctx, workdir, mirrors, wait, debug, verbose):
     """A Kaggle competition pipeline: download, preprocess, cv, train, evaluate, submit, report."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="pipeline: %(message)s")
-    click_ctx.obj = State(workdir, mirrors, wait)
+    click_ctx.obj = Pipeline(workdir, mirrors, wait=wait, progress=_progress, announce=_announce)
 
 
 @cli.command()
 @click.argument("name")
 @click.pass_obj
-def download(state: State, name):
+def download(p: Pipeline, name):
     """Download and verify a target's data (house, fashion, a declared target, a dataset or all)."""
-    targets = all_targets(state.workspace)
-    if name in targets:
-        summary = _make(state, _context(state, name, {}), "download")
-        files = summary.get("files", [])
-    else:
-        paths = hub.download_group(name, state.workspace.data, state.mirrors)
-        files = [str(p) for p in paths.values()]
-    for path in files:
+    for path in p.download(name):
         click.echo(path)
 
 
 @cli.command("hub")
 @click.pass_obj
-def hub_status(state: State):
+def hub_status(p: Pipeline):
     """List the registry: each dataset's URL, whether it is cached and verified."""
-    rows = hub.status(state.workspace.data)
-    click.echo(reports.format_table(rows, ["name", "cached", "verified", "url"]))
+    click.echo(reports.format_table(p.hub(), ["name", "cached", "verified", "url"]))
 
 
 @cli.command()
 @click.argument("target")
-@click.option("--fit-on", type=click.Choice(["all", "train"]))
-@click.option("--log-skewed", type=float)
-@click.option("--clip-quantile", type=float)
+@click.option("--fit-on", "fit_on", type=str)
+@click.option("--log-skewed", "log_skewed", type=float)
+@click.option("--clip-quantile", "clip_quantile", type=float)
 @click.pass_obj
-def preprocess(state: State, target, **flags):
+def preprocess(p: Pipeline, target, **flags):
     """Turn the CSVs (or IDX files) into cached tensors under data/."""
-    summary = _make(state, _context(state, target, flags), "preprocess")
-    click.echo(json.dumps(summary))
+    click.echo(json.dumps(p.preprocess(target, **flags)))
 
 
 def _print_cv(report: dict) -> None:
@@ -192,12 +171,9 @@ def _print_cv(report: dict) -> None:
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.pass_obj
-def cv(state: State, target, device, as_json, **flags):
+def cv(p: Pipeline, target, device, as_json, **flags):
     """K-fold cross-validation of the configured model; saves a report with learning curves."""
-    ctx = _context(state, target, flags, device)
-    if ctx.target.kind == "image":
-        raise UsageError("for fashion use `pipeline train fashion --folds K` (it reports the fold scores)")
-    report = _make(state, ctx, "cv")
+    report = p.cv(target, device, **_params(flags))
     click.echo(json.dumps(report, indent=2)) if as_json else _print_cv(report)
     if any(f.get("failed_epoch") for f in report["folds"]):
         sys.exit(3)
@@ -208,9 +184,9 @@ def cv(state: State, target, device, as_json, **flags):
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_obj
-def train(state: State, target, device, as_json, **flags):
+def train(p: Pipeline, target, device, as_json, **flags):
     """Train the final model on every training row and save it under models/."""
-    summary = _make(state, _context(state, target, flags, device), "train")
+    summary = p.train(target, device, **_params(flags))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif "history" in summary:
@@ -228,14 +204,11 @@ def train(state: State, target, device, as_json, **flags):
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.pass_obj
-def evaluate(state: State, target, device, as_json, **flags):
+def evaluate(p: Pipeline, target, device, as_json, **flags):
     """Test-set accuracy, per-class accuracy and confusion matrix (targets with test labels).
 
     Like every command, it first brings the model up to date with params.toml and the flags."""
-    ctx = _context(state, target, flags, device)
-    if ctx.target.kind != "image":
-        raise UsageError(f"target {target} has no test labels to evaluate on; use `pipeline cv {target}`")
-    report = _make(state, ctx, "evaluate")
+    report = p.evaluate(target, device, **_params(flags))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -250,9 +223,9 @@ def evaluate(state: State, target, device, as_json, **flags):
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the CSV here.")
 @training_options
 @click.pass_obj
-def submit(state: State, target, out, device, **flags):
+def submit(p: Pipeline, target, out, device, **flags):
     """Write a checked Kaggle submission CSV (training the model first if needed)."""
-    summary = _make(state, _context(state, target, flags, device, Path(out) if out else None), "submit")
+    summary = p.submit(target, out, device, **_params(flags))
     click.echo(f"wrote {summary['rows']} rows to {summary['submission']}")
 
 
@@ -260,38 +233,36 @@ def submit(state: State, target, out, device, **flags):
 @click.argument("target")
 @click.option("--until", help="Stop after this stage.")
 @click.option("--force", is_flag=True, help="Run every stage even when up to date.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="|".join(DEVICE_CHOICES))
 @click.pass_obj
-def run(state: State, target, until, force, device):
+def run(p: Pipeline, target, until, force, device):
     """Run the stages in order, skipping those whose inputs, params and code are unchanged."""
-    ctx = _context(state, target, {}, device)
-    last = until or stages.stages_of(ctx.target)[-1].name
-    _make(state, ctx, last, always=False, force=force, in_order=True)
+    p.run(target, until, force, device)
 
 
 @cli.command()
 @click.argument("target")
 @training_options
 @click.pass_obj
-def status(state: State, target, device, **flags):
+def status(p: Pipeline, target, device, **flags):
     """Show each stage as up to date, stale (and why) or missing, like `make -n`."""
-    rows = stages.status(_context(state, target, flags, device))
-    click.echo(reports.format_table(rows, ["stage", "state", "reason"]))
+    click.echo(reports.format_table(p.status(target, device, **_params(flags)), ["stage", "state", "reason"]))
 
 
 @cli.command()
 @click.option("--target", help="Only this target's runs.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def runs(state: State, target, as_json):
+def runs(p: Pipeline, target, as_json):
     """Leaderboard of every run in the workspace, best score first (like `dvc exp show`)."""
-    rows = reports.leaderboard(state.workspace, target)
+    rows = p.runs(target)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif not rows:
         click.echo("no runs yet: try `pipeline cv house`")
     else:
-        click.echo(reports.format_table(rows, ["target", "kind", "metric", "score", "model", "seconds", "device", "run"]))
+        click.echo(reports.format_table(rows, ["target", "command", "metric", "score", "model", "seconds",
+                                               "device", "run"]))
 
 
 @cli.command()
@@ -303,14 +274,9 @@ def runs(state: State, target, as_json):
 @click.option("--save/--no-save", default=True, show_default=True,
               help="Save the best config into params.toml for train and submit.")
 @click.pass_obj
-def sweep(state: State, target, grid, device, as_json, save, **flags):
+def sweep(p: Pipeline, target, grid, device, as_json, save, **flags):
     """Cross-validate every config of a grid at once; rank them; save the best as the params."""
-    ctx = _context(state, target, flags, device)
-    if ctx.target.kind == "image":
-        raise UsageError(f"sweep works on tabular targets; {target} is an image target")
-    with state.workspace.exclusive(state.wait):
-        stages.make(ctx, "preprocess", always=False, report=_announce)
-        report = stages.run_sweep(ctx, parse_grid(grid), save=save)
+    report = p.sweep(target, list(grid), save, device, **_params(flags))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -320,6 +286,13 @@ def sweep(state: State, target, grid, device, as_json, save, **flags):
     click.echo(f"{len(rows)} configs x {report['folds']} folds in {report['seconds']:.2f} s on {report['device']}")
     if save and report.get("saved"):
         click.echo(f"best config saved to {report['saved']}")
+
+
+def _one_line(exc: PipelineError) -> str:
+    """A refused param named as the flag a CLI user typed."""
+    if isinstance(exc, ParamError) and exc.param in PARAM_NAMES:
+        return exc.as_flag()
+    return str(exc)
 
 
 def main(argv=None) -> None:
@@ -338,7 +311,7 @@ def main(argv=None) -> None:
     except PipelineError as exc:
         if debug:
             raise
-        click.echo(f"pipeline: error: {exc}", err=True)
+        click.echo(f"pipeline: error: {_one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if debug:

@@ -24,6 +24,18 @@ class UsageError(PipelineError):
     exit_code = 2
 
 
+class ParamError(UsageError):
+    """A param's value that the library refuses. The message names the param as the library
+    knows it (``folds = 1: ...``); the CLI shows the same as its flag (``--folds 1: ...``)."""
+
+    def __init__(self, param: str, value, why: str):
+        self.param, self.value, self.why = param, shown(value), why
+        super().__init__(f"{param} = {self.value!r}: {why}")
+
+    def as_flag(self) -> str:
+        return f"--{self.param.replace('_', '-')} {self.value!r}: {self.why}"
+
+
 class DownloadError(PipelineError):
     """A dataset could not be fetched and verified from any mirror or its canonical URL."""
 

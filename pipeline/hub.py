@@ -122,6 +122,12 @@ def _sha1(stream) -> str:
     return digest.hexdigest()
 
 
+def sha1_file(path: str | os.PathLike) -> str:
+    """The SHA-1 of a file's bytes."""
+    with open(path, "rb") as handle:
+        return _sha1(handle)
+
+
 def verify(entry: str | DataFile, path: str | os.PathLike) -> bool:
     """True if ``path`` is ``entry``'s file: its bytes match ``sha1`` or its gzip payload
     matches ``payload_sha1``. A file that is not valid gzip simply fails the payload check."""
@@ -130,10 +136,8 @@ def verify(entry: str | DataFile, path: str | os.PathLike) -> bool:
         return False
     if entry.sha1 is None and entry.payload_sha1 is None:
         return True
-    if entry.sha1 is not None:
-        with open(path, "rb") as handle:
-            if _sha1(handle) == entry.sha1:
-                return True
+    if entry.sha1 is not None and sha1_file(path) == entry.sha1:
+        return True
     if entry.payload_sha1 is not None:
         try:
             with gzip.open(path, "rb") as handle:
@@ -328,7 +332,7 @@ def _check_member(archive: Path, name: str, link: str | None = None, hard: bool 
             refuse(f"{'hardlink' if hard else 'symlink'} to {link!r} points outside the folder")
 
 
-def _extract_archive(archive: Path, dest: Path) -> None:
+def extract_archive(archive: Path, dest: Path) -> None:
     """Check every member, extract into a temporary folder, then rename it to ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
@@ -367,7 +371,7 @@ def download_extract(entry: str | DataFile, cache_dir: str | os.PathLike,
     suffix = next((s for s in _ARCHIVES if name.endswith(s)), None)
     if suffix is not None:
         dest = Path(folder) if folder else archive.with_name(name[: -len(suffix)])
-        _extract_archive(archive, dest)
+        extract_archive(archive, dest)
         return dest
     if name.endswith(".gz"):
         out = (Path(folder) if folder else archive.parent) / name[:-3]

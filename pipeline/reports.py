@@ -12,14 +12,13 @@ import json
 import math
 from pathlib import Path
 
+from pipeline.metrics import METRICS
 from pipeline.workspace import Workspace, write_json, write_text
 
-HIGHER_IS_BETTER = {"accuracy"}
 
-
-def new_run_dir(workspace: Workspace, target: str, kind: str) -> Path:
+def new_run_dir(workspace: Workspace, target: str, command: str) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return workspace.reports / "runs" / f"{target}-{kind}-{stamp}"
+    return workspace.reports / "runs" / f"{target}-{command}-{stamp}"
 
 
 def save_report(run_dir: Path, report: dict) -> Path:
@@ -36,7 +35,7 @@ def _fmt(value, digits: int = 5) -> str:
 
 def render_markdown(report: dict) -> str:
     """A readable report: headline, table of folds, params, time, device and plots."""
-    lines = [f"# {report['target']} — {report['kind']} ({report['run']})", ""]
+    lines = [f"# {report['target']} — {report['command']} ({report['run']})", ""]
     metric = report.get("metric", "")
     if "mean_valid" in report:
         lines += [f"**{metric}**: mean valid {_fmt(report['mean_valid'])} ± {_fmt(report['std_valid'])} "
@@ -81,15 +80,15 @@ def leaderboard(workspace: Workspace, target: str | None = None) -> list[dict]:
         score = report.get("mean_valid", report.get("test_accuracy", report.get("best_mean_valid")))
         if score is None:
             continue
-        rows.append({"run": report["run"], "target": report["target"], "kind": report["kind"],
+        rows.append({"run": report["run"], "target": report["target"], "command": report.get("command", ""),
                      "metric": report["metric"], "score": score,
                      "model": report["params"].get("model", ""), "seconds": report["seconds"],
                      "device": report["device"]})
 
     def key(row):
         bad = row["score"] is None or (isinstance(row["score"], float) and math.isnan(row["score"]))
-        sign = -1 if row["metric"] in HIGHER_IS_BETTER else 1
-        return (row["target"], row["metric"], bad, 0 if bad else sign * row["score"])
+        metric = METRICS.get(row["metric"])
+        return (row["target"], row["metric"], bad, 0 if bad or metric is None else metric.sort_key(row["score"]))
 
     return sorted(rows, key=key)
 

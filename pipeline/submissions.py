@@ -46,3 +46,11 @@ def write_submission(path: str | Path, frame: pd.DataFrame, **checks) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
     return Path(path)
+
+
+def write_copies(path: Path, out: Path | None, frame: pd.DataFrame, **checks) -> tuple[list[Path], dict]:
+    """A submit stage's outputs: the workspace's copy at ``path`` and, when asked, the user's at ``out``."""
+    write_submission(path, frame, **checks)
+    if out:
+        write_submission(out, frame, **checks)
+    return [path], {"submission": str(out or path), "rows": len(frame)}

@@ -8,28 +8,35 @@ the workspace's ``pipeline.toml``::
     id = "customer"
     label = "churned"
     task = "classification"            # or "regression"
-    metric = "accuracy"                # log_rmse, rmse or accuracy
+    metric = "accuracy"                # see pipeline.metrics
 
-A target's params (model, lr, folds, …) start from its defaults here, are overridden by the
-``[NAME]`` table of the workspace's ``params.toml``, then by command-line flags.
+Kaggle ships a competition as one zip: ``archive = "URL or path"`` (with an optional
+``archive_sha1``) makes ``train`` and ``test`` member paths inside it.
+
+A target knows where its data come from, its stage graph, its params' defaults and choices;
+its params are resolved by :mod:`pipeline.params`.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from pipeline.errors import DataError, UsageError
-from pipeline.hub import DATA_HUB, GROUPS, DataFile, verify
-from pipeline.tabular import METRICS, FeatureParams, TableSpec
-from pipeline.trainer import TrainParams
+from pipeline import hub
+from pipeline.errors import DataError, ParamError, UsageError
+from pipeline.folds import SPLITS
+from pipeline.hub import DATA_HUB, GROUPS, DataFile
+from pipeline.images import stages as image_stages
+from pipeline.images.train import DEFAULTS as CLASSIFIERS, OPTIMIZERS as IMAGE_OPTIMIZERS, \
+    SCHEDULES as IMAGE_SCHEDULES
+from pipeline.metrics import default_metric, metric_for
+from pipeline.params import read_toml
+from pipeline.tabular import stages as tabular_stages
+from pipeline.tabular.features import FIT_ON, FeatureParams
+from pipeline.tabular.stacked import ACTIVATIONS, MODELS
+from pipeline.tabular.tables import TASKS, TableSpec
+from pipeline.tabular.trainer import OPTIMIZERS, SCHEDULES, TrainParams
 from pipeline.workspace import Workspace
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 # d2l 4.10's recipe, reachable with flags (see the README): linear, raw prices, lr 5, 5 contiguous folds.
 D2L_HOUSE = {"model": "linear", "lr": 5.0, "weight_decay": 0.0, "batch_size": 64, "epochs": 100,
@@ -66,33 +73,106 @@ def tabular_defaults(**overrides) -> dict:
 
 @dataclass(frozen=True)
 class TabularTarget:
-    """``presets`` are named recipes over ``defaults``; ``recipe`` in params picks one. Without
-    one, a ``--model`` flag means "this single model" (the defaults), else ``default_preset``."""
+    """A CSV competition. ``presets`` are named recipes over ``defaults``; ``recipe`` in params
+    picks one. Without one, a ``model`` means "this single model" (the defaults), else
+    ``default_preset``. ``train`` and ``test`` are hub entries to download, local files used in
+    place, or (with an ``archive``) member paths inside it."""
 
     name: str
-    train: DataFile | Path  # a hub entry to download, or a local file used in place
-    test: DataFile | Path
+    train: DataFile | Path | str
+    test: DataFile | Path | str
     spec: TableSpec
     defaults: dict = field(default_factory=tabular_defaults)
     presets: dict = field(default_factory=dict)
     default_preset: str | None = None
-    kind: str = "tabular"
+    archive: DataFile | Path | None = None
+
+    stages = tabular_stages.STAGES
+
+    def section(self, params: dict) -> str:
+        return self.name
 
     @property
-    def hub_files(self) -> list[DataFile]:
-        return [f for f in (self.train, self.test) if isinstance(f, DataFile)]
+    def known(self) -> frozenset:
+        """The params ``params.toml`` may set for this target."""
+        return frozenset(self.defaults) | {"recipe"}
+
+    @property
+    def flags(self) -> frozenset:
+        return frozenset(self.defaults) | ({"recipe"} if self.presets else frozenset())
+
+    @property
+    def choices(self) -> dict[str, tuple]:
+        return {"model": MODELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "activation": tuple(ACTIVATIONS),
+                "split": SPLITS, "fit_on": FIT_ON, "recipe": tuple(self.presets)}
+
+    def flag_values(self, given: dict) -> dict:
+        return given
+
+    def _archive_dir(self, data_dir: Path) -> Path:
+        return data_dir / self.name / "archive"
+
+    def table_paths(self, data_dir: Path) -> tuple[Path, Path]:
+        """Where the train and test CSVs are once :meth:`fetch` has run."""
+        if self.archive is not None:
+            return tuple(self._archive_dir(data_dir) / member for member in (self.train, self.test))
+        return tuple(p if isinstance(p, Path) else data_dir / p.path for p in (self.train, self.test))
+
+    def fetch(self, data_dir: Path, mirrors: list[str]) -> list[Path]:
+        """Download (and verify) what is remote, unpack an archive; the CSVs' paths."""
+        if isinstance(self.archive, DataFile):
+            hub.download_extract(self.archive, data_dir, mirrors, folder=self._archive_dir(data_dir))
+        elif self.archive is not None:
+            hub.extract_archive(self.archive, self._archive_dir(data_dir))
+        else:
+            for source in (self.train, self.test):
+                if isinstance(source, DataFile):
+                    hub.download(source, data_dir, mirrors)
+        paths = self.table_paths(data_dir)
+        for path, member in zip(paths, (self.train, self.test)):
+            if self.archive is not None and not path.is_file():
+                raise DataError(f"archive {self.archive_name} has no member {member!r}; "
+                                f"fix train/test in [target.{self.name}]")
+        return list(paths)
+
+    @property
+    def archive_name(self) -> str:
+        return self.archive.url if isinstance(self.archive, DataFile) else str(self.archive)
+
+
+IMAGE_FLAGS = frozenset({"model", "valid_fraction", "folds", "seed", "hidden", "dropout", "epochs", "lr",
+                         "weight_decay", "batch_size", "optimizer", "schedule", "augment"})
 
 
 @dataclass(frozen=True)
 class ImageTarget:
+    """An image-classification competition; each model keeps its own checkpoint and lock section."""
+
     name: str
     files: tuple[DataFile, ...]
     defaults: dict
-    kind: str = "image"
+    presets = {}
+    default_preset = None
+    known = None  # params.toml may hold any classifier param; fit_classifier checks them
+    flags = IMAGE_FLAGS
+    stages = image_stages.STAGES
+
+    def section(self, params: dict) -> str:
+        return f"{self.name}/{params['model']}"
 
     @property
-    def hub_files(self) -> list[DataFile]:
-        return list(self.files)
+    def choices(self) -> dict[str, tuple]:
+        return {"model": tuple(CLASSIFIERS), "optimizer": IMAGE_OPTIMIZERS, "schedule": IMAGE_SCHEDULES}
+
+    def flag_values(self, given: dict) -> dict:
+        """The classifiers' MLP has one hidden layer: ``--hidden 256`` is a width, not a list."""
+        hidden = given.get("hidden")
+        if isinstance(hidden, list) and len(hidden) == 1:
+            given = {**given, "hidden": hidden[0]}
+        return given
+
+    def fetch(self, data_dir: Path, mirrors: list[str]) -> list[Path]:
+        return [hub.download(f, data_dir, mirrors) for f in self.files]
 
 
 HOUSE = TabularTarget("house", DATA_HUB["kaggle_house_train"], DATA_HUB["kaggle_house_test"],
@@ -101,17 +181,8 @@ HOUSE = TabularTarget("house", DATA_HUB["kaggle_house_train"], DATA_HUB["kaggle_
 FASHION = ImageTarget("fashion", tuple(DATA_HUB[n] for n in GROUPS["fashion"]),
                       {"model": "mlp", "valid_fraction": 0.1, "folds": 0, "seed": 0})
 BUILTIN = {"house": HOUSE, "fashion": FASHION}
-TARGET_KEYS = {"train", "test", "train_sha1", "test_sha1", "id", "label", "task", "metric"}
-
-
-def read_toml(path: Path) -> dict:
-    """A workspace TOML file as a dict (empty when absent); a syntax error is one line."""
-    if not path.exists():
-        return {}
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid TOML ({exc})") from None
+TARGET_KEYS = {"train", "test", "train_sha1", "test_sha1", "id", "label", "task", "metric",
+               "archive", "archive_sha1"}
 
 
 def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
@@ -132,16 +203,21 @@ def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
         if missing:
             raise DataError(f"{where}: missing key {missing[0]!r}")
         task = table.get("task", "regression")
-        metric = table.get("metric", "rmse" if task == "regression" else "accuracy")
-        if METRICS.get(metric) != task:
-            raise DataError(f"{where}: metric {metric!r} does not fit task {task!r} "
-                            f"(choose from {', '.join(m for m, t in METRICS.items() if t == task)})")
-        sources = {role: _source(name, role, table[role], table.get(f"{role}_sha1"), path.parent, where)
-                   for role in ("train", "test")}
+        if task not in TASKS:
+            raise DataError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
+        metric = metric_for(table.get("metric", default_metric(task)), task, where=where)
+        archive = None
+        if "archive" in table:
+            archive = _source(name, "archive", table["archive"], table.get("archive_sha1"), path.parent, where)
+            sources = {role: _member(table[role], role, where) for role in ("train", "test")}
+        else:
+            sources = {role: _source(name, role, table[role], table.get(f"{role}_sha1"), path.parent, where)
+                       for role in ("train", "test")}
         defaults = tabular_defaults(lr=0.01, weight_decay=1e-4, epochs=100, batch_size=128,
-                                    log_target=metric == "log_rmse", split="shuffled")
+                                    log_target=metric.name == "log_rmse", split="shuffled")
         targets[name] = TabularTarget(name, sources["train"], sources["test"],
-                                      TableSpec(table["id"], table["label"], task, metric), defaults)
+                                      TableSpec(table["id"], table["label"], task, metric.name), defaults,
+                                      archive=archive)
     return targets
 
 
@@ -149,15 +225,24 @@ def _source(target: str, role: str, value: str, sha1: str | None, base: Path, wh
     if not isinstance(value, str) or not value:
         raise DataError(f"{where}: {role} must be a path or URL string")
     if value.startswith(("http://", "https://")):
-        suffix = Path(value.split("?")[0]).suffix or ".csv"
-        return DataFile(f"{target}_{role}", value, sha1, None, f"{target}/{role}{suffix}")
+        name = PurePosixPath(value.split("?")[0]).name
+        # an archive keeps its whole name (.tar.gz), which says how to unpack it
+        cached = name if role == "archive" else f"{role}{PurePosixPath(name).suffix or '.csv'}"
+        return DataFile(f"{target}_{role}", value, sha1, None, f"{target}/{cached}")
     path = (base / value).expanduser().resolve()
     if not path.is_file():
         raise DataError(f"{where}: {role} file {path} does not exist")
-    if sha1:
-        if not verify(DataFile(f"{target}_{role}", str(path), sha1, None, path.name), path):
-            raise DataError(f"{where}: {path} does not match {role}_sha1 {sha1}")
+    if sha1 and hub.sha1_file(path) != sha1:
+        raise DataError(f"{where}: {path} does not match {role}_sha1 {sha1}")
     return path
+
+
+def _member(value, role: str, where: str) -> str:
+    """A member path inside the archive: relative, and never above it."""
+    if not isinstance(value, str) or not value or PurePosixPath(value).is_absolute() \
+            or ".." in PurePosixPath(value).parts:
+        raise DataError(f"{where}: {role} must be a relative path inside the archive, got {value!r}")
+    return value
 
 
 def all_targets(workspace: Workspace) -> dict:
@@ -172,10 +257,12 @@ def get_target(name: str, workspace: Workspace):
     return targets[name]
 
 
-def load_params_file(workspace: Workspace, target: str) -> dict:
-    """The ``[target]`` table of ``params.toml`` (empty when absent)."""
-    path = workspace.params_file
-    table = read_toml(path).get(target, {})
-    if not isinstance(table, dict):
-        raise DataError(f"{path}: [{target}] must be a table")
-    return dict(table)
+def check_flags(target, given: dict) -> dict:
+    """Flags given for ``target``: each must apply to it and be one of its choices."""
+    for key, value in given.items():
+        if key not in target.flags:
+            raise ParamError(key, value, f"does not apply to target {target.name}")
+        choices = target.choices.get(key)
+        if choices is not None and value not in choices:
+            raise ParamError(key, value, f"not one of {', '.join(choices)} for target {target.name}")
+    return target.flag_values(given)

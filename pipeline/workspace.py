@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -96,10 +97,15 @@ class Workspace:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# Between mirrors: the OS path separator, except the colons a URL holds (``http://``, ``:8000``).
+_MIRROR_SEPARATOR = re.compile(re.escape(os.pathsep) + r"(?!//|\d)" if os.pathsep == ":" else re.escape(os.pathsep))
+
+
 def mirrors_from_env() -> list[str]:
-    """Mirrors listed in ``$PIPELINE_MIRROR``, separated by the OS path separator."""
+    """Mirrors listed in ``$PIPELINE_MIRROR``: folders and URLs separated by ``:`` (``;`` on
+    Windows), e.g. ``http://127.0.0.1:8000/:../shared/datasets``."""
     value = os.environ.get(MIRROR_ENV, "")
-    return [part for part in value.split(os.pathsep) if part]
+    return [part for part in _MIRROR_SEPARATOR.split(value) if part]
 
 
 @contextlib.contextmanager

@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.classifiers import (
-    DEFAULTS, MODELS, Head, build_classifier, class_scores, evaluate, fit_classifier, predict,
-)
+from pipeline.images.models import MODELS, Head, build_classifier
+from pipeline.images.train import DEFAULTS, class_scores, evaluate, fit_classifier, predict
 from pipeline.errors import TrainingError, UsageError
-from pipeline.images import CLASS_NAMES, read_idx
+from pipeline.images.data import CLASS_NAMES, read_idx
 from pipeline.plots import confusion_matrix_png, learning_curves_png, prediction_grid_png
 
 CPU = torch.device("cpu")
@@ -67,14 +66,14 @@ def test_class_scores_match_cross_entropy_and_argmax(smoothing):
 
 
 def test_unknown_names_are_usage_errors():
-    with pytest.raises(UsageError, match="choose one of softmax, mlp, lenet, cnn"):
+    with pytest.raises(UsageError, match="not one of softmax, mlp, lenet, cnn"):
         build_classifier("resnet")
     with pytest.raises(UsageError, match="no parameter depth"):
         build_classifier("mlp", depth=3)
     x, y = _synthetic(20)
-    with pytest.raises(UsageError, match="optimizer 'rmsprop'"):
+    with pytest.raises(UsageError, match="optimizer = 'rmsprop': not one of sgd, adam, adamw"):
         fit_classifier("mlp", {"optimizer": "rmsprop"}, x, y, device=CPU)
-    with pytest.raises(UsageError, match="compile 'cuda-graphs' is not one of false, true, default, reduce-overhead"):
+    with pytest.raises(UsageError, match="compile = 'cuda-graphs': not one of false, true, default, reduce-overhead"):
         fit_classifier("mlp", {"compile": "cuda-graphs"}, x, y, device=CPU)
 
 

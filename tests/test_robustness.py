@@ -33,8 +33,12 @@ from hypothesis import strategies as st
 from pipeline.cli import main
 from pipeline.errors import DataError
 
-from pipeline.stages import CHECKPOINT_FORMAT, load_model, read_lock, sha1_file
-from pipeline.tabular import FeatureParams, TableSpec, build_features, load_tables
+from pipeline.hub import sha1_file
+from pipeline.make import read_lock
+from pipeline.metrics import METRICS
+from pipeline.tabular.features import FeatureParams, build_features
+from pipeline.tabular.stages import CHECKPOINT_FORMAT, load_model
+from pipeline.tabular.tables import TableSpec, load_tables
 from pipeline.workspace import Workspace, write_json
 
 FORMAT = CHECKPOINT_FORMAT  # the "format" key of a tabular checkpoint
@@ -318,7 +322,7 @@ def test_saved_model_loads_weights_only(trained):
     state = torch.load(trained / "models" / "toy.pt", weights_only=True)
     assert state["format"] == FORMAT
     assert state["target"] == "toy" and state["features"] == ["Area", "Kind_a", "Kind_b", "Kind_<missing>"]
-    model, loaded = load_model(trained / "models" / "toy.pt", torch.device("cpu"))
+    model, loaded = load_model(trained / "models" / "toy.pt", METRICS["log_rmse"], torch.device("cpu"))
     assert loaded["params"]["epochs"] == 2
     lines = (trained / "submissions" / "toy.csv").read_text().splitlines()
     assert lines[0] == "Id,Price" and [line.split(",")[0] for line in lines[1:]] == ["13", "14", "15", "16"]
@@ -368,7 +372,7 @@ def test_tampered_checkpoint_is_refused(trained_copy, tmp_path, capsys, kind, ne
     ws, path, marker = trained_copy, trained_copy / "models" / "toy.pt", tmp_path / "ran"
     _tamper(kind, path, marker)
     with pytest.raises(DataError) as caught:
-        load_model(path, torch.device("cpu"))
+        load_model(path, METRICS["log_rmse"], torch.device("cpu"))
     message = str(caught.value)
     assert "\n" not in message and str(path) in message and needle in message
     assert not marker.exists(), "loading must not run code from the file"

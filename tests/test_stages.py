@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.folds import SklearnMember
+from pipeline.tabular.members import SklearnMember
 from pipeline.workspace import Workspace
 
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from pipeline.errors import DataError
-from pipeline.tabular import MISSING, FeatureParams, Features, TableSpec, build_features, load_tables
+from pipeline.errors import ParamError
+from pipeline.tabular.features import MISSING, FeatureParams, Features, build_features
+from pipeline.tabular.tables import TableSpec, load_tables
 
 HOUSE = TableSpec(id="Id", label="SalePrice", task="regression", metric="log_rmse")
 
@@ -275,6 +277,6 @@ def test_column_without_training_values_is_dropped(tmp_path, caplog, fit_on):
     assert features.names == ["b"]
 
 
-def test_bad_fit_on_is_a_data_error():
-    with pytest.raises(DataError, match="fit_on='test'"):
+def test_bad_fit_on_is_a_param_error():
+    with pytest.raises(ParamError, match="fit_on = 'test': not one of all, train"):
         FeatureParams(fit_on="test")

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import pipeline.models as models
-import pipeline.trainer as trainer
+import pipeline.tabular.optim as optim
+import pipeline.tabular.stacked as stacked
+import pipeline.tabular.trainer as trainer
 from pipeline.devices import make_generator
-from pipeline.models import ACTIVATIONS, Architecture, StackedRegressor
-from pipeline.trainer import BatchPlan, TrainParams, fit, predict_raw
+from pipeline.tabular.stacked import ACTIVATIONS, Architecture, StackedModel
+from pipeline.tabular.trainer import BatchPlan, TrainParams, fit, predict_raw
 
 MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU, "elu": nn.ELU}
 
@@ -92,7 +93,7 @@ def reference_fit(X, y, train_rows, valid_rows, configs, *, metric, n_out=1, see
     G, C = len(train_rows), len(configs)
     generator = make_generator(seed, X.device)
     arch = Architecture(first.model, len(first.widths), first.activation, X.shape[1], n_out)
-    init = StackedRegressor(arch, G, [c.widths for c in configs], [0.0] * C, X.device, generator).views()
+    init = StackedModel(arch, G, [c.widths for c in configs], [0.0] * C, X.device, generator).views()
     plan = BatchPlan(train_rows, first.batch_size, X.device)
     total = first.epochs * plan.steps
     nets, optimizers, schedulers = {}, {}, {}
@@ -151,7 +152,7 @@ def assert_matches_reference(X, y, configs, *, metric, n_out=1, k=4, seed=0, rto
     return result
 
 
-def assert_padding_zero(model: StackedRegressor) -> None:
+def assert_padding_zero(model: StackedModel) -> None:
     """Units beyond a config's own width hold exactly zero weights and biases."""
     views = model.views()
     for layer in range(model.arch.depth):
@@ -165,7 +166,8 @@ def assert_padding_zero(model: StackedRegressor) -> None:
 
 @pytest.fixture(scope="module")
 def house(shared_datasets):
-    from pipeline.tabular import TableSpec, build_features, load_tables
+    from pipeline.tabular.features import build_features
+    from pipeline.tabular.tables import TableSpec, load_tables
 
     tables = load_tables(shared_datasets / "kaggle_house_pred_train.csv",
                          shared_datasets / "kaggle_house_pred_test.csv", TableSpec("Id", "SalePrice"))
@@ -193,7 +195,7 @@ def test_mlp_grid_with_unequal_folds_matches_reference(optimizer, schedule):
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_shared_lr_and_decay_use_the_fused_kernel_and_match_reference(optimizer, monkeypatch):
     """Configs sharing lr and weight decay (a CV of one config) step with torch's fused kernel."""
-    monkeypatch.setattr(trainer, "_Adam", None)  # the per-element path would fail
+    monkeypatch.setattr(optim, "_Adam", None)  # the per-element path would fail
     X, y = regression_data()
     configs = [TrainParams(model="mlp", hidden=(h,), lr=0.03, weight_decay=0.1, epochs=4, batch_size=16,
                            optimizer=optimizer, schedule="cosine") for h in (8, 5)]
@@ -246,7 +248,7 @@ def test_split_blocks_match_one_block(monkeypatch):
                for lr in (0.01, 0.03) for h in (8, 5, 3)]
     whole = fit(X, y, train, configs, metric="log_rmse", valid_rows=valid)
     for budget in (16 * 8 * 6, 16 * 8 * 2):  # two groups' models at once, then two configs of one group
-        monkeypatch.setattr(models, "ACTIVATION_BUDGET", budget)
+        monkeypatch.setattr(stacked, "ACTIVATION_BUDGET", budget)
         monkeypatch.setattr(trainer, "ACTIVATION_BUDGET", budget)
         blocks = whole.model.blocks(16)
         assert len(blocks) > 1 and sum(b.weights[0].shape[0] * (b.configs.stop - b.configs.start) for b in blocks) == 24
@@ -259,7 +261,7 @@ def test_split_blocks_match_one_block(monkeypatch):
 def test_hand_written_backward_matches_autograd_with_dropout(activation):
     g = torch.Generator().manual_seed(4)
     arch = Architecture("mlp", 2, activation, 5, 2)
-    model = StackedRegressor(arch, 3, [(6, 4), (3, 4), (6, 2)], [0.5, 0.0, 0.3], torch.device("cpu"), g)
+    model = StackedModel(arch, 3, [(6, 4), (3, 4), (6, 2)], [0.5, 0.0, 0.3], torch.device("cpu"), g)
     model.theta.normal_(generator=g)  # padding too: its gradients must still be exactly what autograd says
     x = F.pad(torch.randn(3, 9, 5, generator=g), (0, 1), value=1.0)  # with the ones column that carries the bias
     dout = torch.randn(3, 3, 2, 9, generator=g)
@@ -330,7 +332,7 @@ def test_checkpoint_round_trip_keeps_predictions():
     configs = [TrainParams(model="mlp", hidden=(h,), epochs=1, batch_size=16) for h in (4, 6)]
     result = fit(X, y, train, configs, metric="accuracy", valid_rows=valid, n_out=3)
     state = result.model.state({"note": 1})
-    loaded = StackedRegressor.from_state(state, torch.device("cpu"))
+    loaded = StackedModel.from_state(state, torch.device("cpu"))
     torch.testing.assert_close(predict_raw(loaded, X), predict_raw(result.model, X))
     with pytest.raises(ValueError):
-        StackedRegressor.from_state({**state, "format": "pipeline.stacked/1"}, torch.device("cpu"))
+        StackedModel.from_state({**state, "format": "pipeline.stacked/1"}, torch.device("cpu"))

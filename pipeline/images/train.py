@@ -1,13 +1,12 @@
-"""Image classifiers for Fashion-MNIST and the loop that trains them on one device-resident tensor.
+"""Training Fashion-MNIST classifiers on one device-resident tensor of images.
 
-Every model takes raw uint8 images (B, 28, 28) (or floats in [0, 1]) and does its own scaling,
-so a saved model needs no separate preprocessing recipe. The loop never syncs with the device
-inside an epoch: metrics accumulate in device tensors and are read once per epoch.
+The loop never syncs with the device inside an epoch: metrics accumulate in device tensors and
+are read once per epoch. Batches are index slices of a device-side permutation, augmented on
+the device (:func:`pipeline.images.data.augment`).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 
@@ -17,95 +16,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.devices import make_generator, one_cpu_thread, resolve_device
-from pipeline.errors import TrainingError, UsageError
-from pipeline.images import CLASS_NAMES, augment
+from pipeline.errors import ParamError, TrainingError, UsageError
+from pipeline.images.data import augment
+from pipeline.images.models import CONVNETS, MODELS, NUM_CLASSES, build_classifier
 
-NUM_CLASSES = len(CLASS_NAMES)
-MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics (of x / 255)
 # Models with fewer parameters train on one CPU thread: measured on 2 cores, softmax regression
 # (8k) is faster and steadier on one, the mlp (200k) and the convnets twice as fast on two.
 SMALL_MODEL = 50_000
-
-
-class Pixels(nn.Module):
-    """uint8 (B, H, W) or float (B, 1, H, W) images -> standardised float (B, 1, H, W)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        if x.dtype == torch.uint8:  # one new tensor, scaled in place: a third of the passes
-            return x.float().mul_(1 / (255 * STD)).sub_(MEAN / STD)
-        return (x - MEAN) / STD
-
-
-class Head(nn.Linear):
-    """A linear layer with few outputs (the 10 class scores).
-
-    Same parameters and result as nn.Linear, computed as ``(W @ x.T).T``: MKL's CPU sgemm runs
-    ``x @ W.T`` two to three times slower when W has only ~10 rows, and this layer is most of
-    softmax regression's work. The (B, C) scores are a view of a class-major (C, B) tensor,
-    which is the layout the loss wants (see :func:`class_scores`).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias[:, None], self.weight, x.t()).t()
-
-
-def class_scores(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
-    """Mean cross-entropy and the number of correct predictions of (B, C) ``logits``, on the device.
-
-    Both reduce over the classes of the (C, B) transpose: on the CPU, log-softmax and max over
-    10 classes run 10-20x faster along the leading dimension than along the last, and for a
-    :class:`Head`'s output the transpose is free.
-    """
-    scores = logits.float().t()
-    loss = F.cross_entropy(scores[None], y[None], label_smoothing=label_smoothing)  # classes on dim 1
-    return loss, (scores.max(0).indices == y).sum()
-
-
-def _softmax() -> nn.Module:
-    """d2l 3.6: softmax regression, one linear layer on the flattened pixels."""
-    return nn.Sequential(Pixels(), nn.Flatten(), Head(784, NUM_CLASSES))
-
-
-def _mlp(hidden: int = 256, dropout: float = 0.0) -> nn.Module:
-    """d2l 4.2/4.3 (4.6 with ``dropout``): one hidden ReLU layer."""
-    return nn.Sequential(
-        Pixels(), nn.Flatten(),
-        nn.Linear(784, hidden), nn.ReLU(), nn.Dropout(dropout),
-        Head(hidden, NUM_CLASSES),
-    )
-
-
-def _lenet() -> nn.Module:
-    """d2l 7.6 LeNet-5, with ReLU and max-pooling instead of sigmoid and average-pooling."""
-    return nn.Sequential(
-        Pixels(),
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
-        nn.Linear(120, 84), nn.ReLU(),
-        Head(84, NUM_CLASSES),
-    )
-
-
-def _cnn(channels: tuple[int, ...] | list[int] = (32, 64, 128)) -> nn.Module:
-    """A small modern convnet: conv-BN-ReLU blocks, max-pooling between them, global-average head."""
-    layers: list[nn.Module] = [Pixels()]
-    width = 1
-    for i, out in enumerate(channels):
-        if i:
-            layers.append(nn.MaxPool2d(2))
-        # no conv bias: BatchNorm's shift replaces it
-        layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
-        width = out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), Head(width, NUM_CLASSES)]
-    return nn.Sequential(*layers)
-
-
-MODELS = {"softmax": _softmax, "mlp": _mlp, "lenet": _lenet, "cnn": _cnn}
-CONVNETS = frozenset({"lenet", "cnn"})  # get channels_last memory and, on CUDA, bf16 autocast
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle")
 _SHOWN = ("train_loss", "train_accuracy", "valid_accuracy")  # in the progress bar
@@ -128,19 +45,16 @@ DEFAULTS: dict[str, dict] = {
 }
 
 
-def build_classifier(name: str, **params) -> nn.Module:
-    """A fresh model by name; ``params`` are the model's own keyword arguments (e.g. ``hidden``)."""
-    if name not in MODELS:
-        raise UsageError(f"unknown classifier {name!r}; choose one of {', '.join(MODELS)}")
-    factory = MODELS[name]
-    accepted = inspect.signature(factory).parameters
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        valid = sorted(set(accepted) | set(_TRAINING))
-        raise UsageError(
-            f"classifier {name!r} has no parameter {', '.join(unknown)}; valid: {', '.join(valid)}"
-        )
-    return factory(**params)
+def class_scores(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """Mean cross-entropy and the number of correct predictions of (B, C) ``logits``, on the device.
+
+    Both reduce over the classes of the (C, B) transpose: on the CPU, log-softmax and max over
+    10 classes run 10-20x faster along the leading dimension than along the last, and for a
+    :class:`Head`'s output the transpose is free.
+    """
+    scores = logits.float().t()
+    loss = F.cross_entropy(scores[None], y[None], label_smoothing=label_smoothing)  # classes on dim 1
+    return loss, (scores.max(0).indices == y).sum()
 
 
 def fit_classifier(
@@ -162,11 +76,11 @@ def fit_classifier(
     the same device gives the same model. ``progress``: None shows a bar only on a terminal.
     """
     if model_name not in DEFAULTS:
-        raise UsageError(f"unknown classifier {model_name!r}; choose one of {', '.join(MODELS)}")
+        raise ParamError("model", model_name, f"not one of {', '.join(MODELS)}")
     p = {**DEFAULTS[model_name], **(params or {})}
     for key, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
         if p[key] not in choices:
-            raise UsageError(f"{key} {p[key]!r} is not one of {', '.join(choices)}")
+            raise ParamError(key, p[key], f"not one of {', '.join(choices)}")
     device = resolve_device(device) if isinstance(device, str) else device
     n, bs, epochs = len(train_x), int(p["batch_size"]), int(p["epochs"])
     if n < 2:
@@ -181,7 +95,7 @@ def fit_classifier(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # weight init and dropout, without disturbing the caller's RNG
         arch = {k: v for k, v in p.items() if k not in _TRAINING}
-        model = build_classifier(model_name, **arch).to(device)
+        model = build_classifier(model_name, _TRAINING, **arch).to(device)
         if conv:
             model = model.to(memory_format=torch.channels_last)  # faster convs on CPU (oneDNN) and GPU
         forward = _compiled(model, p["compile"])
@@ -243,7 +157,7 @@ def _compiled(model: nn.Module, mode) -> nn.Module:
     if mode in (False, "false", "none"):
         return model
     if mode not in (True, "true", *COMPILE_MODES):
-        raise UsageError(f"compile {mode!r} is not one of false, true, {', '.join(COMPILE_MODES)}")
+        raise ParamError("compile", mode, f"not one of false, true, {', '.join(COMPILE_MODES)}")
     return torch.compile(model, mode=None if mode in (True, "true") else mode)
 
 

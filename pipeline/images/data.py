@@ -98,9 +98,9 @@ def raw_files(data_dir: str | Path) -> dict[str, Path]:
     """The four raw ``.gz`` paths under ``data_dir/fashion-mnist``, keyed like FashionData's fields."""
     folder = Path(data_dir) / "fashion-mnist"
     return {
-        f"{split}_{kind}": folder / f"{prefix}-{stem}-ubyte.gz"
+        f"{split}_{part}": folder / f"{prefix}-{stem}-ubyte.gz"
         for split, prefix in _SPLITS.items()
-        for kind, stem in (("images", "images-idx3"), ("labels", "labels-idx1"))
+        for part, stem in (("images", "images-idx3"), ("labels", "labels-idx1"))
     }
 
 

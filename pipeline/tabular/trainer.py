@@ -3,10 +3,8 @@
 The loop is airbench-shaped: data sit on the training device, each step fetches its batch
 (features, a ones column and the targets) with one index_select of a device-side index, and
 losses and metrics accumulate on the device and are read once, after the last epoch. Gradients
-come from the model's hand-written backward pass (:mod:`pipeline.models`) into one flat buffer,
-and Adam updates the one flat parameter tensor of a :class:`StackedRegressor`: torch's fused
-kernel where all models share a learning rate and weight decay (a CV), else an Adam written out
-here with one rate and decay per config (a sweep), which torch.optim, with one per tensor, lacks.
+come from the model's hand-written backward pass (:mod:`pipeline.tabular.stacked`) into one
+flat buffer, and :mod:`pipeline.tabular.optim` updates the one flat parameter tensor.
 """
 
 from __future__ import annotations
@@ -21,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.devices import make_generator, one_cpu_thread
-from pipeline.errors import UsageError
-from pipeline.models import ACTIVATION_BUDGET, Architecture, StackedRegressor
+from pipeline.errors import ParamError, UsageError
+from pipeline.metrics import Metric, metric_for
+from pipeline.tabular.optim import make_optimizer
+from pipeline.tabular.stacked import ACTIVATION_BUDGET, MODELS, Architecture, StackedModel
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-BETAS, EPS = (0.9, 0.999), 1e-8
 
 
 @dataclass(frozen=True)
@@ -48,18 +47,19 @@ class TrainParams:
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         checks = [
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 1, "batch-size must be at least 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
-            (self.weight_decay >= 0, "weight-decay must be at least 0"),
-            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.model != "mlp" or (self.hidden and min(self.hidden) >= 1), "mlp needs hidden sizes >= 1"),
+            ("model", self.model in MODELS, f"not one of {', '.join(MODELS)}"),
+            ("epochs", self.epochs >= 1, "must be at least 1"),
+            ("batch_size", self.batch_size >= 1, "must be at least 1"),
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "must be a positive number"),
+            ("weight_decay", self.weight_decay >= 0, "must be at least 0"),
+            ("dropout", 0 <= self.dropout < 1, "must be in [0, 1)"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"not one of {', '.join(OPTIMIZERS)}"),
+            ("schedule", self.schedule in SCHEDULES, f"not one of {', '.join(SCHEDULES)}"),
+            ("hidden", self.model != "mlp" or (self.hidden and min(self.hidden) >= 1), "an mlp needs widths >= 1"),
         ]
-        for ok, message in checks:
+        for param, ok, why in checks:
             if not ok:
-                raise UsageError(f"{message} (got {self})")
+                raise ParamError(param, getattr(self, param), why)
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -91,7 +91,7 @@ class TrainParams:
 class FitResult:
     """Curves are (epochs, groups, configs) arrays of the metric; NaN after a failure."""
 
-    model: StackedRegressor
+    model: StackedModel
     configs: list[TrainParams]
     metric: str
     train_curve: np.ndarray
@@ -110,12 +110,12 @@ class FitResult:
         return None if self.valid_curve is None else self.valid_curve[-1]
 
 
-def _chunk_rows(model: StackedRegressor) -> int:
+def _chunk_rows(model: StackedModel) -> int:
     """Rows whose widest layer's activations, for all of the model's models, fit ACTIVATION_BUDGET."""
     return max(1, ACTIVATION_BUDGET // (max(model.sizes[1:]) * model.configs * model.groups))
 
 
-def predict_raw(model: StackedRegressor, X: torch.Tensor) -> torch.Tensor:
+def predict_raw(model: StackedModel, X: torch.Tensor) -> torch.Tensor:
     """Raw outputs (G, N, C, n_out) for all rows of ``X``, in chunks that bound memory. ``X`` is
     (N, d), or (N, d + 1) with a last column of ones (the first layer's bias then rides in its product)."""
     step = _chunk_rows(model)
@@ -135,37 +135,41 @@ def to_predictions(raw: torch.Tensor, configs: list[TrainParams], task: str) -> 
 class _Scorer:
     """Every model's metric on each group's masked rows (train, valid) after an epoch, on the
     device: (G, C, masks). Runs every epoch, so the row chunks, their blocks and the labels'
-    transform are prepared once, and the outputs are turned into errors in place, in the
-    models' (G, C, n_out, rows) layout, which the masks' product takes as it is."""
+    transform are prepared once. A metric that is a mean of row terms takes them in the models'
+    (G, C, rows) layout, and one product with the masks averages them all; others (AUC) are
+    computed per group and mask."""
 
-    def __init__(self, model: StackedRegressor, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                 metric: str, log_target: bool):
+    def __init__(self, model: StackedModel, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                 metric: Metric, log_target: bool):
         self.model, self.metric, self.log_target = model, metric, log_target
         step = _chunk_rows(model)
         # (d + 1, rows) chunks of X with its ones column: one product serves all groups
         self.chunks = [(start, X[start:start + step].T) for start in range(0, len(X), step)]
         self.blocks = {rows: model.blocks(rows) for rows in {xT.shape[1] for _, xT in self.chunks}}
         self.out = torch.empty(model.groups, model.configs, model.arch.n_out, len(X), device=X.device)
-        # log-RMSE compares log(max(prediction, 1)) with log(label), as d2l does
-        self.y = y.log() if metric == "log_rmse" else y
+        self.y = y
+        self.labels = metric.label_space(y) if metric.term else y
         self.mask, self.counts = mask, mask.sum(1, keepdim=True)
+        self.rows = [[m.nonzero().squeeze(1) for m in group.T] for group in mask]  # for whole-sample metrics
 
-    def __call__(self) -> torch.Tensor:
+    def _predictions(self) -> torch.Tensor:
+        """(G, C, rows) values, or (G, C, rows, classes) probabilities."""
         for start, xT in self.chunks:
             for block in self.blocks[xT.shape[1]]:
                 z, _ = self.model.forward_block(block, xT)
                 self.out[block.groups, block.configs, :, start:start + xT.shape[1]] = z
-        if self.metric == "accuracy":
-            errors = (self.out.argmax(2) == self.y).float()
-        else:
-            errors = self.out[:, :, 0]
-            if self.metric == "log_rmse":
-                errors.clamp_(min=0) if self.log_target else errors.clamp_(min=1).log_()
-            elif self.log_target:
-                errors.exp_()
-            errors.sub_(self.y).square_()
-        mean = torch.bmm(errors, self.mask).div_(self.counts)
-        return mean if self.metric == "accuracy" else mean.sqrt_()
+        if self.metric.task == "classification":
+            return self.out.softmax(2).transpose(2, 3)
+        values = self.out[:, :, 0]
+        return values.exp_() if self.log_target else values
+
+    def __call__(self) -> torch.Tensor:
+        pred, metric = self._predictions(), self.metric
+        if metric.term is None:
+            return torch.stack([torch.stack([metric.whole(p.index_select(1, rows), self.y[rows]) for rows in masks], -1)
+                                for p, masks in zip(pred, self.rows)])
+        terms = metric.term(metric.space(pred), self.labels)
+        return metric.finish(torch.bmm(terms, self.mask).div_(self.counts))
 
 
 class BatchPlan:
@@ -219,65 +223,6 @@ class BatchPlan:
         return out
 
 
-class _Adam:
-    """torch.optim.Adam's update (AdamW's when ``decoupled``) on one flat tensor, with a learning
-    rate and weight decay per element (per config), in 6-7 in-place ops on preallocated buffers.
-    Constants are tensors: a Python float operand costs a tensor conversion per op."""
-
-    def __init__(self, theta: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor | None, decoupled: bool):
-        self.theta, self.decoupled = theta, decoupled
-        self.decay = decay * lr if decoupled and decay is not None else decay
-        # lr * m_hat / (sqrt(v_hat) + eps) with the per-element lr moved into the denominator,
-        # (sqrt(v_hat) + eps) / lr: one addcmul with 1/lr and eps/lr instead of a multiply more.
-        self.inverse_lr = 1 / lr
-        self.eps_over_lr = EPS * self.inverse_lr
-        self.exp_avg, self.exp_avg_sq, self.denom = (torch.zeros_like(theta) for _ in range(3))
-        self.beta2 = torch.tensor(BETAS[1], device=theta.device)
-        self.steps = 0
-
-    def step(self, grad: torch.Tensor, scale: float) -> None:
-        """One update with learning rates ``scale * lr`` (``scale`` is the schedule's factor)."""
-        self.steps += 1
-        if self.decay is not None:
-            if self.decoupled:
-                self.theta.addcmul_(self.theta, self.decay, value=-scale)
-            else:
-                grad.addcmul_(self.decay, self.theta)
-        self.exp_avg.lerp_(grad, 1 - BETAS[0])
-        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - BETAS[1])
-        torch.sqrt(self.exp_avg_sq, out=self.denom)
-        torch.addcmul(self.eps_over_lr, self.denom, self.inverse_lr, value=1 / math.sqrt(1 - BETAS[1] ** self.steps),
-                      out=self.denom)
-        self.theta.addcdiv_(self.exp_avg, self.denom, value=-scale / (1 - BETAS[0] ** self.steps))
-
-
-class _FusedAdam:
-    """torch's fused Adam/AdamW kernel (the one behind ``torch.optim.Adam(fused=True)``) called
-    directly, for models that share one learning rate and weight decay: one kernel per step in
-    place of _Adam's six. (torch.optim's ``step()`` spends ~60 µs in Python per call, more than a
-    whole training step of the d2l linear model.)"""
-
-    def __init__(self, theta: torch.Tensor, lr: float, decay: float, decoupled: bool, total_steps: int):
-        self.lr, self.decay = lr, decay
-        self.kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-        self.theta, self.exp_avg, self.exp_avg_sq = [theta], [torch.zeros_like(theta)], [torch.zeros_like(theta)]
-        # the kernel reads the step count (for the bias corrections) from a tensor
-        self.counts = iter(torch.arange(1, total_steps + 1, dtype=torch.float32, device=theta.device).unbind())
-
-    def step(self, grad: torch.Tensor, scale: float) -> None:
-        self.kernel(self.theta, [grad], self.exp_avg, self.exp_avg_sq, [], [next(self.counts)],
-                    lr=scale * self.lr, beta1=BETAS[0], beta2=BETAS[1], weight_decay=self.decay, eps=EPS,
-                    amsgrad=False, maximize=False)
-
-
-def _optimizer(model: StackedRegressor, configs: list[TrainParams], total_steps: int) -> _Adam | _FusedAdam:
-    lrs, decays = [c.lr for c in configs], [c.weight_decay for c in configs]
-    decoupled = configs[0].optimizer == "adamw"
-    if len(set(lrs)) == 1 and len(set(decays)) == 1 and hasattr(torch, "_fused_adamw_"):  # a private op
-        return _FusedAdam(model.theta, lrs[0], decays[0], decoupled, total_steps)
-    return _Adam(model.theta, model.per_element(lrs), model.per_element(decays) if any(decays) else None, decoupled)
-
-
 def _train_targets(y: torch.Tensor, params: TrainParams, n_out: int) -> torch.Tensor:
     """The loss's targets as columns: one-hot classes, or the label (its log with log_target)."""
     if n_out > 1:
@@ -295,6 +240,7 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
     With ``curves`` the metrics are computed after every epoch, else only after the last.
     The loss is the mean squared error for ``n_out == 1``, else cross-entropy over n_out classes.
     """
+    metric = metric_for(metric)
     keys = {c.group_key() for c in configs}
     if len(keys) != 1:
         raise UsageError("configs differing in model, depth, activation, epochs, batch size, "
@@ -310,12 +256,12 @@ def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_
     generator = make_generator(seed, device)
     G, C, N, d = len(train_rows), len(configs), len(X), X.shape[1]
     arch = Architecture(first.model, len(first.widths), first.activation, d, n_out)
-    model = StackedRegressor(arch, G, [c.widths for c in configs], [c.dropout for c in configs], device, generator)
+    model = StackedModel(arch, G, [c.widths for c in configs], [c.dropout for c in configs], device, generator)
     grad = torch.empty_like(model.theta)
     classify = n_out > 1
     plan = BatchPlan(train_rows, first.batch_size, device)
     total_steps = first.epochs * plan.steps
-    adam = _optimizer(model, configs, total_steps)
+    adam = make_optimizer(model, configs, total_steps)
     weights = plan.weights(1.0 if classify else 2.0)  # d mean-loss / d output = weight * residual
     # Features, a ones column (the first layer's bias rides in its product) and the targets: one
     # gather per step fetches all three. (index_select of whole rows: advanced indexing, table[idx],
@@ -383,7 +329,7 @@ def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_
     curves_np[(failed_np > 0) & (epoch_of_row.reshape(-1, 1, 1) >= failed_np)] = np.nan
     names = list(masks)
     return FitResult(
-        model=model, configs=list(configs), metric=metric,
+        model=model, configs=list(configs), metric=metric.name,
         train_curve=curves_np[..., names.index("train")],
         valid_curve=curves_np[..., names.index("valid")] if "valid" in names else None,
         failed_epoch=failed_np, seconds=time.perf_counter() - started,

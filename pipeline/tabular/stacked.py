@@ -1,4 +1,4 @@
-"""Tabular models as one stacked tensor program: G row groups (folds) x C configs at once.
+"""Tabular torch models as one stacked tensor program: G row groups (folds) x C configs at once.
 
 A stacked model holds the parameters of G*C independent linear or MLP models in ONE flat
 tensor. Every config of a group sees that group's rows, so the first layer is a single batched
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import UsageError
+from pipeline.errors import ParamError
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu, "elu": F.elu}
 
@@ -47,7 +47,7 @@ DERIVATIVES = {
     "silu": _silu_slope,
     "elu": lambda z, a: torch.where(z > 0, 1.0, a + 1),
 }
-MODEL_KINDS = ("linear", "mlp")
+MODELS = ("linear", "mlp")
 ACTIVATION_BUDGET = 1 << 22  # elements of one layer's activations computed at once: bounds memory in wide sweeps
 
 
@@ -55,17 +55,17 @@ ACTIVATION_BUDGET = 1 << 22  # elements of one layer's activations computed at o
 class Architecture:
     """What the configs of one stacked model share; widths and dropout may differ per config."""
 
-    kind: str
+    model: str  # linear | mlp
     depth: int  # hidden layers: 0 for linear
     activation: str
     n_in: int
     n_out: int
 
     def __post_init__(self):
-        if self.kind not in MODEL_KINDS:
-            raise UsageError(f"model {self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
+        if self.model not in MODELS:
+            raise ParamError("model", self.model, f"not one of {', '.join(MODELS)}")
         if self.activation not in ACTIVATIONS:
-            raise UsageError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+            raise ParamError("activation", self.activation, f"not one of {', '.join(ACTIVATIONS)}")
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Block:
     biases: list[torch.Tensor]
 
 
-class StackedRegressor:
+class StackedModel:
     """Parameters of ``groups`` x ``len(hidden)`` models in one flat tensor ``theta``.
 
     ``hidden[c]`` is config c's tuple of hidden widths (empty for linear); ``dropout[c]`` its
@@ -95,7 +95,7 @@ class StackedRegressor:
     (G, C, fan_in, fan_out) shapes of the math.
     """
 
-    FORMAT = "pipeline.stacked/2"  # /1 stored (fan_in, fan_out) weights and the first bias apart
+    FORMAT = "pipeline.stacked/3"  # /2 named the architecture's model "kind"; /1 stored (fan_in, fan_out) weights
 
     def __init__(self, arch: Architecture, groups: int, hidden: list[tuple[int, ...]],
                  dropout: list[float], device: torch.device, generator: torch.Generator | None = None):
@@ -236,7 +236,7 @@ class StackedRegressor:
                 "dropout": self.dropout.cpu().tolist(), **extra}
 
     @classmethod
-    def from_state(cls, state: dict, device: torch.device) -> "StackedRegressor":
+    def from_state(cls, state: dict, device: torch.device) -> "StackedModel":
         if state.get("format") != cls.FORMAT:
             raise ValueError(f"checkpoint format {state.get('format')!r} is not {cls.FORMAT!r}; retrain the model")
         model = cls(Architecture(**state["arch"]), state["groups"], [tuple(h) for h in state["hidden"]],

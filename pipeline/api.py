@@ -1,0 +1,109 @@
+"""The library API: every command as a method of :class:`Pipeline`, returning what it made.
+
+The ``pipeline`` command is a thin click layer over this, and a notebook calls the same::
+
+    from pipeline.api import Pipeline
+    p = Pipeline(mirrors=["../shared/datasets"])
+    report = p.cv("house", model="mlp")
+
+Params are keyword arguments named as in ``params.toml`` (``weight_decay``, not
+``--weight-decay``); those left out come from the target's defaults and ``params.toml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from pipeline import hub, make, params as params_file, reports
+from pipeline.errors import UsageError
+from pipeline.tabular import stages as tabular_stages
+from pipeline.targets import all_targets, check_flags, get_target
+from pipeline.workspace import Workspace, mirrors_from_env
+
+
+def _quiet(stage: str, what: str) -> None:
+    pass
+
+
+class Pipeline:
+    """A workspace (``workdir``, else ``$PIPELINE_HOME``, else the current folder), the mirrors
+    to download from (plus ``$PIPELINE_MIRROR``), and how to report: ``progress(desc)`` returns
+    an epoch callback, ``announce(stage, what)`` hears which stages run or are skipped."""
+
+    def __init__(self, workdir: str | Path | None = None, mirrors=(), *, wait: float = 0.0,
+                 progress: Callable[[str], Callable[[int, int], None] | None] = lambda desc: None,
+                 announce: Callable[[str, str], None] = _quiet):
+        self.workspace = Workspace.resolve(workdir)
+        self.mirrors = [str(m) for m in mirrors] + mirrors_from_env()
+        self.wait, self.progress, self.announce = wait, progress, announce
+
+    def context(self, target: str, params: dict | None = None, device: str = "auto",
+                out: str | Path | None = None) -> make.Context:
+        """The resolved params of ``target``: defaults, preset, params.toml, then ``params``."""
+        chosen = get_target(target, self.workspace)
+        given = check_flags(chosen, {k: v for k, v in (params or {}).items() if v is not None})
+        resolved = params_file.resolve(chosen, self.workspace, given)
+        return make.Context(self.workspace, chosen, resolved, self.mirrors, device, self.progress,
+                            Path(out) if out else None)
+
+    def _make(self, ctx: make.Context, until: str, **options) -> dict:
+        options.setdefault("always", True)
+        with self.workspace.exclusive(self.wait):
+            return make.make(ctx, until, report=self.announce, **options)
+
+    def download(self, name: str) -> list[str]:
+        """A target's data, a hub dataset, a group or ``all``: the verified files' paths."""
+        if name in all_targets(self.workspace):
+            return self._make(self.context(name), "download").get("files", [])
+        with self.workspace.exclusive(self.wait):
+            return [str(p) for p in hub.download_group(name, self.workspace.data, self.mirrors).values()]
+
+    def hub(self) -> list[dict]:
+        return hub.status(self.workspace.data)
+
+    def preprocess(self, target: str, **params) -> dict:
+        return self._make(self.context(target, params), "preprocess")
+
+    def cv(self, target: str, device: str = "auto", **params) -> dict:
+        """K-fold cross-validation of the target's recipe: its report."""
+        ctx = self.context(target, params, device)
+        if "cv" not in {s.name for s in ctx.target.stages}:
+            raise UsageError(f"for {target} use `pipeline train {target} --folds K` (it reports the fold scores)")
+        return self._make(ctx, "cv")
+
+    def train(self, target: str, device: str = "auto", **params) -> dict:
+        return self._make(self.context(target, params, device), "train")
+
+    def evaluate(self, target: str, device: str = "auto", **params) -> dict:
+        ctx = self.context(target, params, device)
+        if "evaluate" not in {s.name for s in ctx.target.stages}:
+            raise UsageError(f"target {target} has no test labels to evaluate on; use `pipeline cv {target}`")
+        return self._make(ctx, "evaluate")
+
+    def submit(self, target: str, out: str | Path | None = None, device: str = "auto", **params) -> dict:
+        """A checked submission in ``submissions/`` (and at ``out``): its path and row count."""
+        return self._make(self.context(target, params, device, out), "submit")
+
+    def run(self, target: str, until: str | None = None, force: bool = False, device: str = "auto") -> dict:
+        """Every stage in order through ``until``, skipping those that are up to date."""
+        ctx = self.context(target, {}, device)
+        return self._make(ctx, until or ctx.target.stages[-1].name, always=False, force=force, in_order=True)
+
+    def status(self, target: str, device: str = "auto", **params) -> list[dict]:
+        return make.status(self.context(target, params, device))
+
+    def runs(self, target: str | None = None) -> list[dict]:
+        return reports.leaderboard(self.workspace, target)
+
+    def sweep(self, target: str, grid: dict[str, list] | list[str], save: bool = True, device: str = "auto",
+              **params) -> dict:
+        """Every config of ``grid`` ({"lr": [0.01, 0.03]} or ["lr=0.01,0.03"]) cross-validated at once."""
+        ctx = self.context(target, params, device)
+        if "cv" not in {s.name for s in ctx.target.stages}:
+            raise UsageError(f"sweep works on tabular targets; {target} is an image target")
+        if not isinstance(grid, dict):
+            grid = params_file.parse_grid(grid, ctx.target.defaults, tabular_stages.TRAIN_KEYS)
+        with self.workspace.exclusive(self.wait):
+            make.make(ctx, "preprocess", always=False, report=self.announce)
+            return tabular_stages.sweep(ctx, grid, save=save)

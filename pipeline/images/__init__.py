@@ -1,0 +1,1 @@
+"""Image competitions (Fashion-MNIST): IDX files -> device tensors -> classifiers -> evaluation, submission."""

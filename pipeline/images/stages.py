@@ -1,0 +1,151 @@
+"""An image target's stages: download -> preprocess -> train -> evaluate, train -> submit.
+
+Each model has its own checkpoint (``models/fashion-<model>.pt``) and lock section, so the
+models of one workspace never make each other stale.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import checkpoints, plots, reports
+from pipeline.devices import resolve_device
+from pipeline.errors import ParamError
+from pipeline.folds import fold_rows
+from pipeline.images.data import CACHE_NAME, CLASS_NAMES, load_fashion
+from pipeline.images.models import build_classifier
+from pipeline.images.train import DEFAULTS, evaluate as evaluate_model, fit_classifier, predict
+from pipeline.make import Context, Stage, plain
+from pipeline.submissions import write_copies
+
+CHECKPOINT_FORMAT = "pipeline.classifier/1"
+TARGET_KEYS = ("model", "valid_fraction", "folds", "seed")  # the target's own params, not the classifier's
+ARCHITECTURE_KEYS = ("hidden", "dropout", "channels")
+
+
+def _model_path(ctx: Context) -> Path:
+    return ctx.workspace.models / f"{ctx.target.name}-{ctx.params['model']}.pt"
+
+
+def download(ctx: Context) -> tuple[list[Path], dict]:
+    paths = ctx.target.fetch(ctx.workspace.data, ctx.mirrors)
+    return paths, {"files": [ctx.rel(p) for p in paths]}
+
+
+def preprocess(ctx: Context) -> tuple[list[Path], dict]:
+    data = load_fashion(ctx.workspace.data)
+    return [ctx.workspace.data / "fashion-mnist" / CACHE_NAME], {"train": len(data.train_labels),
+                                                                  "test": len(data.test_labels)}
+
+
+def classifier_params(params: dict) -> dict:
+    """The classifier's own params: everything but the target-level keys."""
+    return {k: v for k, v in params.items() if k not in TARGET_KEYS}
+
+
+def train(ctx: Context) -> tuple[list[Path], dict]:
+    data = load_fashion(ctx.workspace.data)
+    device = resolve_device(ctx.device)
+    name, seed = ctx.params["model"], int(ctx.params["seed"])
+    if name not in DEFAULTS:
+        raise ParamError("model", name, f"not one of {', '.join(DEFAULTS)} for {ctx.target.name}")
+    x, y = data.train_images, data.train_labels.long()
+    generator = torch.Generator().manual_seed(seed)
+    folds = int(ctx.params["folds"])
+    if folds >= 2:
+        splits = fold_rows(y, folds, "shuffled", seed, stratify=True)
+    else:
+        order = torch.randperm(len(y), generator=generator)
+        n_valid = int(round(len(y) * float(ctx.params["valid_fraction"])))
+        splits = [(order[n_valid:], order[:n_valid])]
+    started = time.perf_counter()
+    histories, scores, model = [], [], None
+    own = classifier_params(ctx.params)
+    for i, (tr, va) in enumerate(splits):
+        model, history = fit_classifier(name, own, x[tr], y[tr], x[va] if len(va) else None,
+                                        y[va] if len(va) else None, device=device, seed=seed + i)
+        histories.append(history)
+        if len(va):
+            scores.append(evaluate_model(model, x[va], y[va], device)["accuracy"])
+    if folds >= 2:  # the K fold models were for scoring; the saved model trains on every row
+        model, _ = fit_classifier(name, own, x, y, device=device, seed=seed)
+    path = checkpoints.save(_model_path(ctx), CHECKPOINT_FORMAT, {
+        "model": name, "params": {**DEFAULTS[name], **own},
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "classes": list(CLASS_NAMES)})
+    run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "train")
+    plot = plots.learning_curves_png(
+        [{"label": f"fold {i + 1}" if folds >= 2 else name,
+          "train": [h["train_loss"] for h in hist],
+          "valid": [h["valid_loss"] for h in hist] if hist and hist[0]["valid_loss"] is not None else None}
+         for i, hist in enumerate(histories)],
+        run_dir / "curves.png", ylabel="cross-entropy", title=f"{ctx.target.name}: {name}")
+    report = {"run": run_dir.name, "target": ctx.target.name, "command": "train", "metric": "accuracy",
+              "params": {k: plain(v) for k, v in sorted(ctx.params.items())}, "history": histories,
+              "folds": [{"train": h[-1]["train_accuracy"], "valid": s} for h, s in zip(histories, scores)],
+              "seconds": time.perf_counter() - started, "device": str(device), "created": reports.now(),
+              "plots": [plot.name]}
+    if scores:
+        report.update(mean_valid=float(np.mean(scores)), std_valid=float(np.std(scores)),
+                      valid_accuracy=float(np.mean(scores)))
+    reports.save_report(run_dir, report)
+    return [path, run_dir / "report.json", plot], report
+
+
+def load_classifier(path: Path, device: torch.device):
+    """A saved classifier, in eval mode on ``device``; a tampered or foreign file is refused."""
+    remake = f"pipeline train fashion --model {path.stem.split('-')[-1]}"
+    state = checkpoints.load(path, CHECKPOINT_FORMAT, "classifier", remake)
+    with checkpoints.restoring(path, remake):
+        own = {k: v for k, v in state["params"].items() if k in ARCHITECTURE_KEYS}
+        model = build_classifier(state["model"], **own)
+        model.load_state_dict(state["state_dict"])
+    return model.to(device).eval(), state
+
+
+def evaluate(ctx: Context) -> tuple[list[Path], dict]:
+    started = time.perf_counter()
+    data = load_fashion(ctx.workspace.data)
+    device = resolve_device(ctx.device)
+    model, state = load_classifier(_model_path(ctx), device)
+    result = evaluate_model(model, data.test_images, data.test_labels.long(), device)
+    run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "evaluate")
+    confusion = plots.confusion_matrix_png(result["confusion"], CLASS_NAMES, run_dir / "confusion.png",
+                                           title=f"{state['model']}: test accuracy {result['accuracy']:.4f}")
+    shown = torch.arange(18)
+    predicted = predict(model, data.test_images[shown], device).argmax(1).cpu()
+    grid = plots.prediction_grid_png(data.test_images[shown], data.test_labels[shown], predicted,
+                                     CLASS_NAMES, run_dir / "predictions.png")
+    report = {"run": run_dir.name, "target": ctx.target.name, "command": "evaluate", "metric": "accuracy",
+              "params": {"model": state["model"], **state["params"]},
+              "test_accuracy": result["accuracy"], "test_loss": result["loss"],
+              "per_class": dict(zip(CLASS_NAMES, result["per_class"])), "confusion": result["confusion"],
+              "seconds": time.perf_counter() - started, "device": str(device), "created": reports.now(),
+              "plots": [confusion.name, grid.name]}
+    path = reports.save_report(run_dir, report)
+    return [path, confusion, grid], report
+
+
+def submit(ctx: Context) -> tuple[list[Path], dict]:
+    data = load_fashion(ctx.workspace.data)
+    device = resolve_device(ctx.device)
+    model, _ = load_classifier(_model_path(ctx), device)
+    labels = predict(model, data.test_images, device).argmax(1).cpu().numpy()
+    ids = list(range(len(labels)))
+    frame = pd.DataFrame({"Id": ids, "Label": labels})
+    return write_copies(ctx.workspace.submissions / f"{ctx.target.name}-{ctx.params['model']}.csv", ctx.out, frame,
+                        id_column="Id", label_column="Label", expected_ids=ids, classes=list(range(10)))
+
+
+_CODE = ("pipeline.images.models", "pipeline.images.train", "pipeline.images.data", "pipeline.checkpoints")
+STAGES = (
+    Stage("download", (), (), ("pipeline.hub", "pipeline.targets"), download),
+    Stage("preprocess", ("download",), (), ("pipeline.images.data",), preprocess),
+    Stage("train", ("preprocess",), ("*",), _CODE + ("pipeline.folds",), train),
+    Stage("evaluate", ("train",), ("model",), _CODE + ("pipeline.plots",), evaluate),
+    Stage("submit", ("train",), ("model",), _CODE + ("pipeline.submissions",), submit),
+)

@@ -1,0 +1,206 @@
+"""The make engine: stages, the lock file, status and make.
+
+Each stage declares its upstream stages, params and the code it uses; each records what it
+read and wrote in ``pipeline.lock``, so that a later run skips it while nothing it used changed.
+A stage is up to date when its recorded outputs exist with the recorded hashes and its inputs
+(by SHA-1), params and code are what they were when it last ran; otherwise ``status`` says
+which one changed, like ``dvc status``. Every output is written atomically, and the lock record
+is written after the outputs, so a stage killed midway is simply stale the next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pipeline import reports
+from pipeline.errors import UsageError
+from pipeline.hub import sha1_file
+from pipeline.workspace import Workspace, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """What every stage gets: where to work, which target, the resolved params, how to report."""
+
+    workspace: Workspace
+    target: object  # a target of pipeline.targets
+    params: dict
+    mirrors: list[str] = field(default_factory=list)
+    device: str = "auto"
+    progress: Callable[[str], Callable[[int, int], None] | None] = lambda desc: None
+    out: Path | None = None  # submit: where to copy the submission as well
+
+    @property
+    def section(self) -> str:
+        """The lock's key for this target and params (image targets keep one per model)."""
+        return self.target.section(self.params)
+
+    def rel(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.workspace.root))
+        except ValueError:
+            return str(path.resolve())
+
+
+@dataclass(frozen=True)
+class Stage:
+    """``run`` is the stage's body; its own module and the modules in ``uses`` are its code."""
+
+    name: str
+    after: tuple[str, ...]  # upstream stages: their outputs are this stage's inputs
+    params: tuple[str, ...]  # ("*",): every param
+    uses: tuple[str, ...]  # modules the body calls into, beyond its own
+    run: Callable[[Context], tuple[list[Path], dict]]  # -> outputs, summary for the caller
+
+
+def code_version(stage: Stage) -> str:
+    """A hash of the body's module and of every module it uses: editing either makes the stage stale."""
+    digest = hashlib.sha1()
+    for name in sorted({stage.run.__module__, *stage.uses}):
+        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def stage_params(stage: Stage, ctx: Context) -> dict:
+    keys = sorted(ctx.params) if stage.params == ("*",) else stage.params
+    return {k: plain(ctx.params[k]) for k in keys if k in ctx.params}
+
+
+def plain(value):
+    """A param value as JSON keeps it (tuples become lists), so recorded and current compare equal."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def get_stage(target, name: str) -> Stage:
+    for stage in target.stages:
+        if stage.name == name:
+            return stage
+    raise UsageError(f"target {target.name} has no stage {name!r}; "
+                     f"its stages: {', '.join(s.name for s in target.stages)}")
+
+
+# ----------------------------------------------------------------------------- lock and status
+
+def read_lock(workspace: Workspace) -> dict:
+    path = workspace.lock_file
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        log.warning("%s is unreadable; every stage will run again", path)
+        return {}
+
+
+def _inputs(stage: Stage, ctx: Context, lock: dict) -> dict:
+    """The files upstream stages recorded as their outputs."""
+    records = lock.get(ctx.section, {})
+    files = {}
+    for upstream in stage.after:
+        files.update(records.get(upstream, {}).get("outs", {}))
+    return files
+
+
+def check(stage: Stage, ctx: Context, lock: dict, stale_upstream: set[str]) -> tuple[str, str]:
+    """(state, reason): ``up to date``, ``stale`` or ``missing``."""
+    record = lock.get(ctx.section, {}).get(stage.name)
+    if not record:
+        return "missing", "never run"
+    for rel, digest in record["outs"].items():
+        path = ctx.workspace.root / rel
+        if not path.exists():
+            return "missing", f"output {rel} is missing"
+        if sha1_file(path) != digest:
+            return "stale", f"output {rel} was changed"
+    for upstream in stage.after:
+        if upstream in stale_upstream:
+            return "stale", f"upstream stage {upstream} is not up to date"
+    now_inputs = _inputs(stage, ctx, lock)
+    for rel in sorted(set(now_inputs) | set(record["deps"])):
+        if now_inputs.get(rel) != record["deps"].get(rel):
+            return "stale", f"input {rel} changed"
+    params = stage_params(stage, ctx)
+    for key in sorted(set(params) | set(record["params"])):
+        if params.get(key) != record["params"].get(key):
+            return "stale", f"param {key} changed: {record['params'].get(key)!r} -> {params.get(key)!r}"
+    if code_version(stage) != record["code"]:
+        return "stale", "code changed"
+    return "up to date", ""
+
+
+def status(ctx: Context, until: str | None = None) -> list[dict]:
+    lock = read_lock(ctx.workspace)
+    rows, not_ok = [], set()
+    for stage in _upto(ctx.target, until):
+        state, reason = check(stage, ctx, lock, not_ok)
+        if state != "up to date":
+            not_ok.add(stage.name)
+        rows.append({"stage": stage.name, "state": state, "reason": reason})
+    return rows
+
+
+def _upto(target, until: str | None) -> tuple[Stage, ...]:
+    """Every stage in declared order, through ``until``."""
+    stages = target.stages
+    if until is None:
+        return stages
+    names = [s.name for s in stages]
+    get_stage(target, until)
+    return stages[: names.index(until) + 1]
+
+
+def _needed(target, name: str) -> tuple[Stage, ...]:
+    """``name`` and the stages it depends on (transitively), in declared order."""
+    wanted, todo = set(), [name]
+    while todo:
+        stage = get_stage(target, todo.pop())
+        if stage.name not in wanted:
+            wanted.add(stage.name)
+            todo.extend(stage.after)
+    return tuple(s for s in target.stages if s.name in wanted)
+
+
+def execute(stage: Stage, ctx: Context) -> dict:
+    """Run one stage and record it in the lock (after its outputs are in place)."""
+    lock = read_lock(ctx.workspace)
+    inputs = _inputs(stage, ctx, lock)
+    started = time.perf_counter()
+    outs, summary = stage.run(ctx)
+    lock = read_lock(ctx.workspace)
+    lock.setdefault(ctx.section, {})[stage.name] = {
+        "deps": inputs, "params": stage_params(stage, ctx), "code": code_version(stage),
+        "outs": {ctx.rel(p): sha1_file(p) for p in outs},
+        "finished": reports.now(), "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(ctx.workspace.lock_file, lock)
+    return summary
+
+
+def make(ctx: Context, until: str, *, force: bool = False, always: bool = False, in_order: bool = False,
+         report: Callable[[str, str], None] = lambda stage, what: None) -> dict:
+    """Bring ``until`` and what it depends on up to date; ``always`` reruns ``until`` itself.
+
+    ``in_order`` takes every stage declared before ``until`` instead (``pipeline run``).
+    Returns the last stage's summary (empty when it was up to date and skipped).
+    """
+    summary: dict = {}
+    for stage in (_upto if in_order else _needed)(ctx.target, until):
+        # Upstream stages already ran (or were fresh), so their recorded outputs tell the truth.
+        state, reason = check(stage, ctx, read_lock(ctx.workspace), set())
+        last = stage.name == until
+        if force or state != "up to date" or (always and last):
+            report(stage.name, f"running ({reason or 'requested'})")
+            summary = execute(stage, ctx)
+        else:
+            report(stage.name, "up to date, skipped")
+            summary = {}
+    return summary

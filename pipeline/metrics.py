@@ -1,0 +1,130 @@
+"""Kaggle's common metrics: what each scores, which way is better, and what a submission holds.
+
+Every metric works on torch tensors, batched over leading dimensions, so that the trainer can
+score all folds x configs at once on the device. Predictions are in the labels' scale: values
+for regression, class probabilities ``(..., rows, classes)`` for classification.
+
+A regression metric compares predictions and labels in its ``space`` (log prices for
+``log_rmse``, log1p for ``rmsle``); the blend of several models averages there too, so a blend
+for a log metric is a geometric mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pipeline.errors import DataError
+
+PROBABILITY_FLOOR = 1e-15  # log-loss clips probabilities here, as scikit-learn and Kaggle do
+
+
+def _same(values: torch.Tensor) -> torch.Tensor:
+    return values
+
+
+def _squared(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (pred - labels).square()
+
+
+def _absolute(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (pred - labels).abs()
+
+
+def _hits(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (prob.argmax(-1) == labels).to(prob.dtype)
+
+
+def _surprise(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    picked = prob.gather(-1, labels.expand(*prob.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    return -picked.clamp_min(PROBABILITY_FLOOR).log()
+
+
+def auc(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Area under the ROC curve of P(class 1) ``prob[..., 1]`` against 0/1 ``labels``:
+    the Mann-Whitney statistic, ties counted half (average ranks), batched over leading dims."""
+    scores = prob[..., 1].contiguous()
+    ordered = scores.sort(-1).values
+    # 1-based average rank of every score: its first and last position among equal scores
+    ranks = (torch.searchsorted(ordered, scores) + torch.searchsorted(ordered, scores, right=True) + 1) / 2
+    positive = labels.to(scores.dtype)
+    n_pos = positive.sum()
+    n_neg = len(labels) - n_pos
+    return ((ranks * positive).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One competition metric.
+
+    ``space`` maps predictions (and ``label_space`` labels) to where the metric compares them;
+    ``term`` is the per-row loss there and ``finish`` turns the mean term into the score. A
+    metric that is not a mean of row terms (AUC) gives ``whole`` instead. ``domain`` is what
+    labels and predictions must be: None, ``positive`` or ``non-negative``.
+    """
+
+    name: str
+    task: str  # regression | classification
+    higher_is_better: bool
+    submits: str  # values | labels | probabilities
+    term: Callable | None = None
+    finish: Callable = _same
+    whole: Callable | None = None
+    space: Callable = _same
+    unspace: Callable = _same
+    label_space: Callable = _same
+    domain: str | None = None
+    binary: bool = False
+
+    def score(self, pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The metric of ``pred`` (..., rows[, classes]) against ``labels`` (rows,), per leading index."""
+        if self.whole is not None:
+            return self.whole(pred, labels)
+        return self.finish(self.term(self.space(pred), self.label_space(labels)).mean(-1))
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.higher_is_better else a < b
+
+    def sort_key(self, value: float) -> float:
+        """Ascending order of this key is best first."""
+        return -value if self.higher_is_better else value
+
+
+def _log_clamped(values: torch.Tensor) -> torch.Tensor:
+    return values.clamp_min(1).log()
+
+
+def _log1p_clamped(values: torch.Tensor) -> torch.Tensor:
+    return values.clamp_min(0).log1p()
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("rmse", "regression", False, "values", _squared, torch.sqrt),
+    # house's (d2l 4.10): RMSE between log(max(prediction, 1)) and log(label)
+    Metric("log_rmse", "regression", False, "values", _squared, torch.sqrt, space=_log_clamped,
+           unspace=torch.exp, label_space=torch.log, domain="positive"),
+    # Kaggle's RMSLE: RMSE between log1p(prediction) and log1p(label)
+    Metric("rmsle", "regression", False, "values", _squared, torch.sqrt, space=_log1p_clamped,
+           unspace=torch.expm1, label_space=torch.log1p, domain="non-negative"),
+    Metric("mae", "regression", False, "values", _absolute),
+    Metric("accuracy", "classification", True, "labels", _hits),
+    Metric("logloss", "classification", False, "probabilities", _surprise),
+    Metric("auc", "classification", True, "probabilities", whole=auc, binary=True),
+)}
+
+
+def metric_for(name: str, task: str | None = None, *, where: str = "metric") -> Metric:
+    """The metric called ``name``, checked against ``task``; a bad choice is a one-line error."""
+    metric = METRICS.get(name)
+    if metric is None:
+        raise DataError(f"{where}: unknown metric {name!r} (choose from {', '.join(METRICS)})")
+    if task is not None and metric.task != task:
+        fits = ", ".join(m.name for m in METRICS.values() if m.task == task)
+        raise DataError(f"{where}: metric {name!r} does not fit task {task!r} (choose from {fits})")
+    return metric
+
+
+def default_metric(task: str) -> str:
+    return "rmse" if task == "regression" else "accuracy"

@@ -1,0 +1,121 @@
+"""Params: a target's defaults, then a preset recipe, then ``params.toml``, then flags; grids.
+
+``params.toml`` holds one table per target::
+
+    [house]
+    lr = 0.01   # comments, order and arrays of tables survive every write (tomlkit)
+
+It is read with tomllib and written with tomlkit, so ``pipeline sweep --save`` changes the
+swept values and nothing else: the user's comments, order and ``ensemble`` tables stay.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import tomlkit
+
+from pipeline.errors import DataError, ParamError, UsageError
+from pipeline.workspace import Workspace, write_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+HEADER = "Params per target; flags override them. `pipeline sweep` writes the best config here."
+
+
+def read_toml(path: Path) -> dict:
+    """A workspace TOML file as a dict (empty when absent); a syntax error is one line."""
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid TOML ({exc})") from None
+
+
+def from_file(workspace: Workspace, target: str) -> dict:
+    """The ``[target]`` table of ``params.toml`` (empty when absent)."""
+    path = workspace.params_file
+    table = read_toml(path).get(target, {})
+    if not isinstance(table, dict):
+        raise DataError(f"{path}: [{target}] must be a table")
+    return dict(table)
+
+
+def save(workspace: Workspace, target: str, values: dict) -> Path:
+    """Set ``values`` in ``params.toml``'s ``[target]`` table, keeping everything else as written."""
+    path = workspace.params_file
+    read_toml(path)  # a file that is not TOML is refused before it is touched
+    document = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
+    if not document:
+        document.add(tomlkit.comment(HEADER))
+    if target not in document:
+        document.add(target, tomlkit.table())
+    table = document[target]
+    for key, value in values.items():
+        table[key] = list(value) if isinstance(value, tuple) else value
+    return write_text(path, tomlkit.dumps(document))
+
+
+def resolve(target, workspace: Workspace, flags: dict) -> dict:
+    """Target defaults, a preset recipe, ``params.toml``'s ``[target]`` table, then flags.
+
+    Without a ``recipe``, a ``model`` means "this single model" (the defaults), else the
+    target's default preset."""
+    params = dict(target.defaults)
+    stored = from_file(workspace, target.name)
+    given = {**stored, **{k: v for k, v in flags.items() if v is not None}}
+    if target.known is not None:
+        unknown = sorted(set(stored) - target.known)
+        if unknown:
+            raise UsageError(f"{workspace.params_file}: [{target.name}] has unknown param {unknown[0]!r} "
+                             f"(known: {', '.join(sorted(target.known))})")
+    if target.presets:
+        recipe = given.get("recipe") or (None if "model" in given else target.default_preset)
+        if recipe and recipe not in target.presets:
+            raise ParamError("recipe", recipe, f"not one of {', '.join(target.presets)} for target {target.name}")
+        params.update(target.presets.get(recipe, {}))
+        params["recipe"] = recipe or ""
+    params.update(given)
+    return params
+
+
+def parse_grid(items: list[str] | tuple[str, ...], defaults: dict, sweepable) -> dict[str, list]:
+    """``["lr=0.01,0.03", "hidden=256,128x64"]`` -> ``{"lr": [0.01, 0.03], "hidden": [[256], [128, 64]]}``.
+
+    Values are typed by the param's value in ``defaults``; only ``sweepable`` params are taken.
+    """
+    grid: dict[str, list] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        key = name.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise UsageError(f"grid {item!r}: write NAME=V1,V2,… (e.g. lr=0.01,0.03)")
+        if key not in sweepable:
+            raise UsageError(f"grid {item!r}: unknown param {name!r} (sweepable: {', '.join(sorted(sweepable))})")
+        grid[key] = [_typed(key, defaults[key], v.strip(), item) for v in values.split(",")]
+    return grid
+
+
+def _typed(key: str, default, text: str, item: str):
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, (list, tuple)):
+            return [int(w) for w in text.split("x")]
+        return type(default)(text)
+    except ValueError:
+        raise UsageError(f"grid {item!r}: {text!r} is not a valid {key}") from None
+
+
+def expand_grid(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values, in the grid's order, as dicts of overrides."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]

@@ -1,0 +1,1 @@
+"""Tabular competitions: CSVs -> features -> members (torch, scikit-learn) -> CV, blend, submission."""

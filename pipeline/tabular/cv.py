@@ -1,0 +1,165 @@
+"""K-fold cross-validation: of a grid of torch configs (a sweep), or of a recipe's members.
+
+Configs that can share a stacked model (same :meth:`TrainParams.group_key`) train together
+with all K folds as one model; a recipe's members each fit all K folds through the member
+protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pipeline.folds import fold_rows
+from pipeline.metrics import metric_for
+from pipeline.tabular.ensemble import blend
+from pipeline.tabular.features import Features
+from pipeline.tabular.members import Fitted, TrainingSet, score_groups
+from pipeline.tabular.trainer import FitResult, TrainParams, fit
+
+@dataclass
+class FoldScores:
+    """A model's (or a blend's) cross-validation: per-fold final metrics and per-epoch curves."""
+
+    label: str
+    train: list[float]
+    valid: list[float]
+    failed_epoch: list[int]  # per fold; 0 when the fold trained to the end
+    train_curves: list[list[float]] = field(default_factory=list)  # per fold, per epoch (empty without curves)
+    valid_curves: list[list[float]] = field(default_factory=list)
+    params: TrainParams | None = None  # a sweep's config
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return any(self.failed_epoch)
+
+    @property
+    def mean_valid(self) -> float:
+        return float(np.mean(self.valid)) if not self.failed else float("nan")
+
+    @property
+    def std_valid(self) -> float:
+        return float(np.std(self.valid)) if not self.failed else float("nan")
+
+
+@dataclass
+class CVResult:
+    scores: list[FoldScores]
+    metric: str
+    folds: int
+    split: str
+    seed: int
+    seconds: float
+    device: str
+
+    def ranked(self) -> list[FoldScores]:
+        """Best first by the metric's direction; failed configs last."""
+        key = metric_for(self.metric).sort_key
+        return sorted(self.scores, key=lambda s: (s.failed, key(s.mean_valid) if not s.failed else 0))
+
+
+def _splits(data: TrainingSet, folds: int, split: str, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each fold's training and validation rows, on the training device."""
+    splits = fold_rows(data.features.y, folds, split, seed, stratify=data.metric.task == "classification")
+    return [tr.to(data.device) for tr, _ in splits], [va.to(data.device) for _, va in splits]
+
+
+def cross_validate(features: Features, configs: list[TrainParams], *, folds: int = 5,
+                   split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
+                   curves: bool = True, on_epoch: Callable[[int, int], None] | None = None) -> CVResult:
+    """K-fold CV of every config of a grid; configs sharing a group key train as one stacked model."""
+    started = time.perf_counter()
+    data = TrainingSet(features, device)
+    if any(c.log_target for c in configs):
+        data.check_log_target()
+    train_rows, valid_rows = _splits(data, folds, split, seed)
+    by_key: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        by_key.setdefault(config.group_key(), []).append(i)
+    scores: list[FoldScores | None] = [None] * len(configs)
+    for indices in by_key.values():
+        result = fit(data.X, data.y, train_rows, [configs[i] for i in indices], metric=data.metric.name,
+                     valid_rows=valid_rows, n_out=data.n_out, seed=seed, curves=curves, on_epoch=on_epoch)
+        for column, i in enumerate(indices):
+            scores[i] = _config_scores(result, column)
+    return CVResult(scores, data.metric.name, folds, split, seed, time.perf_counter() - started, str(device))
+
+
+def _config_scores(result: FitResult, column: int) -> FoldScores:
+    curves = result.valid_curve is not None and len(result.train_curve) > 1
+    config = result.configs[column]
+    return FoldScores(
+        label=config.model,
+        train=[float(v) for v in result.final_train[:, column]],
+        valid=[float(v) for v in result.final_valid[:, column]],
+        failed_epoch=[int(e) for e in result.failed_epoch[:, column]],
+        train_curves=result.train_curve[:, :, column].T.tolist() if curves else [],
+        valid_curves=result.valid_curve[:, :, column].T.tolist() if curves else [],
+        params=config, seconds=result.seconds,
+    )
+
+
+@dataclass
+class RecipeScore:
+    """A recipe's CV: the blend's per-fold metrics and each member's own."""
+
+    score: FoldScores
+    members: list[FoldScores]
+
+
+def _member_scores(fitted: Fitted, predictions: torch.Tensor, data: TrainingSet,
+                   train_rows: list[torch.Tensor], valid_rows: list[torch.Tensor]) -> FoldScores:
+    failed = [int(e) for e in fitted.failed_epoch]
+    train, valid = (fitted.score(predictions, data.y, rows) for rows in (train_rows, valid_rows))
+    curves = fitted.curves
+    train_curves, valid_curves = ([], []) if curves is None or len(curves[0]) < 2 else \
+        (curves[0].T.tolist(), curves[1].T.tolist())
+    return FoldScores(fitted.label, train, valid, failed, train_curves, valid_curves, seconds=fitted.seconds)
+
+
+def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, folds: int = 5,
+                          split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
+                          on_epoch: Callable[[int, int], None] | None = None) -> tuple[RecipeScore, float]:
+    """K-fold CV of the blend of ``members`` (each trained ``seeds`` times, all folds at once).
+
+    Every member and seed is fit inside the folds, so the blend's fold scores are honest.
+    """
+    started = time.perf_counter()
+    data = TrainingSet(features, device)
+    train_rows, valid_rows = _splits(data, folds, split, seed)
+    fitted = [m.fit(data, train_rows, valid_rows=valid_rows, seeds=seeds, seed=seed, on_epoch=on_epoch)
+              for m in members]
+    predictions = [f.predict(data.X) for f in fitted]
+    member_scores = [_member_scores(f, p, data, train_rows, valid_rows) for f, p in zip(fitted, predictions)]
+    blended = blend(predictions, data.metric)
+    failed = [max(m.failed_epoch[g] for m in member_scores) for g in range(folds)]
+    if len(members) == 1:
+        curves = member_scores[0].train_curves, member_scores[0].valid_curves
+    else:  # each member's fold-mean curves: one line per member in the plot
+        curved = [m for m in member_scores if m.train_curves]
+        curves = ([np.mean(m.train_curves, axis=0).tolist() for m in curved],
+                  [np.mean(m.valid_curves, axis=0).tolist() for m in curved])
+    score = FoldScores("blend", score_groups(blended, data.y, train_rows, data.metric),
+                       score_groups(blended, data.y, valid_rows, data.metric), failed, *curves)
+    return RecipeScore(score, member_scores), time.perf_counter() - started
+
+
+def fit_final(features: Features, members: list, *, seeds: int = 1, seed: int = 0,
+              device: torch.device = torch.device("cpu"),
+              on_epoch: Callable[[int, int], None] | None = None) -> tuple[list[Fitted], TrainingSet]:
+    """Train every member (``seeds`` copies each) on every training row, for the submission."""
+    data = TrainingSet(features, device)
+    rows = [torch.arange(len(data.X), device=device)]
+    return [m.fit(data, rows, seeds=seeds, seed=seed, on_epoch=on_epoch) for m in members], data
+
+
+def predict_blend(fitted: list[Fitted], X: torch.Tensor, metric) -> np.ndarray:
+    """The recipe's predictions for ``X``: values (N,) or class probabilities (N, classes)."""
+    out = blend([f.predict(X) for f in fitted], metric)[0]
+    return (out if metric.task == "classification" else out[:, 0]).cpu().numpy()
+

@@ -1,0 +1,197 @@
+"""A tabular target's stages: download -> preprocess -> cv, preprocess -> train -> submit.
+
+Each body reads what its upstream stages wrote, writes its outputs atomically and returns them
+with a summary (the report of ``cv``); :mod:`pipeline.make` decides when it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import checkpoints, params as params_file, plots, reports
+from pipeline.devices import resolve_device
+from pipeline.errors import DataError, TrainingError
+from pipeline.make import Context, Stage, plain
+from pipeline.submissions import write_copies
+from pipeline.tabular.cv import cross_validate, cross_validate_recipe, fit_final, predict_blend
+from pipeline.tabular.features import FeatureParams, Features, build_features
+from pipeline.tabular.ensemble import blend
+from pipeline.tabular.members import load_fitted, recipe_members, score_groups
+from pipeline.tabular.tables import load_tables
+from pipeline.tabular.trainer import TrainParams
+
+log = logging.getLogger(__name__)
+
+FEATURE_KEYS = tuple(FeatureParams.__dataclass_fields__)
+TRAIN_KEYS = tuple(TrainParams.__dataclass_fields__)
+RECIPE_KEYS = TRAIN_KEYS + ("ensemble", "seeds", "recipe")
+CV_KEYS = ("folds", "split", "seed")
+CHECKPOINT_FORMAT = "pipeline.recipe/2"  # /1 told members apart by their keys
+
+
+def _features_path(ctx: Context) -> Path:
+    return ctx.workspace.data / ctx.target.name / "features.pt"
+
+
+def _model_path(ctx: Context) -> Path:
+    return ctx.workspace.models / f"{ctx.target.name}.pt"
+
+
+def download(ctx: Context) -> tuple[list[Path], dict]:
+    paths = ctx.target.fetch(ctx.workspace.data, ctx.mirrors)
+    return paths, {"files": [ctx.rel(p) for p in paths]}
+
+
+def preprocess(ctx: Context) -> tuple[list[Path], dict]:
+    tables = load_tables(*ctx.target.table_paths(ctx.workspace.data), ctx.target.spec)
+    features = build_features(tables, FeatureParams(**{k: ctx.params[k] for k in FEATURE_KEYS}))
+    path = _features_path(ctx)
+    checkpoints.save(path, "pipeline.features/1", features.to_state())
+    return [path], {"rows": len(features.X), "test_rows": len(features.X_test), "columns": len(features.names)}
+
+
+def load_features(ctx: Context) -> Features:
+    path = _features_path(ctx)
+    state = checkpoints.load(path, "pipeline.features/1", "features", f"pipeline preprocess {ctx.target.name}")
+    with checkpoints.restoring(path, f"pipeline preprocess {ctx.target.name}"):
+        return Features.from_state({k: v for k, v in state.items() if k != "format"})
+
+
+def train_params(params: dict) -> TrainParams:
+    return TrainParams.from_dict({k: params[k] for k in TRAIN_KEYS})
+
+
+def members(params: dict) -> list:
+    """The recipe's members: the base params alone, or one per ``ensemble`` table."""
+    return recipe_members(train_params(params), params.get("ensemble") or [])
+
+
+def public_params(ctx: Context) -> dict:
+    return {k: plain(v) for k, v in sorted(ctx.params.items())}
+
+
+def cv(ctx: Context) -> tuple[list[Path], dict]:
+    features = load_features(ctx)
+    device = resolve_device(ctx.device)
+    recipe = members(ctx.params)
+    folds, split = ctx.params["folds"], ctx.params["split"]
+    result, seconds = cross_validate_recipe(
+        features, recipe, seeds=int(ctx.params["seeds"]), folds=folds, split=split, seed=ctx.params["seed"],
+        device=device, on_epoch=ctx.progress(f"cv {ctx.target.name}"))
+    score, metric = result.score, features.spec.scorer
+    labels = ([f"fold {i + 1}" for i in range(folds)] if len(recipe) == 1
+              else [f"{m.label} {i + 1} (fold mean)" for i, m in enumerate(result.members) if m.train_curves])
+    run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "cv")
+    plot = plots.learning_curves_png(
+        [{"label": label, "train": tr, "valid": va}
+         for label, tr, va in zip(labels, score.train_curves, score.valid_curves)],
+        run_dir / "curves.png", ylabel=metric.name, log_scale=not metric.higher_is_better,
+        title=f"{ctx.target.name}: {' + '.join(m.label for m in recipe)}, {folds}-fold {split}")
+    report = {
+        "run": run_dir.name, "target": ctx.target.name, "command": "cv", "metric": metric.name,
+        "params": public_params(ctx), "folds": [
+            {"train": tr, "valid": va, "failed_epoch": fe}
+            for tr, va, fe in zip(score.train, score.valid, score.failed_epoch)],
+        "mean_valid": score.mean_valid, "std_valid": score.std_valid,
+        "seconds": seconds, "device": str(device), "created": reports.now(),
+        "plots": [plot.name],
+    }
+    if len(result.members) > 1:
+        report["members"] = [{"model": m.label, "mean_valid": m.mean_valid, "std_valid": m.std_valid,
+                              "valid": m.valid} for m in result.members]
+    if score.failed:
+        bad = [f"fold {i + 1} at epoch {e}" for i, e in enumerate(score.failed_epoch) if e]
+        log.warning("training diverged (non-finite loss): %s; lower --lr", ", ".join(bad))
+    path = reports.save_report(run_dir, report)
+    return [path, run_dir / "report.md", plot], report
+
+
+def train(ctx: Context) -> tuple[list[Path], dict]:
+    features = load_features(ctx)
+    device = resolve_device(ctx.device)
+    fitted, data = fit_final(features, members(ctx.params), seeds=int(ctx.params["seeds"]), seed=ctx.params["seed"],
+                             device=device, on_epoch=ctx.progress(f"train {ctx.target.name}"))
+    for member in fitted:
+        if member.failed_epoch.any():
+            raise TrainingError(f"training diverged (non-finite loss) at epoch {member.failed_epoch.max()} "
+                                f"({member.label}); no model was saved; lower --lr")
+        if not torch.isfinite(member.predict(data.X_test)).all():
+            raise TrainingError(f"ensemble member {member.label} predicted non-finite values; no model was saved")
+    path = checkpoints.save(_model_path(ctx), CHECKPOINT_FORMAT, {
+        "target": ctx.target.name, "params": public_params(ctx), "features": features.names,
+        "metric": features.spec.metric, "members": [m.state() for m in fitted]})
+    blended = blend([m.predict(data.X) for m in fitted], data.metric)
+    [train_score] = score_groups(blended, data.y, [torch.arange(len(data.y), device=device)], data.metric)
+    return [path], {"model": ctx.rel(path), "train": train_score, "seconds": sum(m.seconds for m in fitted),
+                    "device": str(device)}
+
+
+def load_model(path: Path, metric, device: torch.device) -> tuple[list, dict]:
+    """A saved recipe's fitted members; a tampered or foreign file is refused with one line."""
+    remake = "pipeline train"
+    state = checkpoints.load(path, CHECKPOINT_FORMAT, "tabular", remake)
+    with checkpoints.restoring(path, remake):
+        return [load_fitted(m, metric, device) for m in state["members"]], state
+
+
+def submit(ctx: Context) -> tuple[list[Path], dict]:
+    features = load_features(ctx)
+    spec, metric = features.spec, features.spec.scorer
+    fitted, state = load_model(_model_path(ctx), metric, resolve_device(ctx.device))
+    if state["features"] != features.names:
+        raise DataError(f"{_model_path(ctx)} was trained on other features; run `pipeline train {ctx.target.name}`")
+    predictions = predict_blend(fitted, features.X_test.to(resolve_device(ctx.device)), metric)
+    labels = ([features.classes[i] for i in predictions.argmax(1)] if spec.task == "classification"
+              else predictions)
+    frame = pd.DataFrame({spec.id: features.test_ids, spec.label: labels})
+    checks = dict(id_column=spec.id, label_column=spec.label, expected_ids=features.test_ids,
+                  positive=metric.domain == "positive",
+                  classes=features.classes if spec.task == "classification" else None)
+    return write_copies(ctx.workspace.submissions / f"{ctx.section}.csv", ctx.out, frame, **checks)
+
+
+def sweep(ctx: Context, grid: dict[str, list], save: bool = True) -> dict:
+    """Cross-validate every grid config over the current params; rank; save the best params."""
+    features = load_features(ctx)
+    device = resolve_device(ctx.device)
+    base = train_params(ctx.params)
+    configs = [base.with_(**overrides) for overrides in params_file.expand_grid(grid)]
+    result = cross_validate(features, configs, folds=ctx.params["folds"], split=ctx.params["split"],
+                            seed=ctx.params["seed"], device=device, curves=False,
+                            on_epoch=ctx.progress(f"sweep {ctx.target.name} ({len(configs)} configs)"))
+    run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "sweep")
+    board = [{"params": s.params.to_dict(), "mean_valid": s.mean_valid, "std_valid": s.std_valid,
+              "valid": s.valid, "failed_epoch": s.failed_epoch} for s in result.ranked()]
+    best = board[0]
+    report = {"run": run_dir.name, "target": ctx.target.name, "command": "sweep", "metric": result.metric,
+              "params": {**public_params(ctx), **best["params"]}, "grid": list(grid),
+              "best_mean_valid": best["mean_valid"], "leaderboard": board, "folds": result.folds,
+              "seconds": result.seconds, "device": result.device, "created": reports.now()}
+    if save and not math.isnan(best["mean_valid"]):
+        chosen = {k: best["params"][k] for k in grid}
+        report["saved"] = str(params_file.save(ctx.workspace, ctx.target.name, chosen))
+    reports.save_report(run_dir, report)
+    return report
+
+
+STAGES = (
+    Stage("download", (), (), ("pipeline.hub", "pipeline.targets"), download),
+    Stage("preprocess", ("download",), FEATURE_KEYS,
+          ("pipeline.tabular.tables", "pipeline.tabular.features", "pipeline.checkpoints"), preprocess),
+    Stage("cv", ("preprocess",), RECIPE_KEYS + CV_KEYS,
+          ("pipeline.folds", "pipeline.tabular.cv", "pipeline.tabular.members", "pipeline.tabular.ensemble",
+           "pipeline.tabular.trainer", "pipeline.tabular.optim", "pipeline.tabular.stacked", "pipeline.metrics"), cv),
+    Stage("train", ("preprocess",), RECIPE_KEYS + ("seed",),
+          ("pipeline.tabular.cv", "pipeline.tabular.members", "pipeline.tabular.ensemble",
+           "pipeline.tabular.trainer", "pipeline.tabular.optim", "pipeline.tabular.stacked",
+           "pipeline.checkpoints"), train),
+    Stage("submit", ("preprocess", "train"), (),
+          ("pipeline.submissions", "pipeline.tabular.members", "pipeline.tabular.ensemble", "pipeline.checkpoints"),
+          submit),
+)
