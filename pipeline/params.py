@@ -57,8 +57,15 @@ def save(workspace: Workspace, target: str, values: dict) -> Path:
     if target not in document:
         document.add(target, tomlkit.table())
     table = document[target]
+    # tomlkit keeps the comments and blank lines that head the next table at the end of this
+    # one's body: a new key goes before them, so they stay with the table they describe.
+    body = table.value.body
+    trailing = []
+    while body and body[-1][0] is None:
+        trailing.insert(0, body.pop())
     for key, value in values.items():
         table[key] = list(value) if isinstance(value, tuple) else value
+    body.extend(trailing)
     return write_text(path, tomlkit.dumps(document))
 
 

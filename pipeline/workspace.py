@@ -97,15 +97,25 @@ class Workspace:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-# Between mirrors: the OS path separator, except the colons a URL holds (``http://``, ``:8000``).
-_MIRROR_SEPARATOR = re.compile(re.escape(os.pathsep) + r"(?!//|\d)" if os.pathsep == ":" else re.escape(os.pathsep))
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")  # "http", before "://"
+_HOST = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/:]+")  # "http://127.0.0.1", before ":8000/"
+_PORT = re.compile(r"\d+(/|$)")
 
 
 def mirrors_from_env() -> list[str]:
     """Mirrors listed in ``$PIPELINE_MIRROR``: folders and URLs separated by ``:`` (``;`` on
-    Windows), e.g. ``http://127.0.0.1:8000/:../shared/datasets``."""
+    Windows). A URL keeps its own colons: ``http://127.0.0.1:8000/:../shared/datasets`` is two."""
     value = os.environ.get(MIRROR_ENV, "")
-    return [part for part in _MIRROR_SEPARATOR.split(value) if part]
+    if os.pathsep != ":":
+        return [part for part in value.split(os.pathsep) if part]
+    mirrors: list[str] = []
+    for part in value.split(":"):
+        if mirrors and (part.startswith("//") and _SCHEME.fullmatch(mirrors[-1])
+                        or _PORT.match(part) and _HOST.fullmatch(mirrors[-1])):
+            mirrors[-1] += ":" + part
+        else:
+            mirrors.append(part)
+    return [m for m in mirrors if m]
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """Shared fixtures. ``shared_datasets`` is the local mirror ``../shared/datasets``: tests that need
-it skip where it is absent, and fail instead under ``CI=true`` (CI always has it)."""
+it skip where it is absent, and fail instead under ``CI=true`` (CI always has it). ``server`` is a
+local HTTP server (see ``helpers.Server``); the helpers themselves live in ``helpers.py``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from helpers import serving
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("PIPELINE_TEST_MIRROR", REPO.parent / "shared" / "datasets"))
@@ -27,3 +30,11 @@ def _isolated_env(monkeypatch):
     """No test reads the developer's own workspace or mirror settings."""
     monkeypatch.delenv("PIPELINE_HOME", raising=False)
     monkeypatch.delenv("PIPELINE_MIRROR", raising=False)
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server (``helpers.Server``): serves ``files`` or files under ``root``, counts
+    requests per path, and misbehaves on cue."""
+    with serving() as state:
+        yield state

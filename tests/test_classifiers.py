@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,10 +105,29 @@ def test_convnet_training_is_deterministic_and_learns():
     assert predict(first, x[:7], CPU).shape == (7, 10)
 
 
-def test_lenet_trains_on_an_odd_subset():
-    x, y = _synthetic(129)  # 129 = 2 * 64 + 1: the lone last sample is skipped, not a crash
-    _, history = fit_classifier("lenet", {"epochs": 1, "batch_size": 64}, x, y, device=CPU)
-    assert history[0]["valid_loss"] is None and history[0]["train_accuracy"] >= 0
+@pytest.mark.parametrize("name, params", [("lenet", {}), ("cnn", {"channels": [4, 8]})])
+def test_convnet_trains_on_an_odd_subset(name, params):
+    """129 = 2 * 64 + 1 images: the lone last one is skipped (a batch of one would break
+    BatchNorm), so the epoch's accuracy counts exactly 128 samples, and the model did learn."""
+    x, y = _synthetic(129)
+    model, history = fit_classifier(name, {"epochs": 2, "batch_size": 64, **params}, x, y, device=CPU, seed=1)
+    assert [row["epoch"] for row in history] == [1, 2]
+    hits = [row["train_accuracy"] * 128 for row in history]
+    # k / 129 is a multiple of 1 / 128 only for k = 0 or 129, so one epoch in (0, 128) settles it
+    assert all(h == round(h) for h in hits) and any(0 < h < 128 for h in hits), hits
+    for row in history:
+        assert row["valid_loss"] is None and row["valid_accuracy"] is None
+        assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
+    with torch.random.fork_rng():
+        torch.manual_seed(1)  # fit_classifier initialises the weights from its seed like this
+        initial = build_classifier(name, **params).state_dict()
+    trained = model.state_dict()
+    assert initial.keys() == trained.keys()
+    weights = [k for k, v in initial.items() if v.is_floating_point() and k.endswith("weight")]
+    assert weights and all(not torch.allclose(initial[k], trained[k]) for k in weights)
+    # the control: with a negligible learning rate the weights stay at that initialisation
+    still, _ = fit_classifier(name, {"epochs": 1, "batch_size": 64, "lr": 1e-12, **params}, x, y, device=CPU, seed=1)
+    assert all(torch.allclose(initial[k], still.state_dict()[k]) for k in weights)
 
 
 @pytest.mark.parametrize("name", ["softmax", "mlp"])

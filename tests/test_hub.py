@@ -1,25 +1,23 @@
-"""The data hub against a real local HTTP server that can misbehave on cue, and the real data."""
+"""The data hub against a real local HTTP server that can misbehave on cue (the ``server``
+fixture, see ``helpers.Server``), and the real data."""
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import http.server
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 
+from helpers import Server, sha1
 from pipeline.errors import DownloadError, UsageError
 from pipeline.hub import (
     DATA_HUB,
@@ -35,104 +33,6 @@ from pipeline.hub import (
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(progress=False, retries=2, backoff=0.01, timeout=(2, 2))
 HINT = "--mirror DIR|URL or the PIPELINE_MIRROR environment variable"
-
-
-def sha1(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
-class Server:
-    """What the HTTP server serves: ``files`` by path, else files under ``root``.
-
-    ``script(path, *actions, then=...)`` makes the next requests for ``path`` misbehave, one
-    action each, then every later request do ``then`` ("ok" serves the file). Actions:
-    "500", "404", "cut" (Content-Length larger than the body, then close), "wrong" (other
-    bytes), "redirect:<path>", "sleep:<seconds>" (then serve), "trickle:<seconds>" (serve 16 KiB
-    per interval). ``counts`` counts requests per path.
-    """
-
-    def __init__(self, port: int):
-        self.port = port
-        self.files: dict[str, bytes] = {}
-        self.root: Path | None = None
-        self.scripts: dict[str, tuple[deque, str]] = {}
-        self.counts: Counter = Counter()
-
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}/{path}"
-
-    def script(self, path: str, *actions: str, then: str = "ok") -> None:
-        self.scripts[path] = (deque(actions), then)
-
-    def next_action(self, path: str) -> str:
-        actions, then = self.scripts.get(path, (deque(), "ok"))
-        return actions.popleft() if actions else then
-
-    def body(self, path: str) -> bytes | None:
-        if path in self.files:
-            return self.files[path]
-        if self.root is not None and (self.root / path).is_file():
-            return (self.root / path).read_bytes()
-        return None
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def do_GET(self):
-        state: Server = self.server.state
-        path = urlsplit(self.path).path.lstrip("/")
-        state.counts[path] += 1
-        action, _, arg = state.next_action(path).partition(":")
-        body = state.body(path)
-        if action == "sleep":
-            time.sleep(float(arg))
-            action = "ok"
-        if action == "redirect":
-            self.send_response(302)
-            self.send_header("Location", "/" + arg)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        if action in ("500", "404") or body is None:
-            self.send_response(int(action) if action in ("500", "404") else 404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        if action == "wrong":
-            body = bytes(b ^ 0xFF for b in body)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if action == "cut":
-            self.wfile.write(body[: len(body) // 2])
-            self.close_connection = True
-        elif action == "trickle":
-            for start in range(0, len(body), 16384):
-                self.wfile.write(body[start : start + 16384])
-                self.wfile.flush()
-                time.sleep(float(arg))
-        else:
-            self.wfile.write(body)
-
-
-class QuietServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass  # clients that time out or are killed leave broken pipes behind: expected here
-
-
-@pytest.fixture
-def server():
-    httpd = QuietServer(("127.0.0.1", 0), Handler)
-    httpd.state = Server(httpd.server_address[1])
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield httpd.state
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def make_entry(server: Server, name: str = "blob", data: bytes = b"hello hub\n" * 1000,

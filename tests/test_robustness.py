@@ -30,78 +30,19 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import TOML, assert_one_line_error, base_test_lines, base_train_lines, run_cli, text, trust_model, \
+    workspace
 from pipeline.cli import main
 from pipeline.errors import DataError
 
-from pipeline.hub import sha1_file
-from pipeline.make import read_lock
 from pipeline.metrics import METRICS
 from pipeline.tabular.features import FeatureParams, build_features
 from pipeline.tabular.stages import CHECKPOINT_FORMAT, load_model
 from pipeline.tabular.tables import TableSpec, load_tables
-from pipeline.workspace import Workspace, write_json
 
 FORMAT = CHECKPOINT_FORMAT  # the "format" key of a tabular checkpoint
 SPEC = TableSpec(id="Id", label="Price", task="regression", metric="log_rmse")
-TOML = """\
-[target.toy]
-train = "train.csv"
-test = "test.csv"
-id = "Id"
-label = "Price"
-task = "regression"
-metric = "log_rmse"
-"""
 CV = ["cv", "toy", "--epochs", "2"]
-
-
-def base_train_lines() -> list[str]:
-    """A small valid training file: line k of the file is ``lines[k - 1]``."""
-    return ["Id,Area,Kind,Price"] + [f"{i},{40 + (i * 7) % 13},{'ab'[i % 2]},{100 + 10 * i}" for i in range(1, 13)]
-
-
-def base_test_lines() -> list[str]:
-    return ["Id,Area,Kind"] + [f"{i},{40 + i % 5},{'ab'[i % 2]}" for i in range(13, 17)]
-
-
-def text(lines: list[str]) -> str:
-    return "\n".join(lines) + "\n"
-
-
-def workspace(root: Path, train: str | bytes | None = None, test: str | bytes | None = None,
-              toml: str = TOML) -> Path:
-    ws = root / "ws"
-    ws.mkdir(parents=True)
-    defaults = {"train.csv": text(base_train_lines()), "test.csv": text(base_test_lines())}
-    for name, content in (("train.csv", train), ("test.csv", test)):
-        content = defaults[name] if content is None else content
-        (ws / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-    (ws / "pipeline.toml").write_text(toml, encoding="utf-8")
-    return ws
-
-
-def run_cli(ws: Path, capsys, *args: str) -> tuple[int, str, str]:
-    """``pipeline --workdir WS ARGS`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main(["--workdir", str(ws), *args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> str:
-    """Non-zero exit; stderr ends with exactly one ``pipeline: error:`` line; no traceback."""
-    assert code != 0
-    assert "Traceback" not in err and "Warning" not in err, err
-    lines = err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("pipeline: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def assert_data_error(ws: Path, *needles: str) -> str:
@@ -379,9 +320,7 @@ def test_tampered_checkpoint_is_refused(trained_copy, tmp_path, capsys, kind, ne
 
     # A checkpoint replaced together with its lock record (as when copied from elsewhere): submit
     # trusts the lock, loads the file and must refuse it, leaving the old submission as it was.
-    lock = read_lock(Workspace(ws))
-    lock["toy"]["train"]["outs"]["models/toy.pt"] = sha1_file(path)
-    write_json(ws / "pipeline.lock", lock)
+    trust_model(ws, "toy", "models/toy.pt")
     before = (ws / "submissions" / "toy.csv").read_bytes()
     code, _, err = run_cli(ws, capsys, "submit", "toy", "--epochs", "2")
     assert_one_line_error(code, err, str(path), needle)
@@ -416,9 +355,7 @@ def test_cli_subprocess_prints_one_line_without_traceback(tmp_path, trained_copy
     csv_ws = workspace(tmp_path / "csv", train=data.replace(b"\n2,41,a,", b"\n2,41,\xff\xfe,"))
     checkpoint = trained_copy / "models" / "toy.pt"
     _tamper("random-bytes", checkpoint, tmp_path / "ran")
-    lock = read_lock(Workspace(trained_copy))
-    lock["toy"]["train"]["outs"]["models/toy.pt"] = sha1_file(checkpoint)
-    write_json(trained_copy / "pipeline.lock", lock)
+    trust_model(trained_copy, "toy", "models/toy.pt")
 
     runs = [_start(csv_ws, *CV), _start(trained_copy, "submit", "toy", "--epochs", "2")]
     (csv_out, csv_err), (submit_out, submit_err) = [run.communicate(timeout=300) for run in runs]

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,49 +16,15 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.cli import main
+from helpers import assert_one_line_error, cli, declare, files_under, make_competition, run_cli, statuses, \
+    trust_model
 from pipeline.tabular.members import SklearnMember
+from pipeline.targets import get_target
 from pipeline.workspace import Workspace
 
 
-def make_competition(root: Path, rows: int = 240, seed: int = 0, name: str = "toy") -> Path:
-    """A small regression competition: numeric and categorical features, NaNs, a positive label."""
-    rng = np.random.default_rng(seed)
-    n = rows + rows // 2
-    frame = pd.DataFrame({
-        "key": np.arange(1000, 1000 + n),
-        "area": rng.gamma(4.0, 300.0, n),
-        "rooms": rng.integers(1, 8, n).astype(float),
-        "zone": rng.choice(["A", "B", "C", None], n),
-        "age": rng.uniform(0, 80, n),
-    })
-    frame.loc[rng.random(n) < 0.1, "rooms"] = np.nan
-    price = 50_000 + 120 * frame["area"] + 9_000 * frame["rooms"].fillna(3) - 400 * frame["age"]
-    price += frame["zone"].map({"A": 30_000, "B": 0, "C": -15_000}).fillna(5_000)
-    frame["price"] = (price * rng.lognormal(0, 0.05, n)).round(2)
-    root.mkdir(parents=True, exist_ok=True)
-    frame.iloc[:rows].to_csv(root / "train.csv", index=False)
-    frame.iloc[rows:].drop(columns=["price"]).to_csv(root / "test.csv", index=False)
-    (root / "pipeline.toml").write_text(
-        f'[target.{name}]\ntrain = "train.csv"\ntest = "test.csv"\nid = "key"\nlabel = "price"\n'
-        'task = "regression"\nmetric = "log_rmse"\n')
-    (root / "params.toml").write_text(f"[{name}]\nepochs = 5\nlr = 0.05\nbatch_size = 32\n")
-    return root
-
-
-def cli(ws: Path, *args: str) -> int:
-    try:
-        main(["--workdir", str(ws), *args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def states(ws: Path, capsys, *flags: str) -> dict[str, str]:
-    capsys.readouterr()
-    assert cli(ws, "status", "toy", *flags) == 0
-    lines = capsys.readouterr().out.strip().splitlines()[1:]
-    return {line.split()[0]: " ".join(line.split()[1:]) for line in lines}
+    return statuses(ws, capsys, "toy", *flags)
 
 
 @pytest.fixture()
@@ -93,19 +60,37 @@ def test_second_run_skips_every_stage(ws, capsys):
     assert (ws / "pipeline.lock").read_text() == lock_before
 
 
+def downstream_of(stages, name: str) -> set[str]:
+    """The stages that depend on ``name``, directly or through others."""
+    found = {name}
+    for stage in stages:  # declared order: upstream first
+        if found & set(stage.after):
+            found.add(stage.name)
+    return found - {name}
+
+
 def test_status_after_param_change_marks_exactly_downstream(ws, capsys):
     assert cli(ws, "run", "toy") == 0
+    stages = get_target("toy", Workspace(ws)).stages
+    train = next(s for s in stages if s.name == "train")
     with open(ws / "params.toml", "a") as handle:
-        handle.write("folds = 3\n")
+        handle.write("folds = 3\n")  # cv's param, and no other stage's
     st = states(ws, capsys)
-    assert st["download"] == st["preprocess"] == st["train"] == st["submit"] == "up to date"
-    assert st["cv"].startswith("stale") and "param folds changed" in st["cv"]
+    assert st["cv"] == "stale param folds changed: 5 -> 3"
+    below = downstream_of(stages, "cv")
+    for stage in stages:
+        if stage.name not in below | {"cv"}:
+            assert st[stage.name] == "up to date", stage.name
+        elif stage.name in below:
+            assert st[stage.name].startswith("stale upstream stage"), (stage.name, st[stage.name])
 
     (ws / "params.toml").write_text("[toy]\nepochs = 5\nlr = 0.07\nbatch_size = 32\n")
     st = states(ws, capsys)
     assert st["download"] == st["preprocess"] == "up to date"
-    assert "param lr changed" in st["cv"] and "param lr changed" in st["train"]
-    assert "upstream stage train" in st["submit"]
+    assert st["cv"] == "stale param lr changed: 0.05 -> 0.07"
+    assert st["train"] == ("stale upstream stage cv is not up to date" if "cv" in train.after
+                           else "stale param lr changed: 0.05 -> 0.07")
+    assert st["submit"] == "stale upstream stage train is not up to date"
 
     st = states(ws, capsys, "--fit-on", "train")  # a flag overrides the params file
     assert "param fit_on changed" in st["preprocess"]
@@ -157,22 +142,26 @@ def test_sigkill_midway_leaves_no_complete_output(ws, capsys):
     assert cli(ws, "run", "toy", "--until", "preprocess") == 0
     (ws / "params.toml").write_text("[toy]\nepochs = 100000\nbatch_size = 8\n")
     proc = _pipeline(ws, "cv", "toy")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait until training has started
-        time.sleep(0.2)
-        if proc.poll() is not None or (ws / ".pipeline.run.lock").exists() and \
-                "pid" in (ws / ".pipeline.run.lock").read_text():
-            break
-    time.sleep(1.0)
-    assert proc.poll() is None, proc.communicate()
+    while not any(line.startswith("cv: running") for line in lines):  # the cv stage's body started
+        assert proc.poll() is None, lines
+        assert time.monotonic() < deadline, f"cv never started: {lines}"
+        time.sleep(0.05)
+    time.sleep(1.5)  # into the epochs: 100000 of them take far longer than this
+    assert proc.poll() is None, lines
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    reports_dir = ws / "reports" / "runs"
-    assert not list(reports_dir.glob("*/report.json")) if reports_dir.exists() else True
-    assert states(ws, capsys)["cv"].startswith("missing")
+    proc.wait(timeout=30)
+    reader.join(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert "cv: running (never run)" in "".join(lines) and "Traceback" not in "".join(lines)
+    assert not list(ws.rglob("report.json"))
+    assert states(ws, capsys)["cv"] == "missing never run"
     (ws / "params.toml").write_text("[toy]\nepochs = 3\n")
     assert cli(ws, "run", "toy", "--until", "cv") == 0  # the lock released with the process
-    assert len(list(reports_dir.glob("*/report.json"))) == 1
+    assert len(list((ws / "reports" / "runs").glob("*/report.json"))) == 1
 
 
 def test_lock_contention_refuses_then_waits(ws, capsys):
@@ -189,24 +178,79 @@ def test_lock_contention_refuses_then_waits(ws, capsys):
     assert json.loads((ws / "pipeline.lock").read_text())["toy"]["download"]["outs"]
 
 
-def test_submission_written_only_after_checks(ws, capsys):
-    assert cli(ws, "submit", "toy", "--out", str(ws / "mine.csv")) == 0
-    assert pd.read_csv(ws / "mine.csv").equals(pd.read_csv(ws / "submissions" / "toy.csv"))
+def linear_competition(root: Path, last_x: float) -> Path:
+    """y = 100 + 10 x on x = 1..40, fit by a ridge on y itself; the test's last row (id 103) is at
+    ``last_x``."""
+    ws = root / "ws"
+    ws.mkdir()
+    x = np.arange(1, 41)
+    pd.DataFrame({"id": x, "x": x * 1.0, "y": 100 + 10 * x}).to_csv(ws / "train.csv", index=False)
+    pd.DataFrame({"id": [101, 102, 103], "x": [5.0, 20.0, last_x]}).to_csv(ws / "test.csv", index=False)
+    (ws / "pipeline.toml").write_text(declare("lin", train="train.csv", test="test.csv", id="id", label="y",
+                                              task="regression", metric="log_rmse"))
+    (ws / "params.toml").write_text('[lin]\nensemble = [{model = "ridge", alpha = 1e-6, log_target = false}]\n')
+    return ws
+
+
+def test_submission_written_only_after_checks(tmp_path, capsys):
+    """A submission that fails its checks is written nowhere, neither in submissions/ nor at
+    --out, and the earlier submission stays byte for byte as it was."""
+    ws = linear_competition(tmp_path, last_x=30.0)
+    mine = ws / "mine.csv"
+    assert cli(ws, "submit", "lin", "--out", str(mine)) == 0
+    written = ws / "submissions" / "lin.csv"
+    assert mine.read_bytes() == written.read_bytes()
+    frame = pd.read_csv(written)
+    assert frame["id"].tolist() == [101, 102, 103]
+    np.testing.assert_allclose(frame["y"], [150, 300, 400], rtol=1e-4)  # the ridge fits y exactly
+    before = written.read_bytes()
+
+    # A model whose prediction for id 103 is NaN, loaded as a valid checkpoint (its lock record
+    # matches, as when models/ is copied from another machine): submit must refuse to write.
+    model = ws / "models" / "lin.pt"
+    state = torch.load(model, weights_only=True)
+    state["members"][0]["test_predictions"][0, 2] = float("nan")  # (groups, rows, outputs)
+    torch.save(state, model)
+    trust_model(ws, "lin", "models/lin.pt")
+    other = ws / "other.csv"
+    code, _, err = run_cli(ws, capsys, "submit", "lin", "--out", str(other))
+    assert code == 1
+    assert_one_line_error(code, err, "1 predictions are not finite (first: id 103)", "nothing was written")
+    assert "train: up to date, skipped" in err  # the doctored model was really the one used
+    assert written.read_bytes() == before and mine.read_bytes() == before
+    assert not other.exists()
+    assert [p.name for p in files_under(ws / "submissions")] == ["lin.csv"]
     assert not list(ws.rglob("*.part"))
+
+
+def test_negative_prediction_under_a_log_metric_is_refused_not_clamped(tmp_path, capsys):
+    """A blend averages in the metric's space, log(max(p, 1)) for log_rmse: a member's -9900 must
+    be refused, not written as exp(log 1) = 1.0 (as at 1e21bc3)."""
+    ws = linear_competition(tmp_path, last_x=-1000.0)  # the ridge extrapolates to 100 + 10 * -1000 < 0
+    other = ws / "other.csv"
+    code, _, err = run_cli(ws, capsys, "submit", "lin", "--out", str(other))
+    assert not (ws / "submissions" / "lin.csv").exists() and not other.exists(), \
+        pd.read_csv(ws / "submissions" / "lin.csv").to_dict("list")
+    assert code == 1
+    assert_one_line_error(code, err, "not positive")
+
+
+D2L_FLAGS = ("--model", "linear", "--folds", "5", "--split", "contiguous", "--epochs", "100", "--lr", "5",
+             "--weight-decay", "0", "--batch-size", "64", "--no-log-target", "--log-skewed", "0")
 
 
 def test_house_d2l_recipe_matches_the_book(shared_datasets, tmp_path, capsys):
     """d2l 4.10's settings give mean valid log-RMSE in 0.15-0.19 (the anchor script: ~0.17)."""
     ws = tmp_path / "house"
-    code = cli(ws, "--mirror", str(shared_datasets), "cv", "house", "--model", "linear", "--folds", "5",
-               "--split", "contiguous", "--epochs", "100", "--lr", "5", "--weight-decay", "0",
-               "--batch-size", "64", "--no-log-target", "--log-skewed", "0", "--json")
+    code = cli(ws, "--mirror", str(shared_datasets), "cv", "house", *D2L_FLAGS, "--json")
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert 0.15 <= report["mean_valid"] <= 0.19
     features = torch.load(ws / "data" / "house" / "features.pt", weights_only=True)
     assert features["X"].shape == (1460, 330) and features["X_test"].shape == (1459, 330)
-    assert cli(ws, "submit", "house", "--out", str(tmp_path / "s.csv")) == 0
+    # The same flags: submit reuses the features (and whatever else is up to date) and trains d2l's model.
+    assert cli(ws, "submit", "house", *D2L_FLAGS, "--out", str(tmp_path / "s.csv")) == 0
+    assert "preprocess: up to date, skipped" in capsys.readouterr().err
     submission = pd.read_csv(tmp_path / "s.csv")
     assert list(submission.columns) == ["Id", "SalePrice"] and len(submission) == 1459
     assert submission["Id"].is_unique and np.isfinite(submission["SalePrice"]).all()
@@ -221,8 +265,16 @@ def test_ensemble_recipe_blends_members_in_cv_and_submission(ws, capsys):
     assert cli(ws, "cv", "toy", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert [m["model"] for m in report["members"]] == ["lasso", "linear"]
-    blend, members = report["mean_valid"], [m["mean_valid"] for m in report["members"]]
-    assert np.isfinite(blend) and blend <= max(members) + 1e-9
+    # Equal weights in log space: per fold the blend's errors are the mean of the members' errors,
+    # so its log-RMSE is at most the mean of theirs (triangle inequality), and differs from each.
+    members = np.array([m["valid"] for m in report["members"]])  # (members, folds)
+    weights = np.array([m.get("weight", 0.5) for m in report["members"]])
+    np.testing.assert_allclose(weights, [0.5, 0.5])
+    blend = np.array([f["valid"] for f in report["folds"]])
+    assert members.shape == (2, 5) and np.isfinite(blend).all() and np.isfinite(members).all()
+    assert (blend <= weights @ members + 1e-6).all(), (blend, members)
+    assert (np.abs(blend - members) > 1e-6).all(), (blend, members)
+    assert report["mean_valid"] == pytest.approx(blend.mean())
     assert cli(ws, "submit", "toy") == 0
     state = torch.load(ws / "models" / "toy.pt", weights_only=True)
     assert len(state["members"]) == 2 and "test_predictions" in state["members"][0]

@@ -141,11 +141,13 @@ def submit(ctx: Context) -> tuple[list[Path], dict]:
                         id_column="Id", label_column="Label", expected_ids=ids, classes=list(range(10)))
 
 
-_CODE = ("pipeline.images.models", "pipeline.images.train", "pipeline.images.data", "pipeline.checkpoints")
+# What each body calls into, beyond its own module: editing any of it makes the stage stale.
+_CODE = ("pipeline.images.models", "pipeline.images.train", "pipeline.images.data", "pipeline.checkpoints",
+         "pipeline.devices")
 STAGES = (
     Stage("download", (), (), ("pipeline.hub", "pipeline.targets"), download),
     Stage("preprocess", ("download",), (), ("pipeline.images.data",), preprocess),
-    Stage("train", ("preprocess",), ("*",), _CODE + ("pipeline.folds",), train),
-    Stage("evaluate", ("train",), ("model",), _CODE + ("pipeline.plots",), evaluate),
+    Stage("train", ("preprocess",), ("*",), _CODE + ("pipeline.folds", "pipeline.plots", "pipeline.reports"), train),
+    Stage("evaluate", ("train",), ("model",), _CODE + ("pipeline.plots", "pipeline.reports"), evaluate),
     Stage("submit", ("train",), ("model",), _CODE + ("pipeline.submissions",), submit),
 )
