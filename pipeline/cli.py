@@ -63,6 +63,9 @@ PARAM_OPTIONS = (
     ("fit_on", str, lambda: f"Fit preprocessing on train+test or train ({_choices('fit_on')})."),
     ("log_skewed", float, "log1p numeric columns with |skew| above this (0: off)."),
     ("clip_quantile", float, "Clip numeric columns to their [q, 1-q] quantiles (0: off)."),
+    ("scaling", str, lambda: f"Numeric columns' scaling ({_choices('scaling')})."),
+    ("numeric_bins", int, "Also encode numeric columns piecewise-linearly between this many quantiles (0: off)."),
+    ("blend", str, lambda: f"How members are weighed ({_choices('blend')}): equally, or by ensemble selection."),
     ("augment", bool, "Images: random crop and flip."),
     ("valid_fraction", float, "Images: held-out share when --folds < 2."),
 )
@@ -150,6 +153,8 @@ def hub_status(p: Pipeline):
 @click.option("--fit-on", "fit_on", type=str)
 @click.option("--log-skewed", "log_skewed", type=float)
 @click.option("--clip-quantile", "clip_quantile", type=float)
+@click.option("--scaling", "scaling", type=str)
+@click.option("--numeric-bins", "numeric_bins", type=int)
 @click.pass_obj
 def preprocess(p: Pipeline, target, **flags):
     """Turn the CSVs (or IDX files) into cached tensors under data/."""

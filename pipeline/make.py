@@ -129,7 +129,8 @@ def check(stage: Stage, ctx: Context, lock: dict, stale_upstream: set[str]) -> t
         if now_inputs.get(rel) != record["deps"].get(rel):
             return "stale", f"input {rel} changed"
     params = stage_params(stage, ctx)
-    for key in sorted(set(params) | set(record["params"])):
+    # scalars first: a changed lr is the news, the member tables it changed come after it
+    for key in sorted(set(params) | set(record["params"]), key=lambda k: (isinstance(params.get(k), list), k)):
         if params.get(key) != record["params"].get(key):
             return "stale", f"param {key} changed: {record['params'].get(key)!r} -> {params.get(key)!r}"
     if code_version(stage) != record["code"]:

@@ -126,5 +126,11 @@ def metric_for(name: str, task: str | None = None, *, where: str = "metric") -> 
     return metric
 
 
+def log_space(metric: Metric) -> tuple[Callable, Callable]:
+    """Where a model with a log target learns, and the way back: log1p for rmsle (its own space,
+    where a label of 0 is fine), else the log of the (positive) labels."""
+    return (torch.log1p, torch.expm1) if metric.name == "rmsle" else (torch.log, torch.exp)
+
+
 def default_metric(task: str) -> str:
     return "rmse" if task == "regression" else "accuracy"

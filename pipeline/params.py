@@ -72,8 +72,11 @@ def save(workspace: Workspace, target: str, values: dict) -> Path:
 def resolve(target, workspace: Workspace, flags: dict) -> dict:
     """Target defaults, a preset recipe, ``params.toml``'s ``[target]`` table, then flags.
 
-    Without a ``recipe``, a ``model`` means "this single model" (the defaults), else the
-    target's default preset."""
+    Without a ``recipe``, a ``model`` means "this single model": the target's defaults under
+    that model's own (``target.model_defaults``); with neither, the target's default preset.
+    A value given in ``params.toml`` or a flag also replaces that key in each of a preset's
+    member tables (``--epochs 5`` shortens the auto recipe's MLP); members written by the user
+    keep their own values."""
     params = dict(target.defaults)
     stored = from_file(workspace, target.name)
     given = {**stored, **{k: v for k, v in flags.items() if v is not None}}
@@ -88,7 +91,12 @@ def resolve(target, workspace: Workspace, flags: dict) -> dict:
             raise ParamError("recipe", recipe, f"not one of {', '.join(target.presets)} for target {target.name}")
         params.update(target.presets.get(recipe, {}))
         params["recipe"] = recipe or ""
+        if not recipe:  # a model alone: its own defaults, under what was given
+            params.update(target.model_defaults.get(given.get("model"), {}))
     params.update(given)
+    if target.presets and "ensemble" not in given:  # a preset's members take the given values they set
+        params["ensemble"] = [{**table, **{k: v for k, v in given.items() if k in table}}
+                              for table in params["ensemble"]]
     return params
 
 

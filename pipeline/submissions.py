@@ -11,12 +11,19 @@ from pipeline.errors import DataError, shown
 from pipeline.workspace import atomic_path
 
 
-def check_submission(frame: pd.DataFrame, *, id_column: str, label_column: str, expected_ids: list,
-                     positive: bool = False, classes: list | None = None) -> None:
-    """Raise :class:`DataError` unless ``frame`` is exactly what the competition accepts."""
-    if list(frame.columns) != [id_column, label_column]:
+PROBABILITY_SUM_TOLERANCE = 1e-4  # float32 probabilities of a few classes sum to 1 within this
+
+
+def check_submission(frame: pd.DataFrame, *, id_column: str, label_column: str | list[str], expected_ids: list,
+                     positive: bool = False, non_negative: bool = False, classes: list | None = None,
+                     probabilities: bool = False) -> None:
+    """Raise :class:`DataError` unless ``frame`` is exactly what the competition accepts.
+
+    ``label_column`` is one column, or for multiclass probabilities one per class."""
+    label_columns = [label_column] if isinstance(label_column, str) else list(label_column)
+    if list(frame.columns) != [id_column, *label_columns]:
         raise DataError(f"submission header is {','.join(map(str, frame.columns))}; "
-                        f"expected exactly {id_column},{label_column}")
+                        f"expected exactly {','.join([id_column, *label_columns])}")
     if len(frame) != len(expected_ids):
         raise DataError(f"submission has {len(frame)} rows; the test set has {len(expected_ids)}")
     ids = frame[id_column]
@@ -24,20 +31,31 @@ def check_submission(frame: pd.DataFrame, *, id_column: str, label_column: str, 
         raise DataError(f"submission repeats {id_column} {shown(ids[ids.duplicated()].iloc[0])!r}")
     if list(ids) != list(expected_ids):
         raise DataError(f"submission {id_column}s differ from the test file's, in order or value")
-    labels = frame[label_column]
     if classes is not None:
+        labels = frame[label_columns[0]]
         unknown = ~labels.isin(classes)
         if unknown.any():
-            raise DataError(f"submission {label_column} {shown(labels[unknown].iloc[0])!r} is not a known class")
+            raise DataError(f"submission {label_columns[0]} {shown(labels[unknown].iloc[0])!r} is not a known class")
         return
-    values = pd.to_numeric(labels, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
+    values = frame[label_columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values).all(1)
     if bad.any():
         raise DataError(f"{bad.sum()} predictions are not finite (first: {id_column} {shown(ids[bad].iloc[0])!r}); "
                         "the model diverged, nothing was written — lower --lr")
     if positive and (values <= 0).any():
-        first = shown(ids[values <= 0].iloc[0])
+        first = shown(ids[(values <= 0).any(1)].iloc[0])
         raise DataError(f"prediction for {id_column} {first!r} is not positive; the metric takes logs")
+    if non_negative and (values < 0).any():
+        first = shown(ids[(values < 0).any(1)].iloc[0])
+        raise DataError(f"prediction for {id_column} {first!r} is negative; the metric takes log1p")
+    if probabilities:
+        outside = ((values < 0) | (values > 1)).any(1)
+        if outside.any():
+            raise DataError(f"probability for {id_column} {shown(ids[outside].iloc[0])!r} is outside [0, 1]")
+        sums = np.abs(values.sum(1) - 1) > PROBABILITY_SUM_TOLERANCE
+        if len(label_columns) > 1 and sums.any():
+            raise DataError(f"class probabilities for {id_column} {shown(ids[sums].iloc[0])!r} "
+                            f"sum to {values[sums][0].sum():.6f}, not 1")
 
 
 def write_submission(path: str | Path, frame: pd.DataFrame, **checks) -> Path:

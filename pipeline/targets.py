@@ -32,7 +32,8 @@ from pipeline.images.train import DEFAULTS as CLASSIFIERS, OPTIMIZERS as IMAGE_O
 from pipeline.metrics import default_metric, metric_for
 from pipeline.params import read_toml
 from pipeline.tabular import stages as tabular_stages
-from pipeline.tabular.features import FIT_ON, FeatureParams
+from pipeline.tabular.ensemble import BLENDS
+from pipeline.tabular.features import FIT_ON, SCALINGS, FeatureParams
 from pipeline.tabular.stacked import ACTIVATIONS, MODELS
 from pipeline.tabular.tables import TASKS, TableSpec
 from pipeline.tabular.trainer import OPTIMIZERS, SCHEDULES, TrainParams
@@ -53,11 +54,32 @@ BEST_HOUSE = {
          "l2_regularization": 1.0, "max_features": 0.3, "random_state": 0},
     ],
 }
+# The MLP that `--model mlp` and the auto recipe train: published defaults (RealMLP, TabM)
+# measured on house and ../shared/competitions: standardized targets, AdamW with a warm-up and a
+# cosine decay, dropout, a packed ensemble of 4 submodels per fold, and the best epoch picked on
+# 15% of each fold's training rows.
+MLP = {"model": "mlp", "hidden": [128, 128], "activation": "relu", "dropout": 0.1, "epochs": 100, "lr": 3e-3,
+       "weight_decay": 1e-4, "batch_size": 256, "optimizer": "adamw", "schedule": "onecycle", "standardize": True,
+       "submodels": 4, "inner_valid": 0.15}
+LIGHTGBM = {"model": "lightgbm", "learning_rate": 0.03, "num_leaves": 15, "colsample_bytree": 0.5,
+            "min_child_samples": 10}
+LOG_METRICS = ("log_rmse", "rmsle")
+
+
+def auto_recipe(metric: str) -> dict:
+    """Every tabular target's strong default: the MLP, LightGBM and a cross-validated linear
+    model on quantile splines of the numbers, blended by ensemble selection on their out-of-fold
+    predictions. Regressors learn in log space for a log metric."""
+    log = metric in LOG_METRICS
+    return {"numeric_bins": 32, "blend": "greedy", "ensemble": [
+        {**MLP, "log_target": log}, {**LIGHTGBM, "log_target": log}, {"model": "glm", "log_target": log}]}
+
+
 CV_DEFAULTS = {"folds": 5, "split": "contiguous", "seed": 0}
 # An ensemble is a list of tables, each overriding the base params for one member; every member
 # is trained `seeds` times (torch: different initialisations; scikit-learn members with a
 # random_state: random_state, random_state + 1, ...) and the predictions are averaged.
-RECIPE_DEFAULTS = {"ensemble": [], "seeds": 1}
+RECIPE_DEFAULTS = {"ensemble": [], "seeds": 1, "blend": "mean"}
 
 
 def tabular_defaults(**overrides) -> dict:
@@ -86,6 +108,7 @@ class TabularTarget:
     presets: dict = field(default_factory=dict)
     default_preset: str | None = None
     archive: DataFile | Path | None = None
+    model_defaults: dict = field(default_factory=dict)  # model -> its params when chosen alone (`--model mlp`)
 
     stages = tabular_stages.STAGES
 
@@ -104,7 +127,7 @@ class TabularTarget:
     @property
     def choices(self) -> dict[str, tuple]:
         return {"model": MODELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "activation": tuple(ACTIVATIONS),
-                "split": SPLITS, "fit_on": FIT_ON, "recipe": tuple(self.presets)}
+                "split": SPLITS, "fit_on": FIT_ON, "scaling": SCALINGS, "blend": BLENDS, "recipe": tuple(self.presets)}
 
     def flag_values(self, given: dict) -> dict:
         return given
@@ -153,6 +176,7 @@ class ImageTarget:
     defaults: dict
     presets = {}
     default_preset = None
+    model_defaults = {}  # each classifier's defaults live in pipeline.images.train
     known = None  # params.toml may hold any classifier param; fit_classifier checks them
     flags = IMAGE_FLAGS
     stages = image_stages.STAGES
@@ -177,12 +201,14 @@ class ImageTarget:
 
 HOUSE = TabularTarget("house", DATA_HUB["kaggle_house_train"], DATA_HUB["kaggle_house_test"],
                       TableSpec(id="Id", label="SalePrice", task="regression", metric="log_rmse"),
-                      tabular_defaults(**D2L_HOUSE), {"d2l": {}, "best": BEST_HOUSE}, "best")
+                      tabular_defaults(**D2L_HOUSE), {"d2l": {}, "best": BEST_HOUSE, "auto": auto_recipe("log_rmse")},
+                      "best", model_defaults={"mlp": {**MLP, "log_target": True, "log_skewed": 0.75,
+                                                      "clip_quantile": 0.005}})
 FASHION = ImageTarget("fashion", tuple(DATA_HUB[n] for n in GROUPS["fashion"]),
                       {"model": "mlp", "valid_fraction": 0.1, "folds": 0, "seed": 0})
 BUILTIN = {"house": HOUSE, "fashion": FASHION}
 TARGET_KEYS = {"train", "test", "train_sha1", "test_sha1", "id", "label", "task", "metric",
-               "archive", "archive_sha1"}
+               "archive", "archive_sha1", "positive"}
 
 
 def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
@@ -214,10 +240,14 @@ def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
             sources = {role: _source(name, role, table[role], table.get(f"{role}_sha1"), path.parent, where)
                        for role in ("train", "test")}
         defaults = tabular_defaults(lr=0.01, weight_decay=1e-4, epochs=100, batch_size=128,
-                                    log_target=metric.name == "log_rmse", split="shuffled")
-        targets[name] = TabularTarget(name, sources["train"], sources["test"],
-                                      TableSpec(table["id"], table["label"], task, metric.name), defaults,
-                                      archive=archive)
+                                    log_target=metric.name in LOG_METRICS, split="shuffled")
+        positive = table.get("positive")
+        if positive is not None and task != "classification":
+            raise DataError(f"{where}: positive names a class; it is for task \"classification\"")
+        targets[name] = TabularTarget(
+            name, sources["train"], sources["test"], TableSpec(table["id"], table["label"], task, metric.name, positive),
+            defaults, {"auto": auto_recipe(metric.name)}, "auto", archive=archive,
+            model_defaults={"mlp": {**MLP, "log_target": metric.name in LOG_METRICS, "numeric_bins": 32}})
     return targets
 
 

@@ -259,7 +259,7 @@ def test_house_d2l_recipe_matches_the_book(shared_datasets, tmp_path, capsys):
 def test_ensemble_recipe_blends_members_in_cv_and_submission(ws, capsys):
     """A Lasso (scikit-learn) and a torch linear model, each fit inside the folds, then blended."""
     (ws / "params.toml").write_text(
-        '[toy]\nepochs = 20\nlr = 0.05\nbatch_size = 32\nlog_target = true\n'
+        '[toy]\nepochs = 20\nlr = 0.05\nbatch_size = 32\nlog_target = true\nblend = "mean"\n'
         'ensemble = [{model = "lasso", alpha = 0.001}, {model = "linear"}]\n')
     capsys.readouterr()
     assert cli(ws, "cv", "toy", "--json") == 0

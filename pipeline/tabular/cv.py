@@ -16,9 +16,9 @@ import torch
 
 from pipeline.folds import fold_rows
 from pipeline.metrics import metric_for
-from pipeline.tabular.ensemble import blend
+from pipeline.tabular.ensemble import blend, fit_weights
 from pipeline.tabular.features import Features
-from pipeline.tabular.members import Fitted, TrainingSet, score_groups
+from pipeline.tabular.members import Fitted, Inputs, TrainingSet, score_groups
 from pipeline.tabular.trainer import FitResult, TrainParams, fit
 
 @dataclass
@@ -106,10 +106,16 @@ def _config_scores(result: FitResult, column: int) -> FoldScores:
 
 @dataclass
 class RecipeScore:
-    """A recipe's CV: the blend's per-fold metrics and each member's own."""
+    """A recipe's CV: the blend's per-fold metrics (each fold's blend weighed without that fold),
+    each member's own, the weights fit on every out-of-fold row (the submission's), each
+    member's out-of-fold predictions (M, rows, outputs) and the training lengths it chose."""
 
     score: FoldScores
     members: list[FoldScores]
+    weights: list[float]
+    fold_weights: list[list[float]]
+    oof: torch.Tensor
+    budgets: list[float | None]
 
 
 def _member_scores(fitted: Fitted, predictions: torch.Tensor, data: TrainingSet,
@@ -122,21 +128,37 @@ def _member_scores(fitted: Fitted, predictions: torch.Tensor, data: TrainingSet,
     return FoldScores(fitted.label, train, valid, failed, train_curves, valid_curves, seconds=fitted.seconds)
 
 
+def out_of_fold(predictions: torch.Tensor, valid_rows: list[torch.Tensor]) -> torch.Tensor:
+    """(rows, outputs): each row's prediction by the fold that did not train on it."""
+    oof = torch.empty_like(predictions[0])
+    for group, rows in zip(predictions, valid_rows):
+        oof[rows] = group[rows]
+    return oof
+
+
 def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, folds: int = 5,
                           split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
+                          blend_with: str = "mean",
                           on_epoch: Callable[[int, int], None] | None = None) -> tuple[RecipeScore, float]:
     """K-fold CV of the blend of ``members`` (each trained ``seeds`` times, all folds at once).
 
-    Every member and seed is fit inside the folds, so the blend's fold scores are honest.
+    Every member is fit inside the folds, and the weights that blend fold k's predictions are
+    fit on the other folds' out-of-fold predictions only, so the blend's fold scores are honest.
     """
     started = time.perf_counter()
     data = TrainingSet(features, device)
     train_rows, valid_rows = _splits(data, folds, split, seed)
     fitted = [m.fit(data, train_rows, valid_rows=valid_rows, seeds=seeds, seed=seed, on_epoch=on_epoch)
               for m in members]
-    predictions = [f.predict(data.X) for f in fitted]
+    predictions = [f.predict(data.train) for f in fitted]
     member_scores = [_member_scores(f, p, data, train_rows, valid_rows) for f, p in zip(fitted, predictions)]
-    blended = blend(predictions, data.metric)
+    oof = torch.stack([out_of_fold(p, valid_rows) for p in predictions])
+    fold_weights = []
+    for rows in valid_rows:
+        others = torch.ones(len(data.y), dtype=torch.bool, device=device)
+        others[rows] = False
+        fold_weights.append(fit_weights(blend_with, oof[:, others], data.y[others], data.metric))
+    blended = torch.stack([blend([p[g] for p in predictions], data.metric, w) for g, w in enumerate(fold_weights)])
     failed = [max(m.failed_epoch[g] for m in member_scores) for g in range(folds)]
     if len(members) == 1:
         curves = member_scores[0].train_curves, member_scores[0].valid_curves
@@ -146,20 +168,24 @@ def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, 
                   [np.mean(m.valid_curves, axis=0).tolist() for m in curved])
     score = FoldScores("blend", score_groups(blended, data.y, train_rows, data.metric),
                        score_groups(blended, data.y, valid_rows, data.metric), failed, *curves)
-    return RecipeScore(score, member_scores), time.perf_counter() - started
+    weights = fit_weights(blend_with, oof, data.y, data.metric)
+    return RecipeScore(score, member_scores, weights, fold_weights, oof.cpu(), [f.budget for f in fitted]), \
+        time.perf_counter() - started
 
 
 def fit_final(features: Features, members: list, *, seeds: int = 1, seed: int = 0,
-              device: torch.device = torch.device("cpu"),
+              device: torch.device = torch.device("cpu"), budgets: list[float | None] | None = None,
               on_epoch: Callable[[int, int], None] | None = None) -> tuple[list[Fitted], TrainingSet]:
-    """Train every member (``seeds`` copies each) on every training row, for the submission."""
+    """Train every member (``seeds`` copies each) on every training row, for the submission;
+    a member given a budget (from its CV) trains that long."""
     data = TrainingSet(features, device)
     rows = [torch.arange(len(data.X), device=device)]
-    return [m.fit(data, rows, seeds=seeds, seed=seed, on_epoch=on_epoch) for m in members], data
+    budgets = budgets or [None] * len(members)
+    return [m.fit(data, rows, seeds=seeds, seed=seed, on_epoch=on_epoch, budget=b)
+            for m, b in zip(members, budgets)], data
 
 
-def predict_blend(fitted: list[Fitted], X: torch.Tensor, metric) -> np.ndarray:
-    """The recipe's predictions for ``X``: values (N,) or class probabilities (N, classes)."""
-    out = blend([f.predict(X) for f in fitted], metric)[0]
+def predict_blend(fitted: list[Fitted], inputs: Inputs, metric, weights: list[float] | None = None) -> np.ndarray:
+    """The recipe's predictions for ``inputs``: values (N,) or class probabilities (N, classes)."""
+    out = blend([f.predict(inputs) for f in fitted], metric, weights)[0]
     return (out if metric.task == "classification" else out[:, 0]).cpu().numpy()
-

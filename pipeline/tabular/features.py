@@ -13,16 +13,18 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler, SplineTransformer, StandardScaler
 
 from pipeline.errors import DataError, ParamError
 from pipeline.tabular.tables import TableSpec, Tables
 
 MISSING = "<missing>"  # the category that stands for NaN, as d2l's get_dummies(dummy_na=True)
 FIT_ON = ("all", "train")
+SCALINGS = ("standard", "robust")
 
 
 @dataclass(frozen=True)
@@ -34,22 +36,40 @@ class FeatureParams:
     non-negative numeric columns whose absolute skewness exceeds this (0 turns it off).
     ``clip_quantile``: clip each numeric column to its [q, 1-q] quantiles first (winsorizing),
     so a few extreme rows cannot make a linear model extrapolate wildly (0 turns it off).
+    ``scaling``: ``standard`` (mean 0, std 1, d2l's) or ``robust``: centred on the median,
+    divided by the interquartile range, then smoothly clipped to (-3, 3) with x / sqrt(1 + x^2/9)
+    (RealMLP's preprocessing), so that outliers neither dominate the scale nor the inputs.
+    ``numeric_bins``: also encode each numeric column piecewise-linearly between its quantiles
+    (``numeric_bins`` + 1 knots; Gorishniy et al. 2022), plus a missing-value indicator, so that
+    linear models and MLPs get non-linear effects of a number for free (0 turns it off).
     """
 
     fit_on: str = "all"
     log_skewed: float = 0.0
     clip_quantile: float = 0.0
+    scaling: str = "standard"
+    numeric_bins: int = 0
 
     def __post_init__(self):
         if self.fit_on not in FIT_ON:
             raise ParamError("fit_on", self.fit_on, f"not one of {', '.join(FIT_ON)}")
+        if self.scaling not in SCALINGS:
+            raise ParamError("scaling", self.scaling, f"not one of {', '.join(SCALINGS)}")
         if not 0 <= self.clip_quantile < 0.5:
             raise ParamError("clip_quantile", self.clip_quantile, "must be in [0, 0.5)")
+        if self.numeric_bins < 0 or self.numeric_bins == 1:
+            raise ParamError("numeric_bins", self.numeric_bins, "must be 0 (off) or at least 2")
 
 
 @dataclass
 class Features:
-    """Model-ready tensors. ``y`` is float32 for regression, int64 class indices otherwise."""
+    """Model-ready tensors. ``y`` is float32 for regression, int64 class indices otherwise
+    (sorted, the declared positive class last).
+
+    ``X`` holds scaled numeric columns and one-hot categories, for torch and linear models;
+    ``native`` the columns as they are, for trees: numbers with NaN where missing, categories as
+    codes (NaN missing) in the columns listed in ``native_categorical``.
+    """
 
     X: torch.Tensor
     y: torch.Tensor
@@ -58,12 +78,18 @@ class Features:
     names: list[str]
     spec: TableSpec
     classes: list = field(default_factory=list)
+    native: torch.Tensor | None = None
+    native_test: torch.Tensor | None = None
+    native_names: list[str] = field(default_factory=list)
+    native_categorical: list[int] = field(default_factory=list)
 
     def to_state(self) -> dict:
         """A dict of tensors and plain values, loadable with ``torch.load(weights_only=True)``."""
         return {
             "X": self.X, "y": self.y, "X_test": self.X_test, "test_ids": list(self.test_ids),
             "names": self.names, "spec": asdict(self.spec), "classes": list(self.classes),
+            "native": self.native, "native_test": self.native_test, "native_names": self.native_names,
+            "native_categorical": self.native_categorical,
         }
 
     @classmethod
@@ -92,15 +118,27 @@ def _as_text(frame):
     return pd.DataFrame(frame).astype(object).where(pd.DataFrame(frame).notna(), MISSING).astype(str)
 
 
-def make_transformer(numeric: list[str], categorical: list[str]) -> ColumnTransformer:
-    """Standardize numeric columns then fill their NaN with 0 (the mean); one-hot categoricals."""
+def smooth_clip(x: np.ndarray) -> np.ndarray:
+    """x / sqrt(1 + x^2 / 9): about x near 0, tending to +-3 (finite for any finite input)."""
+    x = np.clip(x, -1e30, 1e30)
+    return 3 * x / np.hypot(3, x)
+
+
+def make_transformer(numeric: list[str], categorical: list[str], scaling: str = "standard",
+                     numeric_bins: int = 0) -> ColumnTransformer:
+    """Scale numeric columns then fill their NaN with 0 (the mean, or the median); one-hot
+    categoricals; with ``numeric_bins``, quantile splines of the numeric columns after them."""
+    scalers = [StandardScaler()] if scaling == "standard" else \
+        [RobustScaler(), FunctionTransformer(smooth_clip, feature_names_out="one-to-one")]
+    splines = [("splines", QuantileSplines(numeric_bins), numeric)] if numeric_bins and numeric else []
     return ColumnTransformer(
         [
-            ("numeric", make_pipeline(StandardScaler(), SimpleImputer(strategy="constant", fill_value=0.0)), numeric),
+            ("numeric", make_pipeline(*scalers, SimpleImputer(strategy="constant", fill_value=0.0)), numeric),
             ("categorical", make_pipeline(
                 FunctionTransformer(_as_text, feature_names_out="one-to-one"),
                 _OneHotWithMissing(handle_unknown="ignore", sparse_output=False, dtype=np.float32),
             ), categorical),
+            *splines,
         ],
         verbose_feature_names_out=False,
     )
@@ -119,7 +157,7 @@ def _transformed(transformer: ColumnTransformer, frame: pd.DataFrame, path, name
             if "infinity" not in str(exc):
                 raise
             scaler = transformer.named_transformers_["numeric"][0]
-            scaled = (frame[numeric].astype(np.float64).to_numpy() - scaler.mean_) / scaler.scale_
+            scaled = scaler.transform(frame[numeric].astype(np.float64))
             column = numeric[int(np.flatnonzero(np.isinf(scaled).any(axis=0))[0])]
             raise DataError(f"{path}: column {column!r} {too_large}") from None
     bad = np.flatnonzero(~np.isfinite(values).all(axis=0))
@@ -137,12 +175,83 @@ def skewed_columns(frame: pd.DataFrame, numeric: list[str], threshold: float) ->
     return [c for c in numeric if abs(skew[c]) > threshold and values[c].min() >= 0]
 
 
+class QuantileSplines(TransformerMixin, BaseEstimator):
+    """Each numeric column as degree-1 B-splines (piecewise-linear "hat" functions) on knots at
+    its quantiles, through scikit-learn's SplineTransformer, one per column so that each gets
+    its own knots (repeated quantiles of a column with few values collapse), plus an indicator
+    for each column with missing values (missing values sit at the median)."""
+
+    def __init__(self, bins: int = 16):
+        self.bins = bins
+
+    def fit(self, X, y=None):
+        self.columns_ = [str(c) for c in X.columns] if hasattr(X, "columns") else list(range(np.shape(X)[1]))
+        X = np.asarray(X, dtype=np.float64)
+        self.medians_ = np.nan_to_num(np.nanmedian(X, axis=0)) if len(X) else np.zeros(X.shape[1])
+        self.missing_ = np.flatnonzero(np.isnan(X).any(axis=0))
+        self.splines_ = {}
+        for j in range(X.shape[1]):
+            values = X[~np.isnan(X[:, j]), j]
+            knots = np.unique(np.quantile(values, np.linspace(0, 1, self.bins + 1))) if len(values) else []
+            if len(knots) >= 3:  # two knots make one linear piece: the scaled column has it already
+                self.splines_[j] = SplineTransformer(knots=knots[:, None], degree=1, extrapolation="constant").fit(
+                    knots[:, None])
+        return self
+
+    def transform(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        filled = np.where(np.isnan(X), self.medians_, X)
+        parts = [spline.transform(filled[:, [j]]) for j, spline in self.splines_.items()]
+        parts.append(np.isnan(X[:, self.missing_]).astype(np.float64))
+        return np.concatenate(parts, axis=1) if parts else np.zeros((len(X), 0))
+
+    def get_feature_names_out(self, input_features=None):
+        names = [f"{self.columns_[j]}_knot{k}" for j, spline in self.splines_.items()
+                 for k in range(spline.n_features_out_)]
+        return np.array(names + [f"{self.columns_[j]}_missing" for j in self.missing_], dtype=object)
+
+
+def native_columns(tables: Tables, numeric: list[str], categorical: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test as float32 arrays for trees: numbers as they are (NaN missing), then the
+    categories as codes of their sorted values over train and test (NaN missing)."""
+    out = []
+    both = pd.concat([tables.train, tables.test])
+    categories = {c: sorted(both[c].dropna().astype(str).unique()) for c in categorical}
+    for frame in (tables.train, tables.test):
+        numbers = frame[numeric].astype(np.float64).to_numpy(dtype=np.float32) if numeric else \
+            np.zeros((len(frame), 0), np.float32)
+        codes = [pd.Categorical(frame[c].dropna().astype(str).reindex(frame.index),
+                                categories=categories[c]).codes for c in categorical]
+        codes = np.stack(codes, 1).astype(np.float32) if codes else np.zeros((len(frame), 0), np.float32)
+        codes[codes < 0] = np.nan
+        out.append(np.ascontiguousarray(np.concatenate([numbers, codes], 1)))
+    return out[0], out[1]
+
+
+def class_order(labels: pd.Series, spec: TableSpec, path) -> tuple[np.ndarray, list]:
+    """Class indices and the classes: sorted, with the declared ``positive`` class moved last
+    (column 1 of a binary target's probabilities is then P(positive))."""
+    codes, uniques = pd.factorize(labels, sort=True)
+    classes = [u.item() if hasattr(u, "item") else u for u in uniques]
+    if spec.positive is None:
+        return codes.astype(np.int64), classes
+    matches = [i for i, c in enumerate(classes) if c == spec.positive or str(c) == str(spec.positive)]
+    if not matches:
+        raise DataError(f"{path}: positive class {spec.positive!r} is not a value of label {spec.label!r} "
+                        f"(values: {', '.join(map(str, classes[:6]))})")
+    order = [i for i in range(len(classes)) if i != matches[0]] + matches
+    remap = np.empty(len(classes), dtype=np.int64)
+    remap[order] = np.arange(len(classes))
+    return remap[codes], [classes[i] for i in order]
+
+
 def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> Features:
     """Fit the preprocessing on train+test features (or train only) and return tensors."""
     train, test = tables.train, tables.test
     numeric = [c for c in train.columns if pd.api.types.is_numeric_dtype(train[c])
                and pd.api.types.is_numeric_dtype(test[c])]
     categorical = [c for c in train.columns if c not in numeric]
+    native, native_test = native_columns(tables, numeric, categorical)
     fit_frame = pd.concat([train, test]) if params.fit_on == "all" else train
     if params.clip_quantile and numeric:
         values = fit_frame[numeric].astype(np.float64)
@@ -157,8 +266,8 @@ def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> F
     with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
         # Overflow is reported below, per column (the imputer would drop the scaler's NaN column).
         warnings.filterwarnings("ignore", message="Skipping features without any observed values")
-        transformer = make_transformer(numeric, categorical).fit(fit_frame)
-    if numeric:  # a sum or a sum of squares beyond float64
+        transformer = make_transformer(numeric, categorical, params.scaling, params.numeric_bins).fit(fit_frame)
+    if numeric and params.scaling == "standard":  # a sum or a sum of squares beyond float64
         scaler = transformer.named_transformers_["numeric"][0]
         overflow = np.flatnonzero(~(np.isfinite(scaler.mean_) & np.isfinite(scaler.var_)))
         if len(overflow):
@@ -176,9 +285,8 @@ def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> F
                  for frame, path in ((train, tables.train_path), (test, tables.test_path)))
     classes: list = []
     if tables.spec.task == "classification":
-        codes, uniques = pd.factorize(tables.labels, sort=True)
-        y = torch.from_numpy(codes.astype(np.int64))
-        classes = [u.item() if hasattr(u, "item") else u for u in uniques]
+        codes, classes = class_order(tables.labels, tables.spec, tables.train_path)
+        y = torch.from_numpy(codes)
     else:
         y = torch.from_numpy(tables.labels.to_numpy(dtype=np.float32))
     return Features(
@@ -186,6 +294,9 @@ def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> F
         X_test=torch.from_numpy(np.ascontiguousarray(X_test)),
         test_ids=[i.item() if hasattr(i, "item") else i for i in tables.test_ids],
         names=names, spec=tables.spec, classes=classes,
+        native=torch.from_numpy(native), native_test=torch.from_numpy(native_test),
+        native_names=numeric + categorical,
+        native_categorical=list(range(len(numeric), len(numeric) + len(categorical))),
     )
 
 

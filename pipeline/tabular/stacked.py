@@ -111,6 +111,9 @@ class StackedModel:
         self.theta = torch.zeros(sum(math.prod(s) for s in self.shapes), device=device)
         self.dropout = torch.tensor(dropout, device=device, dtype=torch.float32)
         self.use_dropout = any(p > 0 for p in dropout)
+        # Each group's outputs are standardized targets: the labels' scale is out * scale + shift.
+        self.target_shift = torch.zeros(G, device=device)
+        self.target_scale = torch.ones(G, device=device)
         self._init(generator)
 
     def _stored(self, theta: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -146,6 +149,17 @@ class StackedModel:
         """Spread one value per config over every element of ``theta`` (for per-config lr, wd)."""
         column = torch.tensor(values, device=self.device, dtype=torch.float32)
         return torch.cat([column.view(1, -1, *[1] * (len(s) - 2)).expand(s).reshape(-1) for s in self.shapes])
+
+    def per_model(self, values: torch.Tensor) -> torch.Tensor:
+        """Spread one value per (group, config) model, (G, C), over every element of ``theta``."""
+        G, C = self.groups, self.configs
+        return torch.cat([values.view(G, C, *[1] * (len(s) - 2)).expand(s).reshape(-1) for s in self.shapes])
+
+    def destandardize(self, out: torch.Tensor, group_dim: int = 0) -> torch.Tensor:
+        """Outputs in the labels' scale, in place; ``out``'s group axis is ``group_dim``."""
+        shape = [1] * out.dim()
+        shape[group_dim] = self.groups
+        return out.mul_(self.target_scale.view(shape)).add_(self.target_shift.view(shape))
 
     def blocks(self, rows: int, theta: torch.Tensor | None = None) -> list[Block]:
         """Split the models so that one layer's activations for ``rows`` rows stay within
@@ -218,7 +232,7 @@ class StackedModel:
 
     def forward(self, x: torch.Tensor, theta: torch.Tensor | None = None, *,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """``x`` (G or 1, B, d), or d + 1 with a ones column last -> outputs (G, B, C, n_out).
+        """``x`` (G or 1, B, d), or d + 1 with a ones column last -> outputs (G, B, C, n_out) in the labels' scale.
         Dropout applies when a generator is given."""
         rows = x.shape[1]
         out = torch.empty(self.groups, rows, self.configs, self.arch.n_out, device=x.device)
@@ -227,13 +241,14 @@ class StackedModel:
             xT = shared if shared is not None else x[block.groups].transpose(1, 2)
             y, _ = self.forward_block(block, xT, generator)
             out[block.groups, :, block.configs] = y.permute(0, 3, 1, 2)
-        return out
+        return self.destandardize(out)
 
     def state(self, extra: dict) -> dict:
         """A checkpoint of plain tensors and values (``torch.load(weights_only=True)`` safe)."""
         return {"format": self.FORMAT, "theta": self.theta.detach().cpu(),
                 "arch": vars(self.arch), "groups": self.groups, "hidden": [list(h) for h in self.hidden],
-                "dropout": self.dropout.cpu().tolist(), **extra}
+                "dropout": self.dropout.cpu().tolist(), "target_shift": self.target_shift.cpu(),
+                "target_scale": self.target_scale.cpu(), **extra}
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> "StackedModel":
@@ -244,4 +259,6 @@ class StackedModel:
         if model.theta.shape != state["theta"].shape:
             raise ValueError("parameter count does not match the architecture")
         model.theta = state["theta"].to(device)
+        model.target_shift = state["target_shift"].to(device)
+        model.target_scale = state["target_scale"].to(device)
         return model

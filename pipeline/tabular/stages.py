@@ -22,15 +22,15 @@ from pipeline.submissions import write_copies
 from pipeline.tabular.cv import cross_validate, cross_validate_recipe, fit_final, predict_blend
 from pipeline.tabular.features import FeatureParams, Features, build_features
 from pipeline.tabular.ensemble import blend
-from pipeline.tabular.members import load_fitted, recipe_members, score_groups
-from pipeline.tabular.tables import load_tables
+from pipeline.tabular.members import TrainingSet, load_fitted, recipe_members, score_groups
+from pipeline.tabular.tables import load_tables, outside_domain
 from pipeline.tabular.trainer import TrainParams
 
 log = logging.getLogger(__name__)
 
 FEATURE_KEYS = tuple(FeatureParams.__dataclass_fields__)
 TRAIN_KEYS = tuple(TrainParams.__dataclass_fields__)
-RECIPE_KEYS = TRAIN_KEYS + ("ensemble", "seeds", "recipe")
+RECIPE_KEYS = TRAIN_KEYS + ("ensemble", "seeds", "recipe", "blend")
 CV_KEYS = ("folds", "split", "seed")
 CHECKPOINT_FORMAT = "pipeline.recipe/2"  # /1 told members apart by their keys
 
@@ -76,6 +76,10 @@ def public_params(ctx: Context) -> dict:
     return {k: plain(v) for k, v in sorted(ctx.params.items())}
 
 
+def _oof_path(ctx: Context) -> Path:
+    return ctx.workspace.data / ctx.target.name / "oof.pt"
+
+
 def cv(ctx: Context) -> tuple[list[Path], dict]:
     features = load_features(ctx)
     device = resolve_device(ctx.device)
@@ -83,7 +87,7 @@ def cv(ctx: Context) -> tuple[list[Path], dict]:
     folds, split = ctx.params["folds"], ctx.params["split"]
     result, seconds = cross_validate_recipe(
         features, recipe, seeds=int(ctx.params["seeds"]), folds=folds, split=split, seed=ctx.params["seed"],
-        device=device, on_epoch=ctx.progress(f"cv {ctx.target.name}"))
+        device=device, blend_with=ctx.params["blend"], on_epoch=ctx.progress(f"cv {ctx.target.name}"))
     score, metric = result.score, features.spec.scorer
     labels = ([f"fold {i + 1}" for i in range(folds)] if len(recipe) == 1
               else [f"{m.label} {i + 1} (fold mean)" for i, m in enumerate(result.members) if m.train_curves])
@@ -102,34 +106,55 @@ def cv(ctx: Context) -> tuple[list[Path], dict]:
         "seconds": seconds, "device": str(device), "created": reports.now(),
         "plots": [plot.name],
     }
+    if metric.submits == "probabilities" and len(features.classes) == 2:
+        report["positive_class"] = plain(features.classes[-1])
     if len(result.members) > 1:
         report["members"] = [{"model": m.label, "mean_valid": m.mean_valid, "std_valid": m.std_valid,
-                              "valid": m.valid} for m in result.members]
+                              "valid": m.valid, "weight": w, "seconds": m.seconds, "budget": b}
+                             for m, w, b in zip(result.members, result.weights, result.budgets)]
+        report["blend"] = {"how": ctx.params["blend"], "weights": result.weights, "fold_weights": result.fold_weights}
     if score.failed:
         bad = [f"fold {i + 1} at epoch {e}" for i, e in enumerate(score.failed_epoch) if e]
         log.warning("training diverged (non-finite loss): %s; lower --lr", ", ".join(bad))
+    oof = checkpoints.save(_oof_path(ctx), "pipeline.oof/1", {
+        "members": [m.label for m in recipe], "predictions": result.oof, "weights": result.weights,
+        "budgets": result.budgets})
     path = reports.save_report(run_dir, report)
-    return [path, run_dir / "report.md", plot], report
+    return [path, run_dir / "report.md", plot, oof], report
 
 
 def train(ctx: Context) -> tuple[list[Path], dict]:
+    """Every member on every row, with the blend weights and training lengths of its CV."""
     features = load_features(ctx)
     device = resolve_device(ctx.device)
-    fitted, data = fit_final(features, members(ctx.params), seeds=int(ctx.params["seeds"]), seed=ctx.params["seed"],
-                             device=device, on_epoch=ctx.progress(f"train {ctx.target.name}"))
+    recipe = members(ctx.params)
+    remake = f"pipeline cv {ctx.target.name}"
+    oof = checkpoints.load(_oof_path(ctx), "pipeline.oof/1", "out-of-fold", remake)
+    with checkpoints.restoring(_oof_path(ctx), remake):
+        if oof["members"] != [m.label for m in recipe]:
+            raise ValueError(f"members {oof['members']} are not the recipe's")
+        weights, budgets = list(oof["weights"]), list(oof["budgets"])
+    fitted, data = fit_final(features, recipe, seeds=int(ctx.params["seeds"]), seed=ctx.params["seed"],
+                             device=device, budgets=budgets, on_epoch=ctx.progress(f"train {ctx.target.name}"))
     for member in fitted:
         if member.failed_epoch.any():
             raise TrainingError(f"training diverged (non-finite loss) at epoch {member.failed_epoch.max()} "
                                 f"({member.label}); no model was saved; lower --lr")
-        if not torch.isfinite(member.predict(data.X_test)).all():
+        test = member.predict(data.test)
+        if not torch.isfinite(test).all():
             raise TrainingError(f"ensemble member {member.label} predicted non-finite values; no model was saved")
+        outside = outside_domain(test.cpu().numpy().ravel(), data.metric)
+        if outside.any():  # the metric's space would hide them (log_rmse clamps at 1), a submission must not
+            raise TrainingError(f"ensemble member {member.label} predicted {int(outside.sum())} test value(s) "
+                                f"that are not {data.metric.domain} ({data.metric.name} takes logs); "
+                                "no model was saved")
     path = checkpoints.save(_model_path(ctx), CHECKPOINT_FORMAT, {
         "target": ctx.target.name, "params": public_params(ctx), "features": features.names,
-        "metric": features.spec.metric, "members": [m.state() for m in fitted]})
-    blended = blend([m.predict(data.X) for m in fitted], data.metric)
+        "metric": features.spec.metric, "members": [m.state() for m in fitted], "weights": weights})
+    blended = blend([m.predict(data.train) for m in fitted], data.metric, weights)
     [train_score] = score_groups(blended, data.y, [torch.arange(len(data.y), device=device)], data.metric)
     return [path], {"model": ctx.rel(path), "train": train_score, "seconds": sum(m.seconds for m in fitted),
-                    "device": str(device)}
+                    "device": str(device), "weights": weights}
 
 
 def load_model(path: Path, metric, device: torch.device) -> tuple[list, dict]:
@@ -140,19 +165,37 @@ def load_model(path: Path, metric, device: torch.device) -> tuple[list, dict]:
         return [load_fitted(m, metric, device) for m in state["members"]], state
 
 
+def submission_frame(features: Features, predictions) -> tuple[pd.DataFrame, dict]:
+    """What the metric scores: values, class labels, P(positive class), or one probability
+    column per class (Kaggle's multiclass format); and the checks the frame must pass."""
+    spec, metric = features.spec, features.spec.scorer
+    ids = {spec.id: features.test_ids}
+    checks = dict(id_column=spec.id, expected_ids=features.test_ids)
+    if metric.submits == "values":
+        return pd.DataFrame({**ids, spec.label: predictions}), dict(
+            checks, label_column=spec.label, positive=metric.domain == "positive",
+            non_negative=metric.domain == "non-negative")
+    if metric.submits == "labels":
+        labels = [features.classes[i] for i in predictions.argmax(1)]
+        return pd.DataFrame({**ids, spec.label: labels}), dict(checks, label_column=spec.label,
+                                                               classes=features.classes)
+    if len(features.classes) == 2:
+        return pd.DataFrame({**ids, spec.label: predictions[:, 1]}), dict(checks, label_column=spec.label,
+                                                                          probabilities=True)
+    columns = [str(c) for c in features.classes]
+    return pd.DataFrame({**ids, **dict(zip(columns, predictions.T))}), dict(checks, label_column=columns,
+                                                                            probabilities=True)
+
+
 def submit(ctx: Context) -> tuple[list[Path], dict]:
     features = load_features(ctx)
-    spec, metric = features.spec, features.spec.scorer
-    fitted, state = load_model(_model_path(ctx), metric, resolve_device(ctx.device))
+    device = resolve_device(ctx.device)
+    fitted, state = load_model(_model_path(ctx), features.spec.scorer, device)
     if state["features"] != features.names:
         raise DataError(f"{_model_path(ctx)} was trained on other features; run `pipeline train {ctx.target.name}`")
-    predictions = predict_blend(fitted, features.X_test.to(resolve_device(ctx.device)), metric)
-    labels = ([features.classes[i] for i in predictions.argmax(1)] if spec.task == "classification"
-              else predictions)
-    frame = pd.DataFrame({spec.id: features.test_ids, spec.label: labels})
-    checks = dict(id_column=spec.id, label_column=spec.label, expected_ids=features.test_ids,
-                  positive=metric.domain == "positive",
-                  classes=features.classes if spec.task == "classification" else None)
+    data = TrainingSet(features, device)
+    predictions = predict_blend(fitted, data.test, features.spec.scorer, state.get("weights"))
+    frame, checks = submission_frame(features, predictions)
     return write_copies(ctx.workspace.submissions / f"{ctx.section}.csv", ctx.out, frame, **checks)
 
 
@@ -180,18 +223,16 @@ def sweep(ctx: Context, grid: dict[str, list], save: bool = True) -> dict:
     return report
 
 
+# What each body calls into, beyond its own module: editing any of it makes the stage stale.
+_TRAINING = ("pipeline.folds", "pipeline.metrics", "pipeline.tabular.cv", "pipeline.tabular.members",
+             "pipeline.tabular.ensemble", "pipeline.tabular.trainer", "pipeline.tabular.optim",
+             "pipeline.tabular.stacked", "pipeline.tabular.features", "pipeline.checkpoints", "pipeline.devices")
 STAGES = (
     Stage("download", (), (), ("pipeline.hub", "pipeline.targets"), download),
     Stage("preprocess", ("download",), FEATURE_KEYS,
-          ("pipeline.tabular.tables", "pipeline.tabular.features", "pipeline.checkpoints"), preprocess),
-    Stage("cv", ("preprocess",), RECIPE_KEYS + CV_KEYS,
-          ("pipeline.folds", "pipeline.tabular.cv", "pipeline.tabular.members", "pipeline.tabular.ensemble",
-           "pipeline.tabular.trainer", "pipeline.tabular.optim", "pipeline.tabular.stacked", "pipeline.metrics"), cv),
-    Stage("train", ("preprocess",), RECIPE_KEYS + ("seed",),
-          ("pipeline.tabular.cv", "pipeline.tabular.members", "pipeline.tabular.ensemble",
-           "pipeline.tabular.trainer", "pipeline.tabular.optim", "pipeline.tabular.stacked",
-           "pipeline.checkpoints"), train),
-    Stage("submit", ("preprocess", "train"), (),
-          ("pipeline.submissions", "pipeline.tabular.members", "pipeline.tabular.ensemble", "pipeline.checkpoints"),
-          submit),
+          ("pipeline.tabular.tables", "pipeline.tabular.features", "pipeline.metrics", "pipeline.checkpoints"),
+          preprocess),
+    Stage("cv", ("preprocess",), RECIPE_KEYS + CV_KEYS, _TRAINING + ("pipeline.plots", "pipeline.reports"), cv),
+    Stage("train", ("preprocess", "cv"), RECIPE_KEYS + ("seed",), _TRAINING + ("pipeline.tabular.tables",), train),
+    Stage("submit", ("preprocess", "train"), (), _TRAINING + ("pipeline.submissions",), submit),
 )

@@ -29,6 +29,7 @@ class TableSpec:
     label: str
     task: str = "regression"
     metric: str = "log_rmse"
+    positive: str | int | None = None  # binary classification: the class whose probability is submitted
 
     @property
     def scorer(self) -> Metric:
