@@ -4,7 +4,11 @@ Runs each anchor script and the pipeline on the same data and settings in one se
 prints time ratios and both sides' quality numbers next to the targets of issue 6. Absolute
 times drift on these shared machines; the ratios are what to quote.
 
-    python benchmarks/bench.py [--shared ../shared] [--device auto|cpu|cuda] [--skip-fashion] [--skip-commands] [--scaling]
+    python benchmarks/bench.py [--shared ../shared] [--device auto|cpu|cuda] [--skip-fashion] [--skip-commands]
+                               [--skip-recipes] [--scaling]
+
+The recipes' rows (issue 14: our CV against scikit-learn's defaults on the same folds) come from
+benchmarks/recipes.py, which also runs alone.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pipeline.tabular.cv import cross_validate
 from pipeline.tabular.features import build_features
 from pipeline.tabular.tables import TableSpec, Tables, load_tables
 from pipeline.tabular.trainer import TrainParams
+from recipes import bench_recipes  # benchmarks/recipes.py, beside this script
 
 D2L = TrainParams(model="linear", epochs=100, lr=5.0, weight_decay=0.0, batch_size=64, log_target=False)
 GRID = {"lr": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0], "weight_decay": [0, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0]}
@@ -113,7 +118,7 @@ def bench_fashion(shared: Path, device: torch.device) -> list[bool]:
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        model, _ = classifiers.fit_classifier("softmax", None, x, y, xt, yt, device=device, progress=False)
+        model, _ = classifiers.fit_classifier("softmax", None, x, y, xt, yt, device=device)
         times.append(time.perf_counter() - started)
     ours_s = sorted(times)[1]
     ours_acc = classifiers.evaluate(model, xt, yt, device)["accuracy"]
@@ -127,7 +132,7 @@ def bench_fashion(shared: Path, device: torch.device) -> list[bool]:
         ">= -0.01", results[1])
     if device.type == "cuda":
         started = time.perf_counter()
-        model, history = classifiers.fit_classifier("cnn", None, x, y, xt, yt, device=device, progress=False)
+        model, history = classifiers.fit_classifier("cnn", None, x, y, xt, yt, device=device)
         elapsed = itertools.accumulate(h["seconds"] for h in history)  # training time at each epoch's end
         reached = next((s for h, s in zip(history, elapsed) if h["valid_accuracy"] >= 0.92), None)
         print(f"  cnn on {device}: {time.perf_counter() - started:.1f} s for {len(history)} epochs; "
@@ -190,6 +195,8 @@ def main() -> None:
     parser.add_argument("--skip-fashion", action="store_true")
     parser.add_argument("--skip-commands", action="store_true",
                         help="Skip `pipeline cv house` (best recipe's score) and the peak-memory runs (minutes).")
+    parser.add_argument("--skip-recipes", action="store_true",
+                        help="Skip the recipes against scikit-learn's defaults (benchmarks/recipes.py, minutes).")
     parser.add_argument("--scaling", action="store_true", help="Also time CV on 10k-300k synthetic rows.")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -201,6 +208,9 @@ def main() -> None:
         results += bench_fashion(args.shared, device)
     if not args.skip_commands:
         results += bench_commands(args.shared)
+    if not args.skip_recipes:
+        print("recipes against scikit-learn's defaults, on the same folds:", flush=True)
+        results += bench_recipes(args.shared)
     if args.scaling:
         bench_scaling(device)
     print(json.dumps({"passed": sum(results), "failed": len(results) - sum(results)}))

@@ -17,6 +17,8 @@ from typing import Callable
 
 from pipeline import hub, make, params as params_file, reports
 from pipeline.errors import UsageError
+from pipeline.progress import Progress
+from pipeline.results import Diff, Result, RunReport, Table
 from pipeline.tabular import stages as tabular_stages
 from pipeline.targets import all_targets, check_flags, get_target
 from pipeline.workspace import Workspace, mirrors_from_env
@@ -28,12 +30,16 @@ def _quiet(stage: str, what: str) -> None:
 
 class Pipeline:
     """A workspace (``workdir``, else ``$PIPELINE_HOME``, else the current folder), the mirrors
-    to download from (plus ``$PIPELINE_MIRROR``), and how to report: ``progress(desc)`` returns
-    an epoch callback, ``announce(stage, what)`` hears which stages run or are skipped."""
+    to download from (plus ``$PIPELINE_MIRROR``), and how to report: ``progress(desc)`` makes
+    the :class:`~pipeline.progress.Progress` a stage's long steps report to (silent by default;
+    ``Bars`` for tqdm bars), ``announce(stage, what)`` hears which stages run or are skipped.
+
+    Every command returns what it made: a :class:`~pipeline.results.RunReport` (a dict of the
+    run's report.json that prints as text and renders as HTML in Jupyter), a ``Result`` or a
+    ``Table``."""
 
     def __init__(self, workdir: str | Path | None = None, mirrors=(), *, wait: float = 0.0,
-                 progress: Callable[[str], Callable[[int, int], None] | None] = lambda desc: None,
-                 announce: Callable[[str, str], None] = _quiet):
+                 progress: Callable[[str], Progress] = Progress, announce: Callable[[str, str], None] = _quiet):
         self.workspace = Workspace.resolve(workdir)
         self.mirrors = [str(m) for m in mirrors] + mirrors_from_env()
         self.wait, self.progress, self.announce = wait, progress, announce
@@ -47,10 +53,15 @@ class Pipeline:
         return make.Context(self.workspace, chosen, resolved, self.mirrors, device, self.progress,
                             Path(out) if out else None)
 
-    def _make(self, ctx: make.Context, until: str, **options) -> dict:
+    def _make(self, ctx: make.Context, until: str, **options) -> Result:
         options.setdefault("always", True)
         with self.workspace.exclusive(self.wait):
-            return make.make(ctx, until, report=self.announce, **options)
+            return self._result(make.make(ctx, until, report=self.announce, **options))
+
+    def _result(self, summary: dict) -> Result:
+        if "run" in summary:
+            return RunReport(summary, self.workspace.reports / "runs" / summary["run"])
+        return Result(summary)
 
     def download(self, name: str) -> list[str]:
         """A target's data, a hub dataset, a group or ``all``: the verified files' paths."""
@@ -59,8 +70,8 @@ class Pipeline:
         with self.workspace.exclusive(self.wait):
             return [str(p) for p in hub.download_group(name, self.workspace.data, self.mirrors).values()]
 
-    def hub(self) -> list[dict]:
-        return hub.status(self.workspace.data)
+    def hub(self) -> Table:
+        return Table(hub.status(self.workspace.data), ["name", "cached", "verified", "url"])
 
     def preprocess(self, target: str, **params) -> dict:
         return self._make(self.context(target, params), "preprocess")
@@ -90,11 +101,17 @@ class Pipeline:
         ctx = self.context(target, {}, device)
         return self._make(ctx, until or ctx.target.stages[-1].name, always=False, force=force, in_order=True)
 
-    def status(self, target: str, device: str = "auto", **params) -> list[dict]:
-        return make.status(self.context(target, params, device))
+    def status(self, target: str, device: str = "auto", **params) -> Table:
+        return Table(make.status(self.context(target, params, device)), ["stage", "state", "reason"])
 
-    def runs(self, target: str | None = None) -> list[dict]:
-        return reports.leaderboard(self.workspace, target)
+    def runs(self, target: str | None = None) -> Table:
+        """Every run's score, best first per target and metric; ``best`` marks the best."""
+        return Table(reports.leaderboard(self.workspace, target),
+                     ["best", "target", "command", "metric", "score", "model", "seconds", "device", "run"])
+
+    def diff(self, first: str, second: str) -> Diff:
+        """What differs between two runs: their params and the change in score."""
+        return Diff(reports.diff(self.workspace, first, second))
 
     def sweep(self, target: str, grid: dict[str, list] | list[str], save: bool = True, device: str = "auto",
               **params) -> dict:
@@ -106,4 +123,4 @@ class Pipeline:
             grid = params_file.parse_grid(grid, ctx.target.defaults, tabular_stages.TRAIN_KEYS)
         with self.workspace.exclusive(self.wait):
             make.make(ctx, "preprocess", always=False, report=self.announce)
-            return tabular_stages.sweep(ctx, grid, save=save)
+            return self._result(tabular_stages.sweep(ctx, grid, save=save))

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
-from pathlib import Path
 from typing import Callable
 
 import click
 
-from pipeline import __version__, reports
+from pipeline import __version__, plots
 from pipeline.api import Pipeline
 from pipeline.devices import DEVICE_CHOICES
 from pipeline.errors import ParamError, PipelineError
+from pipeline.progress import Bars, Lines, Live, Progress
 from pipeline.targets import BUILTIN
 
 log = logging.getLogger("pipeline")
@@ -89,23 +88,18 @@ def training_options(func):
     return func
 
 
-def _progress(desc: str):
-    """An epoch callback: a tqdm bar on a terminal, else a plain line every ~10% of epochs."""
-    state = {}
+def _progress(live: bool | None = None) -> Callable[[str], Progress]:
+    """Bars with an ETA on a terminal, plain lines otherwise; ``live`` (the default on a
+    terminal) adds the learning-curve chart for members trained in epochs."""
+    tty = sys.stderr.isatty()
+    if live if live is not None else tty:
+        return Live
+    return Bars if tty else Lines
 
-    def on_epoch(epoch: int, total: int) -> None:
-        if sys.stderr.isatty():
-            from tqdm import tqdm
 
-            bar = state.get("bar") or state.setdefault("bar", tqdm(total=total, desc=desc, unit="epoch", leave=False))
-            bar.update(1)
-            if epoch == total:
-                bar.close()
-                state.clear()
-        elif epoch == total or epoch % max(1, math.ceil(total / 10)) == 0:
-            click.echo(f"{desc}: epoch {epoch}/{total}", err=True)
-
-    return on_epoch
+def live_option(func):
+    return click.option("--live/--no-live", default=None,
+                        help="Redraw train and valid metrics per epoch in the terminal (default: on a terminal).")(func)
 
 
 def _announce(stage: str, what: str) -> None:
@@ -129,7 +123,7 @@ def _params(flags: dict) -> dict:
 def cli(click_ctx, workdir, mirrors, wait, debug, verbose):
     """A Kaggle competition pipeline: download, preprocess, cv, train, evaluate, submit, report."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="pipeline: %(message)s")
-    click_ctx.obj = Pipeline(workdir, mirrors, wait=wait, progress=_progress, announce=_announce)
+    click_ctx.obj = Pipeline(workdir, mirrors, wait=wait, progress=_progress(False), announce=_announce)
 
 
 @cli.command()
@@ -145,7 +139,7 @@ def download(p: Pipeline, name):
 @click.pass_obj
 def hub_status(p: Pipeline):
     """List the registry: each dataset's URL, whether it is cached and verified."""
-    click.echo(reports.format_table(p.hub(), ["name", "cached", "verified", "url"]))
+    click.echo(str(p.hub()))
 
 
 @cli.command()
@@ -161,25 +155,17 @@ def preprocess(p: Pipeline, target, **flags):
     click.echo(json.dumps(p.preprocess(target, **flags)))
 
 
-def _print_cv(report: dict) -> None:
-    rows = [{"fold": i + 1, "train": f["train"], "valid": f["valid"],
-             "note": f"diverged at epoch {f['failed_epoch']}" if f.get("failed_epoch") else ""}
-            for i, f in enumerate(report["folds"])]
-    click.echo(reports.format_table(rows, ["fold", "train", "valid", "note"]))
-    click.echo(f"{report['metric']}: mean valid {report['mean_valid']:.5f} ± {report['std_valid']:.5f}  "
-               f"({report['seconds']:.2f} s on {report['device']})")
-    click.echo(f"report: {Path('reports/runs') / report['run'] / 'report.md'}")
-
-
 @cli.command()
 @click.argument("target")
 @training_options
+@live_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.pass_obj
-def cv(p: Pipeline, target, device, as_json, **flags):
+def cv(p: Pipeline, target, device, live, as_json, **flags):
     """K-fold cross-validation of the configured model; saves a report with learning curves."""
+    p.progress = _progress(live)
     report = p.cv(target, device, **_params(flags))
-    click.echo(json.dumps(report, indent=2)) if as_json else _print_cv(report)
+    click.echo(json.dumps(report, indent=2) if as_json else str(report))
     if any(f.get("failed_epoch") for f in report["folds"]):
         sys.exit(3)
 
@@ -187,21 +173,14 @@ def cv(p: Pipeline, target, device, as_json, **flags):
 @cli.command()
 @click.argument("target")
 @training_options
+@live_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_obj
-def train(p: Pipeline, target, device, as_json, **flags):
+def train(p: Pipeline, target, device, live, as_json, **flags):
     """Train the final model on every training row and save it under models/."""
+    p.progress = _progress(live)
     summary = p.train(target, device, **_params(flags))
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    elif "history" in summary:
-        last = summary["history"][-1][-1]
-        click.echo(f"trained {summary['params']['model']}: train accuracy {last['train_accuracy']:.4f}"
-                   + (f", valid accuracy {summary['valid_accuracy']:.4f}" if "valid_accuracy" in summary else "")
-                   + f" ({summary['seconds']:.1f} s on {summary['device']})")
-    else:
-        click.echo(f"saved {summary['model']} (train {summary['train']:.5f}, "
-                   f"{summary['seconds']:.2f} s on {summary['device']})")
+    click.echo(json.dumps(summary, indent=2) if as_json else str(summary))
 
 
 @cli.command()
@@ -214,13 +193,9 @@ def evaluate(p: Pipeline, target, device, as_json, **flags):
 
     Like every command, it first brings the model up to date with params.toml and the flags."""
     report = p.evaluate(target, device, **_params(flags))
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    click.echo(reports.format_table([{"class": k, "accuracy": v} for k, v in report["per_class"].items()],
-                                    ["class", "accuracy"]))
-    click.echo(f"test accuracy {report['test_accuracy']:.4f} ({report['seconds']:.1f} s on {report['device']})")
-    click.echo(f"report: {Path('reports/runs') / report['run'] / 'report.md'}")
+    click.echo(json.dumps(report, indent=2) if as_json else str(report))
+    if not as_json and sys.stdout.isatty():  # d2l's predict_ch3 grid, in the terminal itself
+        plots.show_in_terminal(report.run_dir / "predictions.png")
 
 
 @cli.command()
@@ -251,23 +226,24 @@ def run(p: Pipeline, target, until, force, device):
 @click.pass_obj
 def status(p: Pipeline, target, device, **flags):
     """Show each stage as up to date, stale (and why) or missing, like `make -n`."""
-    click.echo(reports.format_table(p.status(target, device, **_params(flags)), ["stage", "state", "reason"]))
+    click.echo(str(p.status(target, device, **_params(flags))))
 
 
 @cli.command()
 @click.option("--target", help="Only this target's runs.")
+@click.option("--diff", nargs=2, metavar="RUN_A RUN_B", help="The params that differ and the change in score.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def runs(p: Pipeline, target, as_json):
-    """Leaderboard of every run in the workspace, best score first (like `dvc exp show`)."""
-    rows = p.runs(target)
+def runs(p: Pipeline, target, diff, as_json):
+    """Leaderboard of every run in the workspace, best first, the best of each target marked *
+    (like `dvc exp show`); --diff compares two runs (like `dvc exp diff`)."""
+    result = p.diff(*diff) if diff else p.runs(target)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    elif not rows:
+        click.echo(json.dumps(result, indent=2))
+    elif not result:
         click.echo("no runs yet: try `pipeline cv house`")
     else:
-        click.echo(reports.format_table(rows, ["target", "command", "metric", "score", "model", "seconds",
-                                               "device", "run"]))
+        click.echo(str(result))
 
 
 @cli.command()
@@ -275,20 +251,21 @@ def runs(p: Pipeline, target, as_json):
 @click.option("--grid", "grid", multiple=True, required=True, metavar="NAME=V1,V2,…",
               help="A param and its values, e.g. lr=0.01,0.03 (repeatable; hidden=256,128x64).")
 @training_options
+@live_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--save/--no-save", default=True, show_default=True,
               help="Save the best config into params.toml for train and submit.")
 @click.pass_obj
-def sweep(p: Pipeline, target, grid, device, as_json, save, **flags):
+def sweep(p: Pipeline, target, grid, device, live, as_json, save, **flags):
     """Cross-validate every config of a grid at once; rank them; save the best as the params."""
+    p.progress = _progress(live)
     report = p.sweep(target, list(grid), save, device, **_params(flags))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    rows = [{**{k: r["params"][k] for k in report["grid"]}, "mean_valid": r["mean_valid"], "std": r["std_valid"]}
-            for r in report["leaderboard"]]
-    click.echo(reports.format_table(rows[:20], [*report["grid"], "mean_valid", "std"]))
-    click.echo(f"{len(rows)} configs x {report['folds']} folds in {report['seconds']:.2f} s on {report['device']}")
+    click.echo(str(report))
+    click.echo(f"{len(report['leaderboard'])} configs x {report['folds']} folds in {report['seconds']:.2f} s "
+               f"on {report['device']}")
     if save and report.get("saved"):
         click.echo(f"best config saved to {report['saved']}")
 

@@ -22,6 +22,7 @@ from typing import Callable
 from pipeline import reports
 from pipeline.errors import UsageError
 from pipeline.hub import sha1_file
+from pipeline.progress import Progress
 from pipeline.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class Context:
     params: dict
     mirrors: list[str] = field(default_factory=list)
     device: str = "auto"
-    progress: Callable[[str], Callable[[int, int], None] | None] = lambda desc: None
+    progress: Callable[[str], Progress] = Progress  # desc -> where the stage's long steps report
     out: Path | None = None  # submit: where to copy the submission as well
 
     @property

@@ -119,7 +119,9 @@ def parse_grid(items: list[str] | tuple[str, ...], defaults: dict, sweepable) ->
 
 def _typed(key: str, default, text: str, item: str):
     try:
-        if isinstance(default, bool):
+        if isinstance(default, bool) or default == "auto":  # a switch; log_target may also be "auto"
+            if text.lower() == "auto" and default == "auto":
+                return "auto"
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError
             return text.lower() in ("true", "1", "yes")

@@ -94,3 +94,89 @@ def learning_curves_png(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def predictions_png(true, predicted, path: str | Path, label: str, title: str | None = None) -> Path:
+    """Out-of-fold predictions against the truth, and the residuals against the predictions
+    (in the metric's space, e.g. log prices), with the diagonal and zero for reference."""
+    true, predicted = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
+    fig = Figure(figsize=(10, 4.2))
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    left.scatter(true, predicted, s=6, alpha=0.4)
+    low, high = np.nanmin([true.min(), predicted.min()]), np.nanmax([true.max(), predicted.max()])
+    left.plot([low, high], [low, high], color="C3", linewidth=1)
+    left.set_xlabel(f"true {label}")
+    left.set_ylabel(f"predicted {label}")
+    left.set_title("out-of-fold predictions")
+    right.scatter(predicted, predicted - true, s=6, alpha=0.4)
+    right.axhline(0, color="C3", linewidth=1)
+    right.set_xlabel(f"predicted {label}")
+    right.set_ylabel("residual (predicted - true)")
+    right.set_title("residuals")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def roc_png(positive, probability, path: str | Path, title: str | None = None) -> Path:
+    """A binary classifier's ROC curve (with its AUC) and its calibration: the observed rate of
+    the positive class against the predicted probability, in ten bins."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    positive, probability = np.asarray(positive).astype(int), np.asarray(probability, dtype=float)
+    fig = Figure(figsize=(10, 4.2))
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    fpr, tpr, _ = roc_curve(positive, probability)
+    left.plot(fpr, tpr)
+    left.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    left.set_xlabel("false positive rate")
+    left.set_ylabel("true positive rate")
+    left.set_title(f"ROC (AUC {roc_auc_score(positive, probability):.4f})")
+    observed, predicted = calibration_curve(positive, probability, n_bins=10, strategy="quantile")
+    right.plot(predicted, observed, marker="o")
+    right.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    right.set_xlabel("predicted probability")
+    right.set_ylabel("observed rate")
+    right.set_title("calibration")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def sweep_png(board: Sequence[dict], grid: Sequence[str], path: str | Path, metric: str) -> Path:
+    """A sweep's mean valid score against each swept param: one panel per param."""
+    fig = Figure(figsize=(4.2 * len(grid), 3.6))
+    for i, name in enumerate(grid):
+        ax = fig.add_subplot(1, len(grid), i + 1)
+        values = [str(row["params"][name]) for row in board]
+        levels = sorted(set(values), key=lambda v: (_number(v) is None, _number(v) or 0, v))
+        x = [levels.index(v) for v in values]
+        ax.scatter(x, [row["mean_valid"] for row in board], s=16, alpha=0.6)
+        ax.set_xticks(range(len(levels)), levels, rotation=30 if len(levels) > 4 else 0)
+        ax.set_xlabel(name)
+        ax.set_ylabel(f"mean valid {metric}" if i == 0 else "")
+        ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def show_in_terminal(path: str | Path, width: int = 100) -> None:
+    """Print a PNG in the terminal with plotext's image support (colour cells, no window)."""
+    import plotext as plt
+
+    plt.clf()
+    plt.image_plot(str(path))
+    plt.plotsize(width, width // 3)
+    plt.theme("clear")
+    plt.show()

@@ -58,21 +58,18 @@ BEST_HOUSE = {
 # measured on house and ../shared/competitions: standardized targets, AdamW with a warm-up and a
 # cosine decay, dropout, a packed ensemble of 4 submodels per fold, and the best epoch picked on
 # 15% of each fold's training rows.
-MLP = {"model": "mlp", "hidden": [128, 128], "activation": "relu", "dropout": 0.1, "epochs": 100, "lr": 3e-3,
+MLP = {"model": "mlp", "hidden": [128, 128], "activation": "relu", "dropout": 0.1, "epochs": 30, "lr": 5e-3,
        "weight_decay": 1e-4, "batch_size": 256, "optimizer": "adamw", "schedule": "onecycle", "standardize": True,
        "submodels": 4, "inner_valid": 0.15}
 LIGHTGBM = {"model": "lightgbm", "learning_rate": 0.03, "num_leaves": 15, "colsample_bytree": 0.5,
             "min_child_samples": 10}
-LOG_METRICS = ("log_rmse", "rmsle")
 
 
-def auto_recipe(metric: str) -> dict:
-    """Every tabular target's strong default: the MLP, LightGBM and a cross-validated linear
-    model on quantile splines of the numbers, blended by ensemble selection on their out-of-fold
-    predictions. Regressors learn in log space for a log metric."""
-    log = metric in LOG_METRICS
-    return {"numeric_bins": 32, "blend": "greedy", "ensemble": [
-        {**MLP, "log_target": log}, {**LIGHTGBM, "log_target": log}, {"model": "glm", "log_target": log}]}
+# Every tabular target's strong default: the MLP, LightGBM and a cross-validated linear model
+# on quantile splines of the numbers, blended by ensemble selection on their out-of-fold
+# predictions. Regressors learn in log space whenever the labels allow it.
+AUTO = {"numeric_bins": 32, "blend": "greedy", "ensemble": [
+    {**MLP, "log_target": "auto"}, {**LIGHTGBM, "log_target": "auto"}, {"model": "glm", "log_target": "auto"}]}
 
 
 CV_DEFAULTS = {"folds": 5, "split": "contiguous", "seed": 0}
@@ -201,7 +198,7 @@ class ImageTarget:
 
 HOUSE = TabularTarget("house", DATA_HUB["kaggle_house_train"], DATA_HUB["kaggle_house_test"],
                       TableSpec(id="Id", label="SalePrice", task="regression", metric="log_rmse"),
-                      tabular_defaults(**D2L_HOUSE), {"d2l": {}, "best": BEST_HOUSE, "auto": auto_recipe("log_rmse")},
+                      tabular_defaults(**D2L_HOUSE), {"d2l": {}, "best": BEST_HOUSE, "auto": AUTO},
                       "best", model_defaults={"mlp": {**MLP, "log_target": True, "log_skewed": 0.75,
                                                       "clip_quantile": 0.005}})
 FASHION = ImageTarget("fashion", tuple(DATA_HUB[n] for n in GROUPS["fashion"]),
@@ -240,14 +237,14 @@ def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
             sources = {role: _source(name, role, table[role], table.get(f"{role}_sha1"), path.parent, where)
                        for role in ("train", "test")}
         defaults = tabular_defaults(lr=0.01, weight_decay=1e-4, epochs=100, batch_size=128,
-                                    log_target=metric.name in LOG_METRICS, split="shuffled")
+                                    log_target="auto", split="shuffled")
         positive = table.get("positive")
         if positive is not None and task != "classification":
             raise DataError(f"{where}: positive names a class; it is for task \"classification\"")
         targets[name] = TabularTarget(
             name, sources["train"], sources["test"], TableSpec(table["id"], table["label"], task, metric.name, positive),
-            defaults, {"auto": auto_recipe(metric.name)}, "auto", archive=archive,
-            model_defaults={"mlp": {**MLP, "log_target": metric.name in LOG_METRICS, "numeric_bins": 32}})
+            defaults, {"auto": AUTO}, "auto", archive=archive,
+            model_defaults={"mlp": {**MLP, "log_target": "auto", "numeric_bins": 32}})
     return targets
 
 

@@ -129,14 +129,15 @@ def test_runs_lists_each_run_best_first(tmp_path, capsys):
     for report in reports:
         row = by_run[report["run"]]
         assert (row["target"], row["command"], row["metric"]) == ("toy", "cv", "log_rmse")
-        assert row["score"] == report["mean_valid"] and row["model"] == "linear"
+        assert row["score"] == report["mean_valid"] and row["model"] == "auto"  # the declared target's recipe
     assert [row["score"] for row in rows] == sorted(r["mean_valid"] for r in reports)  # log-RMSE: lowest first
 
     code, out, _ = run_cli(ws, capsys, "runs")
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["target", "command", "metric", "score", "model", "seconds", "device", "run"]
+    assert lines[0].split() == ["best", "target", "command", "metric", "score", "model", "seconds", "device", "run"]
     assert [line.split()[-1] for line in lines[1:]] == [row["run"] for row in rows]
-    assert all(line.split()[:3] == ["toy", "cv", "log_rmse"] for line in lines[1:])
+    assert [line.split()[0] for line in lines[1:]] == ["*", "toy"]  # the best run of the target is marked
+    assert all(line.split()[-8:-5] == ["toy", "cv", "log_rmse"] for line in lines[1:])
     code, out, _ = run_cli(ws, capsys, "runs", "--target", "house")
     assert out.strip() == "no runs yet: try `pipeline cv house`"
 

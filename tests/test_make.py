@@ -112,7 +112,7 @@ def _stage_cases():
 def test_called_modules_sees_modules_and_imported_names():
     """The control for the next test: it finds what tabular cv's body calls."""
     cv = make.get_stage(HOUSE, "cv")
-    assert {"pipeline.plots", "pipeline.reports", "pipeline.tabular.cv", "pipeline.tabular.stages"} \
+    assert {"pipeline.reports", "pipeline.checkpoints", "pipeline.tabular.cv", "pipeline.tabular.stages"} \
         <= called_modules(cv.run)
 
 

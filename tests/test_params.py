@@ -106,9 +106,10 @@ def test_sweep_saves_by_default_and_says_so(tmp_path, capsys):
     code, out, err = run_cli(ws, capsys, "sweep", "toy", "--grid", "lr=0.01,0.1", "--epochs", "2")
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["lr", "mean_valid", "std"] and len(lines) == 5
+    board = lines[lines.index("Leaderboard:") + 1:][:3]
+    assert board[0].split() == ["rank", "lr", "mean", "valid", "std"] and [r.split()[0] for r in board[1:]] == ["1", "2"]
     assert lines[-2].startswith("2 configs x 5 folds") and lines[-1] == f"best config saved to {ws / 'params.toml'}"
-    best = float(lines[1].split()[0])
+    best = float(board[1].split()[1])
     assert tomllib.loads((ws / "params.toml").read_text())["toy"]["lr"] == best
 
 

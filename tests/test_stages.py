@@ -43,7 +43,7 @@ def test_every_stage_runs_on_a_declared_target(ws, capsys):
     report = json.loads((run_dirs[0] / "report.json").read_text())
     for key in ("metric", "params", "folds", "mean_valid", "std_valid", "seconds", "device"):
         assert key in report
-    assert len(report["folds"]) == 5 and report["params"]["epochs"] == 5
+    assert len(report["folds"]) == 5 and report["params"]["ensemble"][0]["epochs"] == 5  # params.toml's, in the MLP
     assert (run_dirs[0] / "curves.png").stat().st_size > 1000
     markdown = (run_dirs[0] / "report.md").read_text()
     assert "| fold | train | valid |" in markdown and "curves.png" in markdown
@@ -225,8 +225,11 @@ def test_submission_written_only_after_checks(tmp_path, capsys):
 
 def test_negative_prediction_under_a_log_metric_is_refused_not_clamped(tmp_path, capsys):
     """A blend averages in the metric's space, log(max(p, 1)) for log_rmse: a member's -9900 must
-    be refused, not written as exp(log 1) = 1.0 (as at 1e21bc3)."""
-    ws = linear_competition(tmp_path, last_x=-1000.0)  # the ridge extrapolates to 100 + 10 * -1000 < 0
+    be refused, not written as exp(log 1) = 1.0 (as at 1e21bc3). (scikit-learn members keep their
+    predictions inside the training labels' range; d2l's torch linear model does not.)"""
+    ws = linear_competition(tmp_path, last_x=-1000.0)  # the model extrapolates to 100 + 10 * -1000 < 0
+    (ws / "params.toml").write_text('[lin]\nmodel = "linear"\nlog_target = false\nlr = 0.5\nepochs = 200\n'
+                                    'batch_size = 8\n')
     other = ws / "other.csv"
     code, _, err = run_cli(ws, capsys, "submit", "lin", "--out", str(other))
     assert not (ws / "submissions" / "lin.csv").exists() and not other.exists(), \

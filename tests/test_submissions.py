@@ -100,6 +100,55 @@ def test_unknown_integer_class_reads_as_a_plain_number():
     assert "np." not in message
 
 
+# ----------------------------------------------------------------------------- probabilities (issue 14)
+
+BINARY = dict(id_column="Id", label_column="Churned", expected_ids=IDS, probabilities=True)
+MULTICLASS = dict(id_column="Id", label_column=CLASSES, expected_ids=IDS, probabilities=True)
+GOOD_ROWS = [[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.3333333, 0.3333333, 0.3333334], [0.05, 0.9, 0.05 + 5e-5]]
+
+
+def p_positive(values) -> pd.DataFrame:
+    return pd.DataFrame({"Id": IDS, "Churned": list(values)})
+
+
+def per_class(rows) -> pd.DataFrame:
+    return pd.DataFrame({"Id": IDS, **{c: [row[i] for row in rows] for i, c in enumerate(CLASSES)}})
+
+
+def test_probabilities_in_bounds_pass():
+    check_submission(p_positive([0.0, 0.25, 0.999, 1.0]), **BINARY)  # P(positive): no sum to check
+    check_submission(per_class(GOOD_ROWS), **MULTICLASS)  # each row sums to 1 within float32's rounding
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.01, 7.0])
+def test_probability_of_the_positive_class_outside_0_1_is_refused(bad):
+    refused(p_positive([0.5, 0.5, bad, 0.5]), BINARY, "probability for Id 1463 is outside [0, 1]")
+
+
+def test_class_probability_outside_0_1_is_refused_even_when_the_row_sums_to_1():
+    rows = [GOOD_ROWS[0], [1.2, -0.2, 0.0], *GOOD_ROWS[2:]]
+    refused(per_class(rows), MULTICLASS, "probability for Id 1462 is outside [0, 1]")
+
+
+@pytest.mark.parametrize("row, total", [([0.5, 0.3, 0.1], "0.900000"), ([0.5, 0.5, 0.5], "1.500000"),
+                                        ([0.2, 0.3, 0.5 + 2e-4], "1.000200")])
+def test_class_probabilities_that_do_not_sum_to_1_are_refused(row, total):
+    rows = [*GOOD_ROWS[:2], row, GOOD_ROWS[3]]
+    refused(per_class(rows), MULTICLASS, "class probabilities for Id 1463", f"sum to {total}, not 1")
+
+
+def test_probability_columns_must_be_the_classes_in_order():
+    frame = per_class(GOOD_ROWS)[["Id", "dog", "cat", "emu"]]
+    refused(frame, MULTICLASS, "header is Id,dog,cat,emu", "expected exactly Id,cat,dog,emu")
+    refused(per_class(GOOD_ROWS).drop(columns="emu"), MULTICLASS, "expected exactly Id,cat,dog,emu")
+
+
+def test_a_missing_probability_is_not_finite():
+    refused(per_class([GOOD_ROWS[0], [0.2, math.nan, 0.8], *GOOD_ROWS[2:]]), MULTICLASS, "1 predictions are not finite",
+            "Id 1462")
+    refused(p_positive([0.1, 0.2, 0.3, math.inf]), BINARY, "not finite", "Id 1464")
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -112,7 +161,9 @@ def test_unknown_integer_class_reads_as_a_plain_number():
     (prices(values=[1.0, math.inf, 2.0, 3.0]), REGRESSION),
     (prices(values=[1.0, -1.0, 2.0, 3.0]), REGRESSION),
     (pd.DataFrame({"Id": IDS, "Label": ["dog", "cat", "wolf", "dog"]}), CLASSIFICATION),
-], ids=["header", "rows", "duplicate", "order", "nan", "inf", "negative", "class"])
+    (p_positive([0.5, 1.5, 0.5, 0.5]), BINARY),
+    (per_class([[0.5, 0.3, 0.1]] * 4), MULTICLASS),
+], ids=["header", "rows", "duplicate", "order", "nan", "inf", "negative", "class", "probability", "sum"])
 def test_failing_check_writes_nothing(tmp_path, frame, checks):
     fresh = tmp_path / "fresh" / "submission.csv"
     with pytest.raises(DataError):

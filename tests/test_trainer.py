@@ -3,7 +3,9 @@
 The reference trains every (group, config) model alone, as an nn.Linear / nn.Sequential MLP with
 torch.optim.Adam or AdamW and autograd, on the batch order that ``fit`` draws (``BatchPlan``
 with the same generator) and on the stacked model's initial weights. Per model, the final
-weights and the per-epoch train and valid metrics must agree within float32 tolerance.
+weights and the per-epoch train and valid metrics must agree within float32 tolerance. The
+reference knows the MLP's options of issue 14 too: standardized targets, label smoothing, the
+onecycle schedule and submodels (a config's adjacent columns, scored by their mean).
 """
 
 from __future__ import annotations
@@ -68,6 +70,38 @@ def _metric(out: torch.Tensor, y: torch.Tensor, metric: str, log_target: bool) -
     return (price - y).square().mean().sqrt().item()
 
 
+def _mean_metric(outs: list[torch.Tensor], y: torch.Tensor, metric: str, log_target: bool, standard) -> float:
+    """The metric of a config's submodels' mean prediction: class probabilities averaged, or
+    values destandardized (``standard``: shift, scale and the training targets' range, which
+    clips them), back from log space and averaged where the metric compares them (log(max(p, 1))
+    for log_rmse)."""
+    if len(outs) == 1 and standard is None:
+        return _metric(outs[0], y, metric, log_target)
+    if metric == "accuracy":
+        return (torch.stack([o.softmax(1) for o in outs]).mean(0).argmax(1) == y).float().mean().item()
+    values = []
+    for out in outs:
+        pred = out[:, 0]
+        if standard is not None:
+            shift, scale, low, high = standard
+            pred = (pred * scale + shift).clamp(low, high)
+        values.append(pred.exp() if log_target else pred)
+    if metric == "log_rmse":
+        return (torch.stack(values).clamp_min(1).log().mean(0) - y.log()).square().mean().sqrt().item()
+    return (torch.stack(values).mean(0) - y).square().mean().sqrt().item()
+
+
+def lr_factor(schedule: str, total: int):
+    """LambdaLR's factor before optimizer step k + 1 of ``total``: cosine from 1 to 0, or
+    onecycle's linear warm-up over the first 5% of the steps, then a cosine to 0."""
+    if schedule == "cosine":
+        return lambda k: 0.5 * (1 + math.cos(math.pi * k / total))
+    if schedule == "onecycle":
+        warm = max(1, round(0.05 * total))
+        return lambda k: (k + 1) / warm if k < warm else 0.5 * (1 + math.cos(math.pi * (k + 1 - warm) / (total - warm)))
+    return lambda k: 1.0
+
+
 def reference_net(views, g: int, c: int, config: TrainParams, n_in: int, n_out: int) -> nn.Sequential:
     """Config c of group g as an nn.Sequential, with the stacked model's weights copied in."""
     sizes = [n_in, *config.widths, n_out]
@@ -88,23 +122,32 @@ def reference_net(views, g: int, c: int, config: TrainParams, n_in: int, n_out: 
 def reference_fit(X, y, train_rows, valid_rows, configs, *, metric, n_out=1, seed=0):
     """Every model trained alone with autograd and torch.optim on fit's batches and init: the
     models, (epochs, train/valid, G, C) metrics and each model's first epoch whose float32 sum
-    of squared errors is not finite (cross-entropy: whose logits are not), 0 if none."""
+    of squared errors is not finite (cross-entropy: whose logits are not), 0 if none.
+
+    A config's ``submodels`` are its adjacent columns of the stack (models keyed (g, column)),
+    whose mean prediction is scored; ``standardize`` fits each group's targets standardized by
+    its training rows' mean and (population) std, and ``label_smoothing`` is cross_entropy's."""
     first = configs[0]
+    k = first.submodels
+    columns = [c for c in configs for _ in range(k)]
     G, C = len(train_rows), len(configs)
     generator = make_generator(seed, X.device)
     arch = Architecture(first.model, len(first.widths), first.activation, X.shape[1], n_out)
-    init = StackedModel(arch, G, [c.widths for c in configs], [0.0] * C, X.device, generator).views()
+    init = StackedModel(arch, G, [c.widths for c in columns], [0.0] * len(columns), X.device, generator).views()
     plan = BatchPlan(train_rows, first.batch_size, X.device)
     total = first.epochs * plan.steps
     nets, optimizers, schedulers = {}, {}, {}
     for g in range(G):
-        for c, config in enumerate(configs):
-            net = nets[g, c] = reference_net(init, g, c, config, X.shape[1], n_out)
+        for m, config in enumerate(columns):
+            net = nets[g, m] = reference_net(init, g, m, config, X.shape[1], n_out)
             kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-            optimizers[g, c] = kind(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-            factor = (lambda k: 0.5 * (1 + math.cos(math.pi * k / total))) if config.schedule == "cosine" else None
-            schedulers[g, c] = torch.optim.lr_scheduler.LambdaLR(optimizers[g, c], factor or (lambda k: 1.0))
+            optimizers[g, m] = kind(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            schedulers[g, m] = torch.optim.lr_scheduler.LambdaLR(optimizers[g, m], lr_factor(config.schedule, total))
     target = torch.log(y) if first.log_target else y
+    standard = [None] * G
+    if first.standardize and n_out == 1:
+        standard = [(target[r].mean(), target[r].std(correction=0), target[r].min(), target[r].max())
+                    for r in train_rows]
     curves = np.zeros((first.epochs, 2, G, C))
     failed = np.zeros((G, C), dtype=int)
     for epoch in range(first.epochs):
@@ -113,22 +156,26 @@ def reference_fit(X, y, train_rows, valid_rows, configs, *, metric, n_out=1, see
         for start, stop in plan.bounds:
             for g in range(G):
                 rows = order[g, start:min(stop, plan.counts[g])]
-                for c in range(C):
-                    out = nets[g, c](X[rows])
-                    loss = F.cross_entropy(out, y[rows]) if n_out > 1 else F.mse_loss(out[:, 0], target[rows])
+                goal = target[rows] if standard[g] is None else (target[rows] - standard[g][0]) / standard[g][1]
+                for m, config in enumerate(columns):
+                    out = nets[g, m](X[rows])
+                    loss = F.cross_entropy(out, y[rows], label_smoothing=config.label_smoothing) if n_out > 1 \
+                        else F.mse_loss(out[:, 0], goal)
                     # fit's failure test: squared errors, or softmax - one-hot (finite iff the logits are)
                     with torch.no_grad():
-                        error = out.softmax(1) - F.one_hot(y[rows], n_out) if n_out > 1 else out[:, 0] - target[rows]
-                        epoch_errors[g, c] += error.square().sum() if n_out == 1 else error.sum()
-                    optimizers[g, c].zero_grad()
+                        error = out.softmax(1) - F.one_hot(y[rows], n_out) if n_out > 1 else out[:, 0] - goal
+                        epoch_errors[g, m // k] += error.square().sum() if n_out == 1 else error.sum()
+                    optimizers[g, m].zero_grad()
                     loss.backward()
-                    optimizers[g, c].step()
-                    schedulers[g, c].step()
+                    optimizers[g, m].step()
+                    schedulers[g, m].step()
         failed[(failed == 0) & ~torch.isfinite(epoch_errors).numpy()] = epoch + 1
         with torch.no_grad():
-            for (g, c), net in nets.items():
-                for m, rows in enumerate((train_rows[g], valid_rows[g])):
-                    curves[epoch, m, g, c] = _metric(net(X[rows]), y[rows], metric, first.log_target)
+            for g in range(G):
+                for c in range(C):
+                    for part, rows in enumerate((train_rows[g], valid_rows[g])):
+                        outs = [nets[g, c * k + j](X[rows]) for j in range(k)]
+                        curves[epoch, part, g, c] = _mean_metric(outs, y[rows], metric, first.log_target, standard[g])
     return nets, curves, failed
 
 
@@ -141,13 +188,17 @@ def assert_matches_reference(X, y, configs, *, metric, n_out=1, k=4, seed=0, rto
     np.testing.assert_allclose(result.train_curve, curves[:, 0], rtol=rtol, atol=1e-6)
     np.testing.assert_allclose(result.valid_curve, curves[:, 1], rtol=rtol, atol=1e-6)
     views = result.model.views()
-    for (g, c), net in nets.items():
-        stacked = reference_net(views, g, c, configs[c], X.shape[1], n_out)
+    columns = [c for c in configs for _ in range(configs[0].submodels)]
+    model = result.model
+    for (g, m), net in nets.items():
+        stacked = reference_net(views, g, m, columns[m], X.shape[1], n_out)
         for ours, theirs in zip(stacked.parameters(), net.parameters()):
             scale = theirs.detach().abs().max().item()
             torch.testing.assert_close(ours, theirs.detach(), rtol=rtol, atol=rtol * scale)
-        with torch.no_grad():
-            torch.testing.assert_close(predict_raw(result.model, X)[g, :, c], net(X), rtol=rtol, atol=rtol * scale)
+        with torch.no_grad():  # in the labels' scale (log space with log_target): destandardized and clipped
+            expected = (net(X) * model.target_scale[g] + model.target_shift[g]).clamp(*model.target_range[g])
+            scale = expected.abs().max().item()
+            torch.testing.assert_close(predict_raw(model, X)[g, :, m], expected, rtol=rtol, atol=rtol * scale)
     assert_padding_zero(result.model)
     return result
 
@@ -336,3 +387,131 @@ def test_checkpoint_round_trip_keeps_predictions():
     torch.testing.assert_close(predict_raw(loaded, X), predict_raw(result.model, X))
     with pytest.raises(ValueError):
         StackedModel.from_state({**state, "format": "pipeline.stacked/1"}, torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- issue 14: the MLP's training options
+
+
+@pytest.mark.parametrize("model, log_target, metric", [("linear", False, "rmse"), ("mlp", True, "log_rmse"),
+                                                       ("mlp", False, "log_rmse")])
+def test_standardized_targets_match_reference(model, log_target, metric):
+    """Each fold fits its own training targets standardized (mean 0, std 1), and predicts them
+    back in the labels' scale, clipped to the range it trained on."""
+    X, y = regression_data(seed=5)
+    configs = [TrainParams(model=model, hidden=(6,), lr=lr, epochs=4, batch_size=16, standardize=True,
+                           log_target=log_target) for lr in (0.01, 0.05)]
+    result = assert_matches_reference(X, y, configs, metric=metric)
+    train, _ = contiguous_folds(len(X), 4)
+    target = torch.log(y) if log_target else y
+    for g, rows in enumerate(train):
+        torch.testing.assert_close(result.model.target_shift[g], target[rows].mean())
+        torch.testing.assert_close(result.model.target_scale[g], target[rows].std(correction=0))
+        torch.testing.assert_close(result.model.target_range[g], torch.stack([target[rows].min(), target[rows].max()]))
+    plain = fit(X, y, train, [c.with_(standardize=False) for c in configs], metric=metric,
+                valid_rows=contiguous_folds(len(X), 4)[1])
+    assert not np.allclose(plain.valid_curve, result.valid_curve)  # the control: standardizing changes training
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+@pytest.mark.parametrize("lrs", [(0.02,), (0.01, 0.04)], ids=["fused", "per-config"])
+def test_onecycle_schedule_matches_reference(optimizer, lrs):
+    X, y = regression_data(seed=6)
+    configs = [TrainParams(model="mlp", hidden=(h,), lr=lr, weight_decay=0.1, epochs=6, batch_size=16,
+                           optimizer=optimizer, schedule="onecycle") for lr in lrs for h in (8, 5)]
+    assert_matches_reference(X, y, configs, metric="log_rmse")
+
+
+def test_onecycle_warms_up_then_decays_to_zero():
+    total = 400
+    factors = np.array([trainer._lr_scale("onecycle", step, total) for step in range(1, total + 1)])
+    warm = round(trainer.WARMUP * total)
+    assert warm == 20
+    np.testing.assert_allclose(factors[:warm], np.arange(1, warm + 1) / warm)  # linear from 1/warm to 1
+    assert factors.max() == factors[warm - 1] == 1.0
+    assert (np.diff(factors[warm - 1:]) < 0).all()  # then a strictly falling cosine
+    middle = warm + (total - warm) // 2
+    assert factors[middle - 1] == pytest.approx(0.5)
+    assert factors[-1] == pytest.approx(0.0, abs=1e-12) and factors[-2] < 1e-4
+    # few steps: the warm-up is at least one step and the factors stay in [0, 1]
+    short = [trainer._lr_scale("onecycle", step, 3) for step in (1, 2, 3)]
+    assert short[0] == 1.0 and 0 <= short[2] < short[1] < 1
+    assert [trainer._lr_scale("constant", s, 10) for s in (1, 10)] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_label_smoothing_matches_reference(model):
+    X, y = classification_data(seed=7)
+    configs = [TrainParams(model=model, hidden=(h,), lr=0.05, epochs=4, batch_size=16, label_smoothing=0.2)
+               for h in (7, 4)]
+    smoothed = assert_matches_reference(X, y, configs, metric="accuracy", n_out=3)
+    train, valid = contiguous_folds(len(X), 4)
+    sharp = fit(X, y, train, [c.with_(label_smoothing=0.0) for c in configs], metric="accuracy", valid_rows=valid,
+                n_out=3)
+    assert not torch.allclose(sharp.model.theta, smoothed.model.theta)  # the control
+
+
+@pytest.mark.parametrize("metric, n_out, log_target", [("log_rmse", 1, True), ("rmse", 1, False),
+                                                       ("accuracy", 3, False)])
+def test_submodels_match_reference(metric, n_out, log_target):
+    """k submodels per config: adjacent columns of the stack, each from its own initialisation,
+    trained alone and scored by their mean (in the metric's space)."""
+    X, y = classification_data(seed=8) if n_out > 1 else regression_data(seed=8)
+    configs = [TrainParams(model="mlp", hidden=(h,), lr=lr, epochs=3, batch_size=16, submodels=3,
+                           log_target=log_target) for lr in (0.01, 0.05) for h in (6, 4)]
+    result = assert_matches_reference(X, y, configs, metric=metric, n_out=n_out)
+    assert result.model.configs == 12 and result.train_curve.shape == (3, 4, 4)
+    views = result.model.views()
+    assert not torch.allclose(views[0][:, :, 0], views[0][:, :, 1])  # submodels start apart
+
+
+def test_the_auto_recipes_mlp_options_together_match_reference():
+    """Standardized log targets, AdamW with onecycle and 4 submodels per config (dropout aside)."""
+    X, y = regression_data(seed=9)
+    configs = [TrainParams(model="mlp", hidden=(8, 6), lr=5e-3, weight_decay=1e-4, epochs=4, batch_size=16,
+                           optimizer="adamw", schedule="onecycle", standardize=True, submodels=4, log_target=True)]
+    assert_matches_reference(X, y, configs, metric="log_rmse")
+
+
+def test_standardized_linear_model_recovers_least_squares_like_the_unstandardized_one():
+    """A well-conditioned linear problem, full batches: with or without standardized targets
+    the linear model converges to the least-squares fit (standardized: clipped to the targets'
+    range), so standardizing changes the path, not the solution."""
+    g = torch.Generator().manual_seed(10)
+    X = torch.randn(200, 4, generator=g)
+    y = 20 + X @ torch.tensor([3.0, -2.0, 1.0, 0.5]) + 0.5 * torch.randn(200, generator=g)
+    rows = [torch.arange(200)]
+    base = TrainParams(lr=0.1, epochs=1500, batch_size=200, schedule="cosine")
+    ones = torch.cat([X, torch.ones(200, 1)], 1).double()
+    solution = torch.linalg.lstsq(ones, y.double().unsqueeze(1)).solution
+    ols = (ones @ solution)[:, 0].float()
+    plain = predict_raw(fit(X, y, rows, [base], metric="rmse").model, X)[0, :, 0, 0]
+    standard = predict_raw(fit(X, y, rows, [base.with_(standardize=True)], metric="rmse").model, X)[0, :, 0, 0]
+    torch.testing.assert_close(plain, ols, rtol=0, atol=1e-3)
+    torch.testing.assert_close(standard, ols.clamp(y.min(), y.max()), rtol=0, atol=1e-3)
+    assert ((ols < y.min()) | (ols > y.max())).any()  # the clip is exercised
+
+
+@pytest.mark.parametrize("submodels", [1, 3])
+def test_inner_valid_keeps_the_best_epochs_weights(submodels):
+    """With an inner split, each fold's model holds the weights of the epoch that scored best on
+    its held-out rows: the same weights as a run of exactly that many epochs (the same seed
+    draws the same initialisation, inner split and batch orders), and its valid score is the
+    valid curve at that epoch."""
+    X, y = regression_data(n=120, seed=11)
+    train, valid = contiguous_folds(len(X), 3)
+    config = TrainParams(model="mlp", hidden=(32,), lr=0.05, epochs=25, batch_size=8, inner_valid=0.25,
+                         submodels=submodels)
+    result = fit(X, y, train, [config], metric="rmse", valid_rows=valid, seed=3)
+    best = result.best_epoch[:, 0]
+    assert (best >= 1).all() and (best < config.epochs).any(), best  # some fold overfits: not the last epoch
+    np.testing.assert_array_equal(result.final_valid[:, 0], result.valid_curve[best - 1, np.arange(3), 0])
+    predictions = predict_raw(result.model, X)[..., 0].mean(2)  # the submodels' mean (rmse: as they are)
+    for g, rows in enumerate(valid):
+        rmse = (predictions[g, rows] - y[rows]).square().mean().sqrt().item()
+        assert rmse == pytest.approx(result.final_valid[g, 0], rel=1e-5)
+    views = result.model.views()
+    for g in range(3):
+        short = fit(X, y, train, [config.with_(epochs=int(best[g]))], metric="rmse", valid_rows=valid, seed=3)
+        assert short.best_epoch[g, 0] == best[g]
+        for ours, theirs in zip(views, short.model.views()):
+            torch.testing.assert_close(ours[g], theirs[g], rtol=1e-5, atol=1e-6)

@@ -68,12 +68,15 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
     own = classifier_params(ctx.params)
     for i, (tr, va) in enumerate(splits):
         model, history = fit_classifier(name, own, x[tr], y[tr], x[va] if len(va) else None,
-                                        y[va] if len(va) else None, device=device, seed=seed + i)
+                                        y[va] if len(va) else None, device=device, seed=seed + i,
+                                        progress=ctx.progress(f"train {ctx.target.name}" + (f" fold {i + 1}/{folds}"
+                                                                                          if folds >= 2 else "")))
         histories.append(history)
         if len(va):
             scores.append(evaluate_model(model, x[va], y[va], device)["accuracy"])
     if folds >= 2:  # the K fold models were for scoring; the saved model trains on every row
-        model, _ = fit_classifier(name, own, x, y, device=device, seed=seed)
+        model, _ = fit_classifier(name, own, x, y, device=device, seed=seed,
+                                  progress=ctx.progress(f"train {ctx.target.name} on every row"))
     path = checkpoints.save(_model_path(ctx), CHECKPOINT_FORMAT, {
         "model": name, "params": {**DEFAULTS[name], **own},
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "classes": list(CLASS_NAMES)})
@@ -92,7 +95,7 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
     if scores:
         report.update(mean_valid=float(np.mean(scores)), std_valid=float(np.std(scores)),
                       valid_accuracy=float(np.mean(scores)))
-    reports.save_report(run_dir, report)
+    reports.save_report(run_dir, report, ctx.workspace)
     return [path, run_dir / "report.json", plot], report
 
 
@@ -126,7 +129,7 @@ def evaluate(ctx: Context) -> tuple[list[Path], dict]:
               "per_class": dict(zip(CLASS_NAMES, result["per_class"])), "confusion": result["confusion"],
               "seconds": time.perf_counter() - started, "device": str(device), "created": reports.now(),
               "plots": [confusion.name, grid.name]}
-    path = reports.save_report(run_dir, report)
+    path = reports.save_report(run_dir, report, ctx.workspace)
     return [path, confusion, grid], report
 
 

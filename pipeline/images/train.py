@@ -10,22 +10,22 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from pipeline.devices import make_generator, one_cpu_thread, resolve_device
 from pipeline.errors import ParamError, TrainingError, UsageError
 from pipeline.images.data import augment
 from pipeline.images.models import CONVNETS, MODELS, NUM_CLASSES, build_classifier
+from pipeline.progress import Progress
 
 # Models with fewer parameters train on one CPU thread: measured on 2 cores, softmax regression
 # (8k) is faster and steadier on one, the mlp (200k) and the convnets twice as fast on two.
 SMALL_MODEL = 50_000
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle")
-_SHOWN = ("train_loss", "train_accuracy", "valid_accuracy")  # in the progress bar
 
 _TRAINING = {
     "epochs": 10, "batch_size": 128, "optimizer": "adamw", "lr": 2e-3, "momentum": 0.9,
@@ -67,13 +67,14 @@ def fit_classifier(
     *,
     device: torch.device | str = "auto",
     seed: int = 0,
-    progress: bool | None = None,
+    progress: Progress = Progress(),
 ) -> tuple[nn.Module, list[dict]]:
     """Train ``model_name`` with ``DEFAULTS[model_name]`` updated by ``params``.
 
     ``train_x`` is uint8 (N, 28, 28), ``train_y`` class indices; pass any index subset for folds.
     Returns the model (eval mode, on ``device``) and one history dict per epoch. The same seed on
-    the same device gives the same model. ``progress``: None shows a bar only on a terminal.
+    the same device gives the same model. Each epoch advances a step of ``progress``, with its
+    train and valid cross-entropy.
     """
     if model_name not in DEFAULTS:
         raise ParamError("model", model_name, f"not one of {', '.join(MODELS)}")
@@ -107,9 +108,8 @@ def fit_classifier(
         history = []
         small = sum(w.numel() for w in model.parameters()) < SMALL_MODEL
         with one_cpu_thread(device, enabled=small):
-            hide = None if progress is None else not progress  # tqdm: None = hide unless on a terminal
-            bar = tqdm(range(1, epochs + 1), desc=model_name, unit="epoch", disable=hide)
-            for epoch in bar:
+            step = progress.step(model_name, epochs, "epoch")
+            for epoch in range(1, epochs + 1):
                 start = time.perf_counter()
                 model.train()
                 loss_sum = torch.zeros((), device=device)
@@ -144,7 +144,9 @@ def fit_classifier(
                        "valid_loss": stats[2] if valid else None, "valid_accuracy": stats[3] if valid else None,
                        "seconds": time.perf_counter() - start}
                 history.append(row)
-                bar.set_postfix({k: round(row[k], 4) for k in _SHOWN if row[k] is not None})
+                step.advance(1, lambda row=row: {name: np.array([[row[f"{name}_loss"]]]) for name in ("train", "valid")
+                                                 if row[f"{name}_loss"] is not None})
+            step.close()
     return model.eval(), history
 
 

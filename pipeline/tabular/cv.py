@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
 from pipeline.folds import fold_rows
 from pipeline.metrics import metric_for
+from pipeline.progress import Progress
 from pipeline.tabular.ensemble import blend, fit_weights
 from pipeline.tabular.features import Features
 from pipeline.tabular.members import Fitted, Inputs, TrainingSet, score_groups
@@ -71,20 +71,24 @@ def _splits(data: TrainingSet, folds: int, split: str, seed: int) -> tuple[list[
 
 def cross_validate(features: Features, configs: list[TrainParams], *, folds: int = 5,
                    split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
-                   curves: bool = True, on_epoch: Callable[[int, int], None] | None = None) -> CVResult:
+                   curves: bool = True, progress: Progress = Progress()) -> CVResult:
     """K-fold CV of every config of a grid; configs sharing a group key train as one stacked model."""
     started = time.perf_counter()
     data = TrainingSet(features, device)
-    if any(c.log_target for c in configs):
-        data.check_log_target()
+    configs = [c.with_(log_target=data.learns_in_log(c.log_target)) for c in configs]
     train_rows, valid_rows = _splits(data, folds, split, seed)
     by_key: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
         by_key.setdefault(config.group_key(), []).append(i)
     scores: list[FoldScores | None] = [None] * len(configs)
-    for indices in by_key.values():
-        result = fit(data.X, data.y, train_rows, [configs[i] for i in indices], metric=data.metric.name,
-                     valid_rows=valid_rows, n_out=data.n_out, seed=seed, curves=curves, on_epoch=on_epoch)
+    for number, indices in enumerate(by_key.values(), 1):
+        group = [configs[i] for i in indices]
+        step = progress.step(f"{len(group)} {group[0].model} configs" + (f" (group {number}/{len(by_key)})"
+                             if len(by_key) > 1 else ""), group[0].epochs, "epoch", data.metric.higher_is_better)
+        result = fit(data.X, data.y, train_rows, group, metric=data.metric.name, valid_rows=valid_rows,
+                     n_out=data.n_out, seed=seed, curves=curves,
+                     on_epoch=lambda epoch, epochs, curves: step.advance(1, curves))
+        step.close()
         for column, i in enumerate(indices):
             scores[i] = _config_scores(result, column)
     return CVResult(scores, data.metric.name, folds, split, seed, time.perf_counter() - started, str(device))
@@ -116,6 +120,7 @@ class RecipeScore:
     fold_weights: list[list[float]]
     oof: torch.Tensor
     budgets: list[float | None]
+    blend_oof: torch.Tensor  # (rows, outputs): each row's blend by the fold that did not train on it
 
 
 def _member_scores(fitted: Fitted, predictions: torch.Tensor, data: TrainingSet,
@@ -139,7 +144,7 @@ def out_of_fold(predictions: torch.Tensor, valid_rows: list[torch.Tensor]) -> to
 def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, folds: int = 5,
                           split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
                           blend_with: str = "mean",
-                          on_epoch: Callable[[int, int], None] | None = None) -> tuple[RecipeScore, float]:
+                          progress: Progress = Progress()) -> tuple[RecipeScore, float]:
     """K-fold CV of the blend of ``members`` (each trained ``seeds`` times, all folds at once).
 
     Every member is fit inside the folds, and the weights that blend fold k's predictions are
@@ -148,7 +153,7 @@ def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, 
     started = time.perf_counter()
     data = TrainingSet(features, device)
     train_rows, valid_rows = _splits(data, folds, split, seed)
-    fitted = [m.fit(data, train_rows, valid_rows=valid_rows, seeds=seeds, seed=seed, on_epoch=on_epoch)
+    fitted = [m.fit(data, train_rows, valid_rows=valid_rows, seeds=seeds, seed=seed, progress=progress)
               for m in members]
     predictions = [f.predict(data.train) for f in fitted]
     member_scores = [_member_scores(f, p, data, train_rows, valid_rows) for f, p in zip(fitted, predictions)]
@@ -169,19 +174,19 @@ def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, 
     score = FoldScores("blend", score_groups(blended, data.y, train_rows, data.metric),
                        score_groups(blended, data.y, valid_rows, data.metric), failed, *curves)
     weights = fit_weights(blend_with, oof, data.y, data.metric)
-    return RecipeScore(score, member_scores, weights, fold_weights, oof.cpu(), [f.budget for f in fitted]), \
-        time.perf_counter() - started
+    return RecipeScore(score, member_scores, weights, fold_weights, oof.cpu(), [f.budget for f in fitted],
+                       out_of_fold(blended, valid_rows).cpu()), time.perf_counter() - started
 
 
 def fit_final(features: Features, members: list, *, seeds: int = 1, seed: int = 0,
               device: torch.device = torch.device("cpu"), budgets: list[float | None] | None = None,
-              on_epoch: Callable[[int, int], None] | None = None) -> tuple[list[Fitted], TrainingSet]:
+              progress: Progress = Progress()) -> tuple[list[Fitted], TrainingSet]:
     """Train every member (``seeds`` copies each) on every training row, for the submission;
     a member given a budget (from its CV) trains that long."""
     data = TrainingSet(features, device)
     rows = [torch.arange(len(data.X), device=device)]
     budgets = budgets or [None] * len(members)
-    return [m.fit(data, rows, seeds=seeds, seed=seed, on_epoch=on_epoch, budget=b)
+    return [m.fit(data, rows, seeds=seeds, seed=seed, progress=progress, budget=b)
             for m, b in zip(members, budgets)], data
 
 

@@ -111,9 +111,11 @@ class StackedModel:
         self.theta = torch.zeros(sum(math.prod(s) for s in self.shapes), device=device)
         self.dropout = torch.tensor(dropout, device=device, dtype=torch.float32)
         self.use_dropout = any(p > 0 for p in dropout)
-        # Each group's outputs are standardized targets: the labels' scale is out * scale + shift.
+        # Each group's outputs are standardized targets: the labels' scale is out * scale + shift,
+        # clipped to the range of the targets it trained on (infinite: not clipped).
         self.target_shift = torch.zeros(G, device=device)
         self.target_scale = torch.ones(G, device=device)
+        self.target_range = torch.tensor([[-math.inf, math.inf]] * G, device=device)
         self._init(generator)
 
     def _stored(self, theta: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -159,7 +161,8 @@ class StackedModel:
         """Outputs in the labels' scale, in place; ``out``'s group axis is ``group_dim``."""
         shape = [1] * out.dim()
         shape[group_dim] = self.groups
-        return out.mul_(self.target_scale.view(shape)).add_(self.target_shift.view(shape))
+        out.mul_(self.target_scale.view(shape)).add_(self.target_shift.view(shape))
+        return out.clamp_(self.target_range[:, 0].view(shape), self.target_range[:, 1].view(shape))
 
     def blocks(self, rows: int, theta: torch.Tensor | None = None) -> list[Block]:
         """Split the models so that one layer's activations for ``rows`` rows stay within
@@ -248,7 +251,7 @@ class StackedModel:
         return {"format": self.FORMAT, "theta": self.theta.detach().cpu(),
                 "arch": vars(self.arch), "groups": self.groups, "hidden": [list(h) for h in self.hidden],
                 "dropout": self.dropout.cpu().tolist(), "target_shift": self.target_shift.cpu(),
-                "target_scale": self.target_scale.cpu(), **extra}
+                "target_scale": self.target_scale.cpu(), "target_range": self.target_range.cpu(), **extra}
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> "StackedModel":
@@ -261,4 +264,5 @@ class StackedModel:
         model.theta = state["theta"].to(device)
         model.target_shift = state["target_shift"].to(device)
         model.target_scale = state["target_scale"].to(device)
+        model.target_range = state["target_range"].to(device)
         return model

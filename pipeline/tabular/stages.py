@@ -10,7 +10,6 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -76,6 +75,65 @@ def public_params(ctx: Context) -> dict:
     return {k: plain(v) for k, v in sorted(ctx.params.items())}
 
 
+# Training params that only some models or tasks use.
+ONLY_MLP = {"hidden", "activation", "dropout"}
+ONLY_REGRESSION = {"log_target", "standardize"}
+ONLY_CLASSIFICATION = {"label_smoothing"}
+
+
+def applicable_params(params: dict, task: str) -> dict:
+    """The params this recipe uses: its folds', its features', its members' own, and those of
+    the base params that its torch members inherit (d2l's lr means nothing to a Lasso)."""
+    unused = ONLY_CLASSIFICATION if task == "regression" else ONLY_REGRESSION
+
+    def used(model: str) -> set:
+        return set(TRAIN_KEYS) - unused - (set() if model == "mlp" else ONLY_MLP)
+
+    keys = {"recipe", *CV_KEYS, *FEATURE_KEYS}
+    ensemble = params.get("ensemble") or []
+    if ensemble:
+        keys |= {"seeds", "blend", "ensemble"}
+        for table in ensemble:
+            model = table.get("model", params["model"])
+            if model in ("linear", "mlp"):
+                keys |= used(model) - set(table)
+    else:
+        keys |= used(params["model"]) | {"seeds"}
+    return {k: plain(params[k]) for k in sorted(keys) if k in params and (k != "recipe" or params[k])}
+
+
+def _pictures(run_dir: Path, ctx: Context, features: Features, result) -> list[Path]:
+    """The pictures that fit what ran: learning curves of the members trained in epochs, and
+    the blend's out-of-fold predictions: against the truth for regression, ROC and calibration
+    for a binary target, a confusion matrix for classes."""
+    score, metric, spec = result.score, features.spec.scorer, features.spec
+    folds, split, name = ctx.params["folds"], ctx.params["split"], ctx.target.name
+    out = []
+    if score.train_curves:
+        labels = ([f"fold {i + 1}" for i in range(folds)] if len(result.members) == 1
+                  else [f"{m.label} (fold mean)" for m in result.members if m.train_curves])
+        out.append(plots.learning_curves_png(
+            [{"label": label, "train": tr, "valid": va}
+             for label, tr, va in zip(labels, score.train_curves, score.valid_curves)],
+            run_dir / "curves.png", ylabel=metric.name, log_scale=not metric.higher_is_better,
+            title=f"{name}: {' + '.join(m.label for m in result.members if m.train_curves)}, {folds}-fold {split}"))
+    oof, y = result.blend_oof, features.y
+    if spec.task == "regression":
+        out.append(plots.predictions_png(metric.label_space(y).numpy(), metric.space(oof[:, 0]).numpy(),
+                                         run_dir / "predictions.png",
+                                         label=f"{spec.label} ({metric.name} space)" if metric.domain else spec.label,
+                                         title=f"{name}: out-of-fold blend, {folds}-fold {split}"))
+    else:
+        if len(features.classes) == 2:
+            out.append(plots.roc_png(y.numpy(), oof[:, 1].numpy(), run_dir / "roc.png",
+                                     title=f"{name}: out-of-fold blend, positive class {features.classes[1]!r}"))
+        confusion = torch.bincount(y * len(features.classes) + oof.argmax(1), minlength=len(features.classes) ** 2)
+        out.append(plots.confusion_matrix_png(confusion.view(len(features.classes), -1).tolist(),
+                                              [str(c) for c in features.classes], run_dir / "confusion.png",
+                                              title=f"{name}: out-of-fold blend"))
+    return out
+
+
 def _oof_path(ctx: Context) -> Path:
     return ctx.workspace.data / ctx.target.name / "oof.pt"
 
@@ -87,31 +145,25 @@ def cv(ctx: Context) -> tuple[list[Path], dict]:
     folds, split = ctx.params["folds"], ctx.params["split"]
     result, seconds = cross_validate_recipe(
         features, recipe, seeds=int(ctx.params["seeds"]), folds=folds, split=split, seed=ctx.params["seed"],
-        device=device, blend_with=ctx.params["blend"], on_epoch=ctx.progress(f"cv {ctx.target.name}"))
+        device=device, blend_with=ctx.params["blend"], progress=ctx.progress(f"cv {ctx.target.name}"))
     score, metric = result.score, features.spec.scorer
-    labels = ([f"fold {i + 1}" for i in range(folds)] if len(recipe) == 1
-              else [f"{m.label} {i + 1} (fold mean)" for i, m in enumerate(result.members) if m.train_curves])
     run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "cv")
-    plot = plots.learning_curves_png(
-        [{"label": label, "train": tr, "valid": va}
-         for label, tr, va in zip(labels, score.train_curves, score.valid_curves)],
-        run_dir / "curves.png", ylabel=metric.name, log_scale=not metric.higher_is_better,
-        title=f"{ctx.target.name}: {' + '.join(m.label for m in recipe)}, {folds}-fold {split}")
+    pictures = _pictures(run_dir, ctx, features, result)
     report = {
         "run": run_dir.name, "target": ctx.target.name, "command": "cv", "metric": metric.name,
-        "params": public_params(ctx), "folds": [
+        "params": applicable_params(ctx.params, features.spec.task), "folds": [
             {"train": tr, "valid": va, "failed_epoch": fe}
             for tr, va, fe in zip(score.train, score.valid, score.failed_epoch)],
         "mean_valid": score.mean_valid, "std_valid": score.std_valid,
         "seconds": seconds, "device": str(device), "created": reports.now(),
-        "plots": [plot.name],
+        "plots": [p.name for p in pictures],
     }
     if metric.submits == "probabilities" and len(features.classes) == 2:
         report["positive_class"] = plain(features.classes[-1])
+    report["members"] = [{"model": m.label, "mean_valid": m.mean_valid, "std_valid": m.std_valid,
+                          "valid": m.valid, "weight": w, "seconds": m.seconds, "budget": b}
+                         for m, w, b in zip(result.members, result.weights, result.budgets)]
     if len(result.members) > 1:
-        report["members"] = [{"model": m.label, "mean_valid": m.mean_valid, "std_valid": m.std_valid,
-                              "valid": m.valid, "weight": w, "seconds": m.seconds, "budget": b}
-                             for m, w, b in zip(result.members, result.weights, result.budgets)]
         report["blend"] = {"how": ctx.params["blend"], "weights": result.weights, "fold_weights": result.fold_weights}
     if score.failed:
         bad = [f"fold {i + 1} at epoch {e}" for i, e in enumerate(score.failed_epoch) if e]
@@ -119,8 +171,8 @@ def cv(ctx: Context) -> tuple[list[Path], dict]:
     oof = checkpoints.save(_oof_path(ctx), "pipeline.oof/1", {
         "members": [m.label for m in recipe], "predictions": result.oof, "weights": result.weights,
         "budgets": result.budgets})
-    path = reports.save_report(run_dir, report)
-    return [path, run_dir / "report.md", plot, oof], report
+    path = reports.save_report(run_dir, report, ctx.workspace)
+    return [path, run_dir / "report.md", run_dir / "report.html", *pictures, oof], report
 
 
 def train(ctx: Context) -> tuple[list[Path], dict]:
@@ -135,7 +187,7 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
             raise ValueError(f"members {oof['members']} are not the recipe's")
         weights, budgets = list(oof["weights"]), list(oof["budgets"])
     fitted, data = fit_final(features, recipe, seeds=int(ctx.params["seeds"]), seed=ctx.params["seed"],
-                             device=device, budgets=budgets, on_epoch=ctx.progress(f"train {ctx.target.name}"))
+                             device=device, budgets=budgets, progress=ctx.progress(f"train {ctx.target.name}"))
     for member in fitted:
         if member.failed_epoch.any():
             raise TrainingError(f"training diverged (non-finite loss) at epoch {member.failed_epoch.max()} "
@@ -207,19 +259,22 @@ def sweep(ctx: Context, grid: dict[str, list], save: bool = True) -> dict:
     configs = [base.with_(**overrides) for overrides in params_file.expand_grid(grid)]
     result = cross_validate(features, configs, folds=ctx.params["folds"], split=ctx.params["split"],
                             seed=ctx.params["seed"], device=device, curves=False,
-                            on_epoch=ctx.progress(f"sweep {ctx.target.name} ({len(configs)} configs)"))
+                            progress=ctx.progress(f"sweep {ctx.target.name}"))
     run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "sweep")
     board = [{"params": s.params.to_dict(), "mean_valid": s.mean_valid, "std_valid": s.std_valid,
               "valid": s.valid, "failed_epoch": s.failed_epoch} for s in result.ranked()]
     best = board[0]
+    picture = plots.sweep_png(board, list(grid), run_dir / "sweep.png", result.metric)
     report = {"run": run_dir.name, "target": ctx.target.name, "command": "sweep", "metric": result.metric,
-              "params": {**public_params(ctx), **best["params"]}, "grid": list(grid),
+              "params": applicable_params({**ctx.params, **best["params"], "ensemble": []}, features.spec.task),
+              "grid": list(grid),
               "best_mean_valid": best["mean_valid"], "leaderboard": board, "folds": result.folds,
-              "seconds": result.seconds, "device": result.device, "created": reports.now()}
+              "seconds": result.seconds, "device": result.device, "created": reports.now(),
+              "plots": [picture.name]}
     if save and not math.isnan(best["mean_valid"]):
         chosen = {k: best["params"][k] for k in grid}
         report["saved"] = str(params_file.save(ctx.workspace, ctx.target.name, chosen))
-    reports.save_report(run_dir, report)
+    reports.save_report(run_dir, report, ctx.workspace)
     return report
 
 

@@ -116,6 +116,10 @@ def _check_labels(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.Series
         raise DataError(f"{path}: label {spec.label!r} is missing at line {_line(labels.isna())}; "
                         "drop or fill those rows")
     if spec.task == "classification":
+        classes = labels.unique()
+        if spec.scorer.binary and len(classes) != 2:
+            raise DataError(f"{path}: metric {spec.metric} is for two classes; label {spec.label!r} has "
+                            f"{len(classes)} ({_preview(sorted(map(str, classes)))}); use logloss or accuracy")
         return labels
     numeric = pd.to_numeric(labels, errors="coerce")
     if numeric.isna().any():
