@@ -12,16 +12,22 @@ Params are keyword arguments named as in ``params.toml`` (``weight_decay``, not
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable
 
-from pipeline import hub, make, params as params_file, reports
+from pipeline import backends, hub, make, params as params_file, reports
+from pipeline.backends import Local
 from pipeline.errors import UsageError
 from pipeline.progress import Progress
 from pipeline.results import Diff, Result, RunReport, Table
 from pipeline.tabular import stages as tabular_stages
+from pipeline.tabular.search import parse_ranges
 from pipeline.targets import all_targets, check_flags, get_target
 from pipeline.workspace import Workspace, mirrors_from_env
+
+
+SEARCHES = ("grid", "tpe")
 
 
 def _quiet(stage: str, what: str) -> None:
@@ -45,13 +51,13 @@ class Pipeline:
         self.wait, self.progress, self.announce = wait, progress, announce
 
     def context(self, target: str, params: dict | None = None, device: str = "auto",
-                out: str | Path | None = None) -> make.Context:
+                out: str | Path | None = None, backend=None) -> make.Context:
         """The resolved params of ``target``: defaults, preset, params.toml, then ``params``."""
         chosen = get_target(target, self.workspace)
         given = check_flags(chosen, {k: v for k, v in (params or {}).items() if v is not None})
         resolved = params_file.resolve(chosen, self.workspace, given)
         return make.Context(self.workspace, chosen, resolved, self.mirrors, device, self.progress,
-                            Path(out) if out else None)
+                            Path(out) if out else None, backend or Local())
 
     def _make(self, ctx: make.Context, until: str, **options) -> Result:
         options.setdefault("always", True)
@@ -76,12 +82,16 @@ class Pipeline:
     def preprocess(self, target: str, **params) -> dict:
         return self._make(self.context(target, params), "preprocess")
 
-    def cv(self, target: str, device: str = "auto", **params) -> dict:
-        """K-fold cross-validation of the target's recipe: its report."""
-        ctx = self.context(target, params, device)
+    def cv(self, target: str, device: str = "auto", backend: str = "local", address: str | None = None,
+           **params) -> dict:
+        """K-fold cross-validation of the target's recipe: its report. ``backend="ray"`` runs
+        each member as a Ray task (``address``: a cluster to join; else a local Ray)."""
+        chosen = backends.backend(backend, address)
+        ctx = self.context(target, params, device, backend=chosen)
         if "cv" not in {s.name for s in ctx.target.stages}:
             raise UsageError(f"for {target} use `pipeline train {target} --folds K` (it reports the fold scores)")
-        return self._make(ctx, "cv")
+        with chosen if isinstance(chosen, backends.Ray) else contextlib.nullcontext():
+            return self._make(ctx, "cv")
 
     def train(self, target: str, device: str = "auto", **params) -> dict:
         return self._make(self.context(target, params, device), "train")
@@ -113,14 +123,27 @@ class Pipeline:
         """What differs between two runs: their params and the change in score."""
         return Diff(reports.diff(self.workspace, first, second))
 
-    def sweep(self, target: str, grid: dict[str, list] | list[str], save: bool = True, device: str = "auto",
-              **params) -> dict:
-        """Every config of ``grid`` ({"lr": [0.01, 0.03]} or ["lr=0.01,0.03"]) cross-validated at once."""
-        ctx = self.context(target, params, device)
+    def sweep(self, target: str, grid: dict[str, list] | list[str] = (), save: bool = True, device: str = "auto",
+              backend: str = "local", address: str | None = None, search: str = "grid",
+              ranges: list[str] = (), trials: int = 64, batch: int = 32, **params) -> dict:
+        """Every config of ``grid`` ({"lr": [0.01, 0.03]} or ["lr=0.01,0.03"]) cross-validated at
+        once; or, with ``search="tpe"``, ``trials`` configs that Optuna proposes from ``ranges``
+        (["lr=1e-4..1e-1:log"]) and the grid's values, ``batch`` per stacked model. With
+        ``backend="ray"`` the configs are spread over Ray tasks."""
+        if search not in SEARCHES:
+            raise UsageError(f"--search {search!r} is not one of {', '.join(SEARCHES)}")
+        if trials < 1 or batch < 1:
+            raise UsageError("--trials and --batch must be at least 1")
+        chosen = backends.backend(backend, address)
+        ctx = self.context(target, params, device, backend=chosen)
         if "cv" not in {s.name for s in ctx.target.stages}:
             raise UsageError(f"sweep works on tabular targets; {target} is an image target")
         if not isinstance(grid, dict):
             grid = params_file.parse_grid(grid, ctx.target.defaults, tabular_stages.TRAIN_KEYS)
-        with self.workspace.exclusive(self.wait):
+        space = parse_ranges(ranges, ctx.target.defaults, tabular_stages.TRAIN_KEYS) if search == "tpe" else None
+        if space is None and (ranges or not grid):
+            raise UsageError("a grid sweep takes --grid NAME=V1,V2; --range is for --search tpe")
+        with self.workspace.exclusive(self.wait), (chosen if isinstance(chosen, backends.Ray)
+                                                   else contextlib.nullcontext()):
             make.make(ctx, "preprocess", always=False, report=self.announce)
-            return self._result(tabular_stages.sweep(ctx, grid, save=save))
+            return self._result(tabular_stages.sweep(ctx, grid, save=save, space=space, trials=trials, batch=batch))

@@ -15,6 +15,7 @@ import click
 
 from pipeline import __version__, plots
 from pipeline.api import Pipeline
+from pipeline.backends import BACKENDS
 from pipeline.devices import DEVICE_CHOICES
 from pipeline.errors import ParamError, PipelineError
 from pipeline.progress import Bars, Lines, Live, Progress
@@ -97,6 +98,13 @@ def _progress(live: bool | None = None) -> Callable[[str], Progress]:
     return Bars if tty else Lines
 
 
+def backend_options(func):
+    func = click.option("--address", metavar="HOST:PORT", help="A Ray cluster to join (also $RAY_ADDRESS); "
+                        "without it --backend ray starts a local Ray for the run.")(func)
+    return click.option("--backend", default="local", show_default=True, metavar="|".join(BACKENDS),
+                        help="Where the tasks run: this process, or Ray tasks (pip install -e '.[scale]').")(func)
+
+
 def live_option(func):
     return click.option("--live/--no-live", default=None,
                         help="Redraw train and valid metrics per epoch in the terminal (default: on a terminal).")(func)
@@ -159,12 +167,13 @@ def preprocess(p: Pipeline, target, **flags):
 @click.argument("target")
 @training_options
 @live_option
+@backend_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.pass_obj
-def cv(p: Pipeline, target, device, live, as_json, **flags):
+def cv(p: Pipeline, target, device, live, backend, address, as_json, **flags):
     """K-fold cross-validation of the configured model; saves a report with learning curves."""
     p.progress = _progress(live)
-    report = p.cv(target, device, **_params(flags))
+    report = p.cv(target, device, backend, address, **_params(flags))
     click.echo(json.dumps(report, indent=2) if as_json else str(report))
     if any(f.get("failed_epoch") for f in report["folds"]):
         sys.exit(3)
@@ -248,18 +257,29 @@ def runs(p: Pipeline, target, diff, as_json):
 
 @cli.command()
 @click.argument("target")
-@click.option("--grid", "grid", multiple=True, required=True, metavar="NAME=V1,V2,…",
+@click.option("--grid", "grid", multiple=True, metavar="NAME=V1,V2,…",
               help="A param and its values, e.g. lr=0.01,0.03 (repeatable; hidden=256,128x64).")
+@click.option("--search", default="grid", show_default=True, metavar="grid|tpe",
+              help="Every config of the grid, or configs proposed by Optuna's TPE from --range and --grid.")
+@click.option("--range", "ranges", multiple=True, metavar="NAME=LOW..HIGH[:log]",
+              help="A numeric param's range for --search tpe, e.g. lr=1e-4..1e-1:log (repeatable).")
+@click.option("--trials", type=int, default=64, show_default=True, help="--search tpe: configs to train.")
+@click.option("--batch", type=int, default=32, show_default=True,
+              help="--search tpe: configs proposed at once, trained as one stacked model.")
 @training_options
 @live_option
+@backend_options
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--save/--no-save", default=True, show_default=True,
               help="Save the best config into params.toml for train and submit.")
 @click.pass_obj
-def sweep(p: Pipeline, target, grid, device, live, as_json, save, **flags):
-    """Cross-validate every config of a grid at once; rank them; save the best as the params."""
+def sweep(p: Pipeline, target, grid, search, ranges, trials, batch, device, live, backend, address, as_json, save,
+          **flags):
+    """Cross-validate every config of a grid at once, or a TPE search of ranges; rank them; save
+    the best as the params. A TPE study lives in reports/search.sqlite3: run it again to resume."""
     p.progress = _progress(live)
-    report = p.sweep(target, list(grid), save, device, **_params(flags))
+    report = p.sweep(target, list(grid), save, device, backend, address, search, list(ranges), trials, batch,
+                     **_params(flags))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

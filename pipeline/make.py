@@ -21,6 +21,7 @@ from typing import Callable
 
 from pipeline import reports
 from pipeline.errors import UsageError
+from pipeline.backends import Local
 from pipeline.hub import sha1_file
 from pipeline.progress import Progress
 from pipeline.workspace import Workspace, write_json
@@ -39,6 +40,7 @@ class Context:
     device: str = "auto"
     progress: Callable[[str], Progress] = Progress  # desc -> where the stage's long steps report
     out: Path | None = None  # submit: where to copy the submission as well
+    backend: object = field(default_factory=Local)  # where a CV's or sweep's tasks run (pipeline.backends)
 
     @property
     def section(self) -> str:
@@ -61,6 +63,7 @@ class Stage:
     params: tuple[str, ...]  # ("*",): every param
     uses: tuple[str, ...]  # modules the body calls into, beyond its own
     run: Callable[[Context], tuple[list[Path], dict]]  # -> outputs, summary for the caller
+    besides: tuple[str, ...] = ()  # with ("*",): params that only later stages read
 
 
 def code_version(stage: Stage) -> str:
@@ -72,7 +75,7 @@ def code_version(stage: Stage) -> str:
 
 
 def stage_params(stage: Stage, ctx: Context) -> dict:
-    keys = sorted(ctx.params) if stage.params == ("*",) else stage.params
+    keys = sorted(set(ctx.params) - set(stage.besides)) if stage.params == ("*",) else stage.params
     return {k: plain(ctx.params[k]) for k in keys if k in ctx.params}
 
 

@@ -133,7 +133,8 @@ def reference_fit(X, y, train_rows, valid_rows, configs, *, metric, n_out=1, see
     G, C = len(train_rows), len(configs)
     generator = make_generator(seed, X.device)
     arch = Architecture(first.model, len(first.widths), first.activation, X.shape[1], n_out)
-    init = StackedModel(arch, G, [c.widths for c in columns], [0.0] * len(columns), X.device, generator).views()
+    init = StackedModel(arch, G, [c.widths for c in columns], [0.0] * len(columns), X.device,
+                        trainer.column_generators(seed, configs, None, X.device)).views()
     plan = BatchPlan(train_rows, first.batch_size, X.device)
     total = first.epochs * plan.steps
     nets, optimizers, schedulers = {}, {}, {}
@@ -486,8 +487,8 @@ def test_standardized_linear_model_recovers_least_squares_like_the_unstandardize
     ols = (ones @ solution)[:, 0].float()
     plain = predict_raw(fit(X, y, rows, [base], metric="rmse").model, X)[0, :, 0, 0]
     standard = predict_raw(fit(X, y, rows, [base.with_(standardize=True)], metric="rmse").model, X)[0, :, 0, 0]
-    torch.testing.assert_close(plain, ols, rtol=0, atol=1e-3)
-    torch.testing.assert_close(standard, ols.clamp(y.min(), y.max()), rtol=0, atol=1e-3)
+    torch.testing.assert_close(plain, ols, rtol=0, atol=2e-3)
+    torch.testing.assert_close(standard, ols.clamp(y.min(), y.max()), rtol=0, atol=2e-3)
     assert ((ols < y.min()) | (ols > y.max())).any()  # the clip is exercised
 
 

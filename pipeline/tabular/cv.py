@@ -7,12 +7,14 @@ protocol.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from pipeline.backends import Local, Task
 from pipeline.folds import fold_rows
 from pipeline.metrics import metric_for
 from pipeline.progress import Progress
@@ -63,34 +65,87 @@ class CVResult:
         return sorted(self.scores, key=lambda s: (s.failed, key(s.mean_valid) if not s.failed else 0))
 
 
-def _splits(data: TrainingSet, folds: int, split: str, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Each fold's training and validation rows, on the training device."""
-    splits = fold_rows(data.features.y, folds, split, seed, stratify=data.metric.task == "classification")
-    return [tr.to(data.device) for tr, _ in splits], [va.to(data.device) for _, va in splits]
+@dataclass
+class Shared:
+    """What every task of a CV or a sweep reads: the features and each fold's rows (on the CPU,
+    so that Ray's object store holds them once for every worker)."""
+
+    features: Features
+    train_rows: list[torch.Tensor]
+    valid_rows: list[torch.Tensor]
+    device: str
+    seed: int
+    seeds: int = 1
+    curves: bool = True
+
+    def data(self) -> tuple[TrainingSet, list[torch.Tensor], list[torch.Tensor]]:
+        data = TrainingSet(self.features, torch.device(self.device))
+        return data, [r.to(data.device) for r in self.train_rows], [r.to(data.device) for r in self.valid_rows]
+
+
+def _shared(features: Features, folds: int, split: str, seed: int, device: torch.device, **options) -> Shared:
+    splits = fold_rows(features.y, folds, split, seed, stratify=features.spec.task == "classification")
+    return Shared(features, [tr for tr, _ in splits], [va for _, va in splits], str(device), seed, **options)
+
+
+def configs_task(shared: Shared, configs: list[TrainParams], ids: list[int], progress: Progress) -> list[FoldScores]:
+    """A sweep's task: configs that share one stacked model, trained on every fold at once."""
+    data, train_rows, valid_rows = shared.data()
+    step = progress.step(f"{len(configs)} {configs[0].model} configs", configs[0].epochs, "epoch",
+                         data.metric.higher_is_better)
+    result = fit(data.X, data.y, train_rows, configs, metric=data.metric.name, valid_rows=valid_rows,
+                 n_out=data.n_out, seed=shared.seed, curves=shared.curves, config_ids=ids,
+                 on_epoch=lambda epoch, epochs, curves: step.advance(1, curves))
+    step.close()
+    return [_config_scores(result, column) for column in range(len(configs))]
+
+
+def sweep_tasks(configs: list[TrainParams], workers: int,
+                config_ids: list[int] | None = None) -> tuple[list[Task], list[list[int]]]:
+    """Configs that can share a stacked model (same group key), split into at most ``workers``
+    tasks each: one stacked model per group in this process, a group spread over a cluster.
+    Also each task's positions in ``configs``."""
+    ids = list(range(len(configs))) if config_ids is None else list(config_ids)
+    by_key: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        by_key.setdefault(config.group_key(), []).append(i)
+    tasks, positions = [], []
+    for indices in by_key.values():
+        size = math.ceil(len(indices) / workers)
+        for start in range(0, len(indices), size):
+            chunk = indices[start:start + size]
+            label = ", ".join(_describe(configs[i]) for i in chunk[:3]) + (f" and {len(chunk) - 3} more"
+                                                                         if len(chunk) > 3 else "")
+            tasks.append(Task(label, ([configs[i] for i in chunk], [ids[i] for i in chunk])))
+            positions.append(chunk)
+    return tasks, positions
+
+
+def _describe(config: TrainParams) -> str:
+    default = TrainParams()
+    return " ".join(f"{k}={v}" for k, v in config.to_dict().items()
+                    if k in ("lr", "weight_decay", "dropout", "hidden", "batch_size", "epochs")
+                    and v != getattr(default, k)) or config.model
 
 
 def cross_validate(features: Features, configs: list[TrainParams], *, folds: int = 5,
                    split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
-                   curves: bool = True, progress: Progress = Progress()) -> CVResult:
-    """K-fold CV of every config of a grid; configs sharing a group key train as one stacked model."""
+                   curves: bool = True, progress: Progress = Progress(), backend=None,
+                   config_ids: list[int] | None = None) -> CVResult:
+    """K-fold CV of every config of a grid; configs sharing a group key train as one stacked
+    model, or, on a cluster, as a few (each config trains the same in any stack: see
+    :func:`pipeline.tabular.trainer.column_generators`). ``config_ids`` name the configs
+    (default: their places in ``configs``)."""
     started = time.perf_counter()
+    backend = backend or Local()
     data = TrainingSet(features, device)
     configs = [c.with_(log_target=data.learns_in_log(c.log_target)) for c in configs]
-    train_rows, valid_rows = _splits(data, folds, split, seed)
-    by_key: dict[tuple, list[int]] = {}
-    for i, config in enumerate(configs):
-        by_key.setdefault(config.group_key(), []).append(i)
+    shared = _shared(features, folds, split, seed, device, curves=curves)
+    tasks, positions = sweep_tasks(configs, backend.workers, config_ids)
     scores: list[FoldScores | None] = [None] * len(configs)
-    for number, indices in enumerate(by_key.values(), 1):
-        group = [configs[i] for i in indices]
-        step = progress.step(f"{len(group)} {group[0].model} configs" + (f" (group {number}/{len(by_key)})"
-                             if len(by_key) > 1 else ""), group[0].epochs, "epoch", data.metric.higher_is_better)
-        result = fit(data.X, data.y, train_rows, group, metric=data.metric.name, valid_rows=valid_rows,
-                     n_out=data.n_out, seed=seed, curves=curves,
-                     on_epoch=lambda epoch, epochs, curves: step.advance(1, curves))
-        step.close()
-        for column, i in enumerate(indices):
-            scores[i] = _config_scores(result, column)
+    for chunk, results in zip(positions, backend.map(configs_task, shared, tasks, progress)):
+        for i, score in zip(chunk, results):
+            scores[i] = score
     return CVResult(scores, data.metric.name, folds, split, seed, time.perf_counter() - started, str(device))
 
 
@@ -123,14 +178,36 @@ class RecipeScore:
     blend_oof: torch.Tensor  # (rows, outputs): each row's blend by the fold that did not train on it
 
 
-def _member_scores(fitted: Fitted, predictions: torch.Tensor, data: TrainingSet,
+@dataclass
+class MemberRun:
+    """What a CV needs of a member fit on every fold: its predictions of every row, per fold,
+    and how its training went (small enough to come back from a Ray worker)."""
+
+    label: str
+    predictions: torch.Tensor  # (folds, rows, outputs), on the CPU
+    curves: tuple | None
+    failed_epoch: np.ndarray
+    budget: float | None
+    seconds: float
+
+
+def member_task(shared: Shared, member, progress: Progress) -> MemberRun:
+    """A recipe CV's task: one member fit on every fold (a torch member: one stacked model)."""
+    data, train_rows, valid_rows = shared.data()
+    fitted = member.fit(data, train_rows, valid_rows=valid_rows, seeds=shared.seeds, seed=shared.seed,
+                        progress=progress)
+    return MemberRun(fitted.label, fitted.predict(data.train).cpu(), fitted.curves, fitted.failed_epoch,
+                     fitted.budget, fitted.seconds)
+
+
+def _member_scores(run: MemberRun, predictions: torch.Tensor, data: TrainingSet,
                    train_rows: list[torch.Tensor], valid_rows: list[torch.Tensor]) -> FoldScores:
-    failed = [int(e) for e in fitted.failed_epoch]
-    train, valid = (fitted.score(predictions, data.y, rows) for rows in (train_rows, valid_rows))
-    curves = fitted.curves
+    train, valid = (score_groups(predictions, data.y, rows, data.metric) for rows in (train_rows, valid_rows))
+    curves = run.curves
     train_curves, valid_curves = ([], []) if curves is None or len(curves[0]) < 2 else \
         (curves[0].T.tolist(), curves[1].T.tolist())
-    return FoldScores(fitted.label, train, valid, failed, train_curves, valid_curves, seconds=fitted.seconds)
+    return FoldScores(run.label, train, valid, [int(e) for e in run.failed_epoch], train_curves, valid_curves,
+                      seconds=run.seconds)
 
 
 def out_of_fold(predictions: torch.Tensor, valid_rows: list[torch.Tensor]) -> torch.Tensor:
@@ -143,20 +220,20 @@ def out_of_fold(predictions: torch.Tensor, valid_rows: list[torch.Tensor]) -> to
 
 def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, folds: int = 5,
                           split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
-                          blend_with: str = "mean",
-                          progress: Progress = Progress()) -> tuple[RecipeScore, float]:
-    """K-fold CV of the blend of ``members`` (each trained ``seeds`` times, all folds at once).
+                          blend_with: str = "mean", progress: Progress = Progress(),
+                          backend=None) -> tuple[RecipeScore, float]:
+    """K-fold CV of the blend of ``members`` (each trained ``seeds`` times, all folds at once;
+    each member one task of ``backend``).
 
     Every member is fit inside the folds, and the weights that blend fold k's predictions are
     fit on the other folds' out-of-fold predictions only, so the blend's fold scores are honest.
     """
     started = time.perf_counter()
-    data = TrainingSet(features, device)
-    train_rows, valid_rows = _splits(data, folds, split, seed)
-    fitted = [m.fit(data, train_rows, valid_rows=valid_rows, seeds=seeds, seed=seed, progress=progress)
-              for m in members]
-    predictions = [f.predict(data.train) for f in fitted]
-    member_scores = [_member_scores(f, p, data, train_rows, valid_rows) for f, p in zip(fitted, predictions)]
+    shared = _shared(features, folds, split, seed, device, seeds=seeds)
+    data, train_rows, valid_rows = shared.data()
+    runs = (backend or Local()).map(member_task, shared, [Task(m.label, (m,)) for m in members], progress)
+    predictions = [run.predictions.to(device) for run in runs]
+    member_scores = [_member_scores(r, p, data, train_rows, valid_rows) for r, p in zip(runs, predictions)]
     oof = torch.stack([out_of_fold(p, valid_rows) for p in predictions])
     fold_weights = []
     for rows in valid_rows:
@@ -174,7 +251,7 @@ def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, 
     score = FoldScores("blend", score_groups(blended, data.y, train_rows, data.metric),
                        score_groups(blended, data.y, valid_rows, data.metric), failed, *curves)
     weights = fit_weights(blend_with, oof, data.y, data.metric)
-    return RecipeScore(score, member_scores, weights, fold_weights, oof.cpu(), [f.budget for f in fitted],
+    return RecipeScore(score, member_scores, weights, fold_weights, oof.cpu(), [r.budget for r in runs],
                        out_of_fold(blended, valid_rows).cpu()), time.perf_counter() - started
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,8 @@ DERIVATIVES = {
     "elu": lambda z, a: torch.where(z > 0, 1.0, a + 1),
 }
 MODELS = ("linear", "mlp")
+# A generator for every column, or one for all; None: no dropout, and default initialisation.
+Randomness = Union[torch.Generator, Sequence[torch.Generator], None]
 ACTIVATION_BUDGET = 1 << 22  # elements of one layer's activations computed at once: bounds memory in wide sweeps
 
 
@@ -98,7 +101,7 @@ class StackedModel:
     FORMAT = "pipeline.stacked/3"  # /2 named the architecture's model "kind"; /1 stored (fan_in, fan_out) weights
 
     def __init__(self, arch: Architecture, groups: int, hidden: list[tuple[int, ...]],
-                 dropout: list[float], device: torch.device, generator: torch.Generator | None = None):
+                 dropout: list[float], device: torch.device, generator: Randomness = None):
         self.arch, self.groups, self.configs, self.device = arch, groups, len(hidden), device
         self.hidden = [tuple(h) for h in hidden]
         widths = [max(h[layer] for h in self.hidden) for layer in range(arch.depth)]
@@ -132,19 +135,21 @@ class StackedModel:
             out += [weight.transpose(2, 3), bias]
         return out
 
-    def _init(self, generator):
+    def _init(self, generator: Randomness):
         """nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases,
-        with fan_in the config's own width; padded units stay zero."""
+        with fan_in the config's own width; padded units stay zero. ``generator`` is one for
+        all columns, or one per column (a config then starts the same in any stack)."""
         params = self.views()
         for layer in range(len(self.sizes) - 1):
             weight, bias = params[2 * layer], params[2 * layer + 1]
             for c, widths in enumerate(self.hidden):
+                column_generator = generator[c] if isinstance(generator, (list, tuple)) else generator
                 fan_in = self.arch.n_in if layer == 0 else widths[layer - 1]
                 fan_out = self.arch.n_out if layer == self.arch.depth else widths[layer]
                 bound = 1.0 / math.sqrt(fan_in)
                 config_weight = weight[:, :, c] if layer == 0 else weight[:, c]
                 for tensor in (config_weight[:, :fan_in, :fan_out], bias[:, c, :fan_out]):
-                    values = torch.rand(tensor.shape, generator=generator, device=self.device)
+                    values = torch.rand(tensor.shape, generator=column_generator, device=self.device)
                     tensor.copy_(values.mul_(2 * bound).sub_(bound))
 
     def per_element(self, values: list[float]) -> torch.Tensor:
@@ -185,7 +190,7 @@ class StackedModel:
             out.append(Block(groups, configs, weights, biases))
         return out
 
-    def forward_block(self, block: Block, xT: torch.Tensor, generator: torch.Generator | None = None):
+    def forward_block(self, block: Block, xT: torch.Tensor, generator: Randomness = None):
         """Outputs (Gb, Cb, n_out, rows) of a block's models for inputs ``xT``: (Gb, d, rows),
         or (d, rows) shared by all groups; with d + 1 rows, the last all ones, the bias rides in
         the product. Dropout applies when a generator is given. Also returns, per hidden
@@ -209,7 +214,11 @@ class StackedModel:
             keep = None
             if generator is not None and self.use_dropout:
                 rate = self.dropout[block.configs].view(1, -1, 1, 1)
-                draw = torch.rand((Gb, Cb, z.shape[1], rows), generator=generator, device=z.device)
+                if isinstance(generator, (list, tuple)):  # each column's masks from its own generator
+                    draw = torch.stack([torch.rand((Gb, z.shape[1], rows), generator=generator[c], device=z.device)
+                                        for c in range(block.configs.start, block.configs.stop)], 1)
+                else:
+                    draw = torch.rand((Gb, Cb, z.shape[1], rows), generator=generator, device=z.device)
                 keep = ((draw >= rate) / (1 - rate)).view_as(z)  # inverted dropout, as nn.Dropout
             inputs = a if keep is None else a * keep
             saved.append((z, a, keep, inputs))

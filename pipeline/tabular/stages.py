@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,7 @@ from pipeline.tabular.cv import cross_validate, cross_validate_recipe, fit_final
 from pipeline.tabular.features import FeatureParams, Features, build_features
 from pipeline.tabular.ensemble import blend
 from pipeline.tabular.members import TrainingSet, load_fitted, recipe_members, score_groups
+from pipeline.tabular.search import search
 from pipeline.tabular.tables import load_tables, outside_domain
 from pipeline.tabular.trainer import TrainParams
 
@@ -145,7 +147,8 @@ def cv(ctx: Context) -> tuple[list[Path], dict]:
     folds, split = ctx.params["folds"], ctx.params["split"]
     result, seconds = cross_validate_recipe(
         features, recipe, seeds=int(ctx.params["seeds"]), folds=folds, split=split, seed=ctx.params["seed"],
-        device=device, blend_with=ctx.params["blend"], progress=ctx.progress(f"cv {ctx.target.name}"))
+        device=device, blend_with=ctx.params["blend"], progress=ctx.progress(f"cv {ctx.target.name}"),
+        backend=ctx.backend)
     score, metric = result.score, features.spec.scorer
     run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "cv")
     pictures = _pictures(run_dir, ctx, features, result)
@@ -251,28 +254,39 @@ def submit(ctx: Context) -> tuple[list[Path], dict]:
     return write_copies(ctx.workspace.submissions / f"{ctx.section}.csv", ctx.out, frame, **checks)
 
 
-def sweep(ctx: Context, grid: dict[str, list], save: bool = True) -> dict:
-    """Cross-validate every grid config over the current params; rank; save the best params."""
+def sweep(ctx: Context, grid: dict[str, list], save: bool = True, space: dict | None = None,
+          trials: int = 0, batch: int = 32) -> dict:
+    """Cross-validate every config of ``grid`` over the current params, or, with a ``space`` of
+    ranges, ``trials`` configs proposed by Optuna's TPE ``batch`` at a time; rank them all and
+    save the best one's swept params. Nothing is written unless every config trained."""
     features = load_features(ctx)
     device = resolve_device(ctx.device)
     base = train_params(ctx.params)
-    configs = [base.with_(**overrides) for overrides in params_file.expand_grid(grid)]
-    result = cross_validate(features, configs, folds=ctx.params["folds"], split=ctx.params["split"],
-                            seed=ctx.params["seed"], device=device, curves=False,
-                            progress=ctx.progress(f"sweep {ctx.target.name}"))
+    options = dict(folds=ctx.params["folds"], split=ctx.params["split"], seed=ctx.params["seed"], device=device,
+                   backend=ctx.backend, progress=ctx.progress(f"sweep {ctx.target.name}"))
+    started = time.perf_counter()
+    if space is None:
+        configs = [base.with_(**overrides) for overrides in params_file.expand_grid(grid)]
+        result = cross_validate(features, configs, curves=False, **options)
+        board = [{"params": s.params.to_dict(), "mean_valid": s.mean_valid, "std_valid": s.std_valid,
+                  "valid": s.valid, "failed_epoch": s.failed_epoch} for s in result.ranked()]
+        swept = list(grid)
+    else:
+        board = search(features, base, space, grid, trials=trials, batch=batch, target=ctx.target.name,
+                       storage=ctx.workspace.reports / "search.sqlite3", metric=features.spec.scorer, **options)
+        swept = [*space, *grid]
+    metric = features.spec.scorer.name
     run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "sweep")
-    board = [{"params": s.params.to_dict(), "mean_valid": s.mean_valid, "std_valid": s.std_valid,
-              "valid": s.valid, "failed_epoch": s.failed_epoch} for s in result.ranked()]
-    best = board[0]
-    picture = plots.sweep_png(board, list(grid), run_dir / "sweep.png", result.metric)
-    report = {"run": run_dir.name, "target": ctx.target.name, "command": "sweep", "metric": result.metric,
+    best = board[0] if board else {"params": base.to_dict(), "mean_valid": float("nan")}
+    picture = plots.sweep_png(board, swept, run_dir / "sweep.png", metric)
+    report = {"run": run_dir.name, "target": ctx.target.name, "command": "sweep", "metric": metric,
               "params": applicable_params({**ctx.params, **best["params"], "ensemble": []}, features.spec.task),
-              "grid": list(grid),
-              "best_mean_valid": best["mean_valid"], "leaderboard": board, "folds": result.folds,
-              "seconds": result.seconds, "device": result.device, "created": reports.now(),
+              "grid": swept, "search": "grid" if space is None else "tpe", "best_mean_valid": best["mean_valid"],
+              "leaderboard": board, "folds": ctx.params["folds"], "seconds": time.perf_counter() - started,
+              "device": str(device), "backend": ctx.backend.name, "created": reports.now(),
               "plots": [picture.name]}
     if save and not math.isnan(best["mean_valid"]):
-        chosen = {k: best["params"][k] for k in grid}
+        chosen = {k: best["params"][k] for k in swept}
         report["saved"] = str(params_file.save(ctx.workspace, ctx.target.name, chosen))
     reports.save_report(run_dir, report, ctx.workspace)
     return report

@@ -314,9 +314,24 @@ def _inner_split(train_rows: list[torch.Tensor], share: float, generator: torch.
     return fit_rows, held_out
 
 
+def column_generators(seed: int, configs: list[TrainParams], config_ids: list[int] | None,
+                      device: torch.device) -> list[torch.Generator]:
+    """One generator per model column, shared by a config's submodels and seeded by the seed and
+    the config's id (its place in a sweep's grid): a config starts from the same weights, and
+    draws the same dropout masks, in whatever stack it trains, so a sweep split into tasks
+    (``--backend ray``) trains every config as the local run does."""
+    ids = range(len(configs)) if config_ids is None else config_ids
+    out = []
+    for config, config_id in zip(configs, ids):
+        generator = make_generator((int(seed) + 1) * 1_000_003 + int(config_id), device)
+        out += [generator] * config.submodels
+    return out
+
+
 def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], configs: list[TrainParams], *,
         metric: str, valid_rows: list[torch.Tensor] | None = None, n_out: int = 1, seed: int = 0,
-        curves: bool = True, on_epoch: Callable[[int, int, Curves | None], None] | None = None) -> FitResult:
+        curves: bool = True, on_epoch: Callable[[int, int, Curves | None], None] | None = None,
+        config_ids: list[int] | None = None) -> FitResult:
     """Train ``len(train_rows)`` groups x ``len(configs)`` models at once.
 
     Group g trains on rows ``train_rows[g]`` of ``X``/``y`` (already on the training device)
@@ -325,6 +340,8 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
     ``on_epoch(epoch, epochs, curves)`` hears each epoch's end; ``curves()`` reads that epoch's
     train and valid metric off the device (None when they are not computed every epoch).
     The loss is the mean squared error for ``n_out == 1``, else cross-entropy over n_out classes.
+    The batch orders and inner splits come from ``seed``; each config's initial weights and
+    dropout masks from its own generator (see :func:`column_generators`).
     """
     metric = metric_for(metric)
     configs = [c.with_(log_target=log_allowed(y, metric)) if c.log_target == "auto" else c for c in configs]
@@ -334,7 +351,7 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
                          "optimizer, schedule, standardizing, label smoothing, submodels or inner split "
                          "cannot share one stacked model")
     with one_cpu_thread(X.device, enabled=_step_products(X, train_rows, configs, n_out) < MANY_THREADS):
-        return _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_epoch)
+        return _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_epoch, config_ids)
 
 
 # Multiply-adds per training step above which the CPU's threads share the work. Below it (a d2l
@@ -350,16 +367,17 @@ def _step_products(X: torch.Tensor, train_rows: list, configs: list[TrainParams]
     return models * configs[0].batch_size * sum(a * b for a, b in zip(widths, widths[1:]))
 
 
-def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_epoch) -> FitResult:
+def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_epoch, config_ids) -> FitResult:
     first = configs[0]
     k = first.submodels
     columns = [c for c in configs for _ in range(k)]  # the stacked model's columns, config after config
     device = X.device
     started = time.perf_counter()
-    generator = make_generator(seed, device)
+    generator = make_generator(seed, device)  # batch orders and inner splits: the same for every config
+    own = column_generators(seed, configs, config_ids, device)  # initial weights and dropout masks
     G, C, M, N, d = len(train_rows), len(configs), len(columns), len(X), X.shape[1]
     arch = Architecture(first.model, len(first.widths), first.activation, d, n_out)
-    model = StackedModel(arch, G, [c.widths for c in columns], [c.dropout for c in columns], device, generator)
+    model = StackedModel(arch, G, [c.widths for c in columns], [c.dropout for c in columns], device, own)
     selecting = first.inner_valid > 0
     if selecting:
         train_rows, held_out = _inner_split(train_rows, first.inner_valid, generator)
@@ -418,7 +436,7 @@ def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_
     per_epoch = curves or selecting
     history = torch.full((first.epochs if per_epoch else 1, G, C, len(masks)), float("nan"), device=device)
     losses = torch.zeros(first.epochs, G, C, device=device)  # per epoch, summed; only finiteness matters
-    dropout = generator if model.use_dropout else None
+    dropout = own if model.use_dropout else None
     if selecting:  # the weights of each config's best epoch so far, on its held-out rows
         owner = model.per_model(torch.arange(G * M, device=device, dtype=torch.float32).view(G, M)).long()
         kept = model.theta.clone()

@@ -1,0 +1,122 @@
+"""Where a sweep's or a CV's tasks run: in this process, or as Ray tasks on a cluster.
+
+A task is a module-level function applied to the work's shared inputs (the features and the
+folds, put into Ray's object store once) and its own arguments (the configs that share one
+stacked model, or one recipe member). Both backends run the same functions on the same
+inputs, so they give the same results; Ray spreads them over its workers, retries a task
+whose worker dies (``max_retries``), and names the configs of any task that still fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pipeline.errors import PipelineError, TrainingError, UsageError
+from pipeline.progress import Progress
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("local", "ray")
+RETRIES = 3  # a task whose worker process dies is run again this many times
+
+
+@dataclass(frozen=True)
+class Task:
+    label: str  # what the task trains, for progress and for the error when it fails
+    args: tuple
+
+
+class Local:
+    """Every task in this process, in order."""
+
+    name = "local"
+    workers = 1
+
+    def map(self, function: Callable, shared: Any, tasks: list[Task], progress: Progress = Progress()) -> list:
+        return [function(shared, *task.args, progress) for task in tasks]
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--backend ray needs Ray and Optuna: pip install -e \".[scale]\"") from None
+    return ray
+
+
+class Ray:
+    """Tasks on a Ray cluster: ``address`` (or ``$RAY_ADDRESS``) joins one; without either, a
+    local instance with this machine's CPUs starts for the run and stops after it."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, retries: int = RETRIES):
+        self.ray = _ray()
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.retries = retries
+        self.started = False
+        self.quiet_stdout = contextlib.ExitStack()
+
+    def __enter__(self) -> "Ray":
+        # Ray's driver prints its notices (a worker died, a task is retried) on stdout from a
+        # background thread; they belong with the progress on stderr, so `--json` stays parseable
+        self.quiet_stdout.enter_context(contextlib.redirect_stdout(sys.stderr))
+        if not self.ray.is_initialized():
+            if self.address:
+                self.ray.init(address=self.address, log_to_driver=False)
+            else:
+                self.ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            self.started = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.quiet_stdout.close()
+        if self.started:
+            self.ray.shutdown()  # a cluster we joined keeps running; our local instance stops
+            self.started = False
+
+    @property
+    def workers(self) -> int:
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+
+    def map(self, function: Callable, shared: Any, tasks: list[Task], progress: Progress = Progress()) -> list:
+        """Run the tasks on the cluster; the shared inputs travel to the object store once."""
+        ray = self.ray
+        reference = ray.put(shared)
+        remote = ray.remote(max_retries=self.retries, num_cpus=1)(function)
+        futures = {remote.remote(reference, *task.args, Progress()): i for i, task in enumerate(tasks)}
+        results: list = [None] * len(tasks)
+        failed: list[str] = []
+        step = progress.step(f"{len(tasks)} Ray tasks on {self.workers} CPUs", len(tasks), "task")
+        pending = list(futures)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            i = futures[done[0]]
+            try:
+                results[i] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # the task itself raised: a bad param, a bug
+                cause = exc.cause if hasattr(exc, "cause") else None
+                if isinstance(cause, PipelineError):
+                    raise cause from None
+                raise
+            except ray.exceptions.RayError as exc:  # its worker died, on every try
+                log.warning("Ray task %s failed: %s", tasks[i].label, type(exc).__name__)
+                failed.append(tasks[i].label)
+            step.advance()
+        step.close()
+        if failed:
+            raise TrainingError(f"{len(failed)} of {len(tasks)} Ray tasks failed after {self.retries} retries "
+                                f"(their workers died): {'; '.join(failed)}; nothing was saved")
+        return results
+
+
+def backend(name: str, address: str | None = None, retries: int = RETRIES) -> Local | Ray:
+    """The backend called ``name``: refused in one line when unknown, or when Ray is not installed."""
+    if name not in BACKENDS:
+        raise UsageError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
+    return Local() if name == "local" else Ray(address, retries)

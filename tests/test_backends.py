@@ -1,0 +1,222 @@
+"""Issue 16: sweeps and CVs on Ray give the local backend's results, survive a killed worker,
+fail in one line naming the configs when retries run out, and write nothing then; Optuna's TPE
+search resumes its study. The Ray tests share one local Ray with 2 CPUs (what CI has)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import assert_one_line_error, files_under, make_competition, run_cli
+from pipeline import backends
+from pipeline.errors import TrainingError
+
+GRID = ["--grid", "lr=0.02,0.05", "--grid", "weight_decay=0,0.1"]
+
+
+def _required(module: str):
+    """The module, or a skip where the [scale] extra is absent (a failure under CI=true, which installs it)."""
+    try:
+        return __import__(module)
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{module} is missing: .ci/run installs the [scale] extra")
+        pytest.skip(f"{module} is not installed (pip install -e '.[scale]')")
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray for the module: the backend joins it instead of starting its own."""
+    ray = _required("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def competition(tmp_path) -> Path:
+    return make_competition(tmp_path / "ws", rows=160)
+
+
+def _board(out: str) -> list[tuple[dict, float]]:
+    report = json.loads(out)
+    return [(row["params"], row["mean_valid"]) for row in report["leaderboard"]]
+
+
+def _assert_same_board(first, second):
+    assert [params for params, _ in first] == [params for params, _ in second]
+    assert [score for _, score in first] == pytest.approx([score for _, score in second], rel=1e-5)
+
+
+class DyingRay(backends.Ray):
+    """Ray whose tasks SIGKILL their own worker process: the first ``deaths`` tries of the run
+    die (counted in files under ``marks``), later tries train as usual."""
+
+    def __init__(self, marks: Path, deaths: int, retries: int):
+        super().__init__(retries=retries)
+        self.marks, self.deaths = marks, deaths
+
+    def map(self, function, shared, tasks, progress=backends.Progress()):
+        marks, deaths = self.marks, self.deaths
+
+        def dying(shared, *args):  # a closure, so Ray ships it by value to the workers
+            marks.mkdir(exist_ok=True)
+            if len(list(marks.iterdir())) < deaths:
+                (marks / str(os.getpid())).touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return function(shared, *args)
+
+        return super().map(dying, shared, tasks, progress)
+
+
+# ----------------------------------------------------------------------------- without the extra
+
+
+def test_backend_ray_without_ray_says_how_to_install(competition, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    code, _, err = run_cli(competition, capsys, "sweep", "toy", *GRID, "--backend", "ray")
+    assert_one_line_error(code, err, "--backend ray", 'pip install -e ".[scale]"')
+    assert code == 2
+    assert not (competition / "reports").exists() and not (competition / "data").exists()
+
+
+def test_unknown_backend_is_refused_before_any_work(competition, capsys):
+    code, _, err = run_cli(competition, capsys, "cv", "toy", "--backend", "spark")
+    assert_one_line_error(code, err, "'spark'", "local, ray")
+    assert not (competition / "data").exists()
+
+
+def test_sweep_tasks_split_a_group_over_the_workers_and_keep_groups_apart():
+    from pipeline.tabular.cv import sweep_tasks
+    from pipeline.tabular.trainer import TrainParams
+
+    configs = [TrainParams(lr=lr) for lr in (0.1, 0.2, 0.3, 0.4, 0.5)] + [TrainParams(batch_size=16)]
+    tasks, positions = sweep_tasks(configs, workers=2)
+    assert positions == [[0, 1, 2], [3, 4], [5]]  # batch size is in the group key: its own stack
+    assert [ids for _, ids in (t.args for t in tasks)] == positions
+    assert sweep_tasks(configs, workers=1)[1] == [[0, 1, 2, 3, 4], [5]]
+
+
+# ----------------------------------------------------------------------------- on Ray
+
+
+def test_ray_sweep_gives_the_local_leaderboard(ray_instance, competition, capsys):
+    code, local, err = run_cli(competition, capsys, "sweep", "toy", *GRID, "--no-save", "--json")
+    assert code == 0, err
+    code, on_ray, err = run_cli(competition, capsys, "sweep", "toy", *GRID, "--no-save", "--json",
+                                "--backend", "ray")
+    assert code == 0, err
+    assert len(_board(local)) == 4
+    _assert_same_board(_board(local), _board(on_ray))
+    assert json.loads(on_ray)["backend"] == "ray"
+    assert ray_instance.is_initialized()  # a Ray it joined is left running
+
+
+def test_ray_recipe_cv_gives_the_local_scores(ray_instance, competition, capsys):
+    runs = []
+    for backend in ("local", "ray"):
+        code, out, err = run_cli(competition, capsys, "cv", "toy", "--json", "--backend", backend)
+        assert code == 0, err
+        runs.append(json.loads(out))
+    local, on_ray = runs
+    assert [m["model"] for m in local["members"]] == [m["model"] for m in on_ray["members"]]
+    assert len(local["members"]) >= 2
+    for ours, theirs in zip(local["members"], on_ray["members"]):
+        assert ours["valid"] == pytest.approx(theirs["valid"], rel=1e-5), ours["model"]
+    assert local["mean_valid"] == pytest.approx(on_ray["mean_valid"], rel=1e-5)
+
+
+def test_a_killed_worker_is_retried_and_the_sweep_completes(ray_instance, competition, capsys, monkeypatch,
+                                                            tmp_path):
+    code, local, err = run_cli(competition, capsys, "sweep", "toy", *GRID, "--no-save", "--json")
+    assert code == 0, err
+    marks = tmp_path / "deaths"
+    monkeypatch.setattr(backends, "backend", lambda name, address=None: DyingRay(marks, deaths=1, retries=2))
+    code, on_ray, err = run_cli(competition, capsys, "sweep", "toy", *GRID, "--no-save", "--json",
+                                "--backend", "ray")
+    assert code == 0, err
+    assert len(list(marks.iterdir())) == 1  # one worker did die
+    _assert_same_board(_board(local), _board(on_ray))
+
+
+def test_retries_run_out_one_line_naming_the_configs_and_nothing_written(ray_instance, competition, capsys,
+                                                                         monkeypatch, tmp_path):
+    params_before = (competition / "params.toml").read_text()
+    code, _, err = run_cli(competition, capsys, "preprocess", "toy")
+    assert code == 0, err
+    before = files_under(competition)
+    monkeypatch.setattr(backends, "backend",
+                        lambda name, address=None: DyingRay(tmp_path / "deaths", deaths=10 ** 6, retries=1))
+    code, _, err = run_cli(competition, capsys, "sweep", "toy", *GRID, "--backend", "ray")
+    line = assert_one_line_error(code, err, "Ray tasks failed after 1 retries", "lr=0.02", "lr=0.05",
+                                 "nothing was saved")
+    assert "weight_decay=0.1" in line
+    assert (competition / "params.toml").read_text() == params_before
+    assert files_under(competition) == before  # no report, no half-written file
+
+
+def test_a_task_that_raises_is_not_retried_and_keeps_its_message(ray_instance, tmp_path):
+    tries = tmp_path / "tries"
+    tries.mkdir()
+
+    def refuses(shared, label, progress):
+        (tries / f"{os.getpid()}-{len(list(tries.iterdir()))}").touch()
+        raise TrainingError(f"{label}: diverged")
+
+    with backends.Ray(retries=3) as ray:
+        with pytest.raises(TrainingError, match="^b: diverged$"):
+            ray.map(refuses, None, [backends.Task("b", ("b",))])
+    assert len(list(tries.iterdir())) == 1  # a bad param or a bug is not a dead worker: no retry
+
+
+# ----------------------------------------------------------------------------- TPE
+
+
+def test_tpe_search_trains_batches_saves_the_best_and_resumes(competition, capsys):
+    _required("optuna")
+    search = ["sweep", "toy", "--search", "tpe", "--range", "lr=1e-3..1e-1:log", "--range", "weight_decay=0..0.3",
+              "--batch", "3", "--json"]
+    code, out, err = run_cli(competition, capsys, *search, "--trials", "6")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["search"] == "tpe" and len(first["leaderboard"]) == 6
+    scores = [row["mean_valid"] for row in first["leaderboard"]]
+    assert scores == sorted(scores)  # log-RMSE: best (lowest) first
+    best = first["leaderboard"][0]["params"]
+    saved = (competition / "params.toml").read_text()
+    assert f"lr = {best['lr']}" in saved and f"weight_decay = {best['weight_decay']}" in saved
+    assert (competition / "reports" / "search.sqlite3").exists()
+
+    code, out, err = run_cli(competition, capsys, *search, "--trials", "3")
+    assert code == 0, err
+    resumed = json.loads(out)["leaderboard"]
+    assert len(resumed) == 9  # the study kept the first six trials
+    assert {row["trial"] for row in resumed} == set(range(9))
+    first_lrs = {row["params"]["lr"] for row in first["leaderboard"]}
+    assert len({row["params"]["lr"] for row in resumed} - first_lrs) == 3  # new proposals, not repeats
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("lr=1e-1..1e-4", "LOW < HIGH"),
+    ("lr=0..0.1:log", "LOW > 0"),
+    ("lr:1e-4..1e-1", "NAME=LOW..HIGH"),
+    ("model=1..2", "'model' is not a numeric param"),
+    ("epochs=5..x", "'x'"),
+])
+def test_bad_ranges_are_one_line_errors_before_any_work(competition, capsys, item, needle):
+    _required("optuna")
+    code, _, err = run_cli(competition, capsys, "sweep", "toy", "--search", "tpe", "--range", item)
+    assert_one_line_error(code, err, item, needle)
+    assert not (competition / "data").exists()
+
+
+def test_a_grid_sweep_refuses_ranges_and_needs_a_grid(competition, capsys):
+    for args in (["--range", "lr=0.01..0.1"], []):
+        code, _, err = run_cli(competition, capsys, "sweep", "toy", *args)
+        assert_one_line_error(code, err, "--grid NAME=V1,V2")
+    assert not (competition / "data").exists()
