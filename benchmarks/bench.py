@@ -15,7 +15,6 @@ also run alone.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import re
@@ -35,7 +34,8 @@ from pipeline.tabular.cv import cross_validate
 from pipeline.tabular.features import build_features
 from pipeline.tabular.tables import TableSpec, Tables, load_tables
 from pipeline.tabular.trainer import TrainParams
-from recipes import bench_recipes  # benchmarks/recipes.py, beside this script
+from convnets import bench_convnets  # benchmarks/convnets.py, beside this script
+from recipes import bench_recipes
 from scale import bench_scale  # benchmarks/scale.py
 
 D2L = TrainParams(model="linear", epochs=100, lr=5.0, weight_decay=0.0, batch_size=64, log_target=False)
@@ -132,13 +132,7 @@ def bench_fashion(shared: Path, device: torch.device) -> list[bool]:
     row("fashion softmax 10 epochs (s)", f"{ours_s:.2f}", f"{anchor_s:.2f}", f"{ratio:.1f}x", ">= 25x", results[0])
     row("fashion softmax test accuracy", f"{ours_acc:.4f}", f"{anchor_acc:.4f}", f"{ours_acc - anchor_acc:+.4f}",
         ">= -0.01", results[1])
-    if device.type == "cuda":
-        started = time.perf_counter()
-        model, history = classifiers.fit_classifier("cnn", None, x, y, xt, yt, device=device)
-        elapsed = itertools.accumulate(h["seconds"] for h in history)  # training time at each epoch's end
-        reached = next((s for h, s in zip(history, elapsed) if h["valid_accuracy"] >= 0.92), None)
-        print(f"  cnn on {device}: {time.perf_counter() - started:.1f} s for {len(history)} epochs; "
-              f"0.92 test accuracy {'after ' + format(reached, '.1f') + ' s' if reached else 'not reached'}")
+    results += bench_convnets(shared, device)  # the cnn's recipe; on a GPU the resnet's too
     return results
 
 

@@ -68,6 +68,7 @@ PARAM_OPTIONS = (
     ("blend", str, lambda: f"How members are weighed ({_choices('blend')}): equally, or by ensemble selection."),
     ("augment", bool, "Images: random crop and flip."),
     ("valid_fraction", float, "Images: held-out share when --folds < 2."),
+    ("tta", bool, "Images: evaluate and submit on each image and its mirror image, probabilities averaged."),
 )
 PARAM_NAMES = tuple(name for name, _, _ in PARAM_OPTIONS)
 

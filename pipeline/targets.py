@@ -161,7 +161,7 @@ class TabularTarget:
 
 
 IMAGE_FLAGS = frozenset({"model", "valid_fraction", "folds", "seed", "hidden", "dropout", "epochs", "lr",
-                         "weight_decay", "batch_size", "optimizer", "schedule", "augment"})
+                         "weight_decay", "batch_size", "optimizer", "schedule", "augment", "tta"})
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ HOUSE = TabularTarget("house", DATA_HUB["kaggle_house_train"], DATA_HUB["kaggle_
                       "best", model_defaults={"mlp": {**MLP, "log_target": True, "log_skewed": 0.75,
                                                       "clip_quantile": 0.005}})
 FASHION = ImageTarget("fashion", tuple(DATA_HUB[n] for n in GROUPS["fashion"]),
-                      {"model": "mlp", "valid_fraction": 0.1, "folds": 0, "seed": 0})
+                      {"model": "mlp", "valid_fraction": 0.1, "folds": 0, "seed": 0, "tta": False})
 BUILTIN = {"house": HOUSE, "fashion": FASHION}
 TARGET_KEYS = {"train", "test", "train_sha1", "test_sha1", "id", "label", "task", "metric",
                "archive", "archive_sha1", "positive"}

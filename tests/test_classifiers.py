@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.images.models import MODELS, Head, build_classifier
+from pipeline.images.models import MODELS, Head, ResNet, build_classifier
 from pipeline.images.train import DEFAULTS, class_scores, evaluate, fit_classifier, predict
 from pipeline.errors import TrainingError, UsageError
 from pipeline.images.data import CLASS_NAMES, read_idx
@@ -44,6 +45,22 @@ def test_models_map_images_to_ten_logits(name):
     assert {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "augment"} <= set(DEFAULTS[name])
 
 
+def test_resnet_builds_its_own_backbone_without_torchvision(monkeypatch):
+    for name in ("torchvision", "torchvision.models", "torchvision.models.resnet"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError, even if imported before
+    model = build_classifier("resnet", blocks=[1, 1, 1, 1])
+    assert isinstance(model[1], ResNet) and isinstance(model[1].fc, Head)
+    assert model[1].conv1.stride == (1, 1) and isinstance(model[1].maxpool, torch.nn.Identity)
+
+
+def test_cnn_stages_take_one_width_or_a_list_of_widths():
+    model = build_classifier("cnn", channels=[4, [8, 8], [16, 16, 16]])
+    convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 4), (4, 8), (8, 8), (8, 16), (16, 16), (16, 16)]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model) == 2  # between stages only
+    assert model(torch.zeros(2, 28, 28, dtype=torch.uint8)).shape == (2, 10)
+
+
 def test_head_is_nn_linear_in_value_and_gradient():
     torch.manual_seed(0)
     head, x = Head(784, 10), torch.rand(37, 784)
@@ -68,8 +85,8 @@ def test_class_scores_match_cross_entropy_and_argmax(smoothing):
 
 
 def test_unknown_names_are_usage_errors():
-    with pytest.raises(UsageError, match="not one of softmax, mlp, lenet, cnn"):
-        build_classifier("resnet")
+    with pytest.raises(UsageError, match="not one of softmax, mlp, lenet, cnn, resnet"):
+        build_classifier("vit")
     with pytest.raises(UsageError, match="no parameter depth"):
         build_classifier("mlp", depth=3)
     x, y = _synthetic(20)
@@ -105,7 +122,8 @@ def test_convnet_training_is_deterministic_and_learns():
     assert predict(first, x[:7], CPU).shape == (7, 10)
 
 
-@pytest.mark.parametrize("name, params", [("lenet", {}), ("cnn", {"channels": [4, 8]})])
+@pytest.mark.parametrize("name, params", [("lenet", {}), ("cnn", {"channels": [4, 8]}),
+                                          ("resnet", {"blocks": [1, 1, 1, 1]})])
 def test_convnet_trains_on_an_odd_subset(name, params):
     """129 = 2 * 64 + 1 images: the lone last one is skipped (a batch of one would break
     BatchNorm), so the epoch's accuracy counts exactly 128 samples, and the model did learn."""

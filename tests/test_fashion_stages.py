@@ -88,6 +88,35 @@ def test_k_folds_score_each_fold(trained, capsys):
     assert len(report["folds"]) == 2 and all(f["valid"] > 0.7 for f in report["folds"])
 
 
+def test_evaluate_with_tta_reuses_the_model_and_scores_the_mirrored_images_too(trained, capsys):
+    """--tta is read by evaluate and submit only: the trained model stays up to date, and the
+    report's accuracy is that of the mean of each image's and its mirror image's probabilities."""
+    ws, base = trained
+    capsys.readouterr()
+    assert cli(*base, "evaluate", "fashion", *FLAGS, "--json") == 0
+    plain = json.loads(capsys.readouterr().out)
+    model_before = (ws / "models" / "fashion-softmax.pt").read_bytes()
+    assert cli(*base, "evaluate", "fashion", *FLAGS, "--tta", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (ws / "models" / "fashion-softmax.pt").read_bytes() == model_before
+    assert report["tta"] is True and plain["tta"] is False
+    model, _ = load_classifier(ws / "models" / "fashion-softmax.pt", CPU)
+    from pipeline.images.data import load_fashion
+    data = load_fashion(ws / "data")
+    with torch.inference_mode():
+        x = data.test_images
+        mean = model(x).softmax(1) + model(x.flip(-1)).softmax(1)
+    expected = (mean.argmax(1) == data.test_labels.long()).float().mean().item()
+    assert report["test_accuracy"] == pytest.approx(expected, abs=1e-4)
+    assert report["test_accuracy"] != plain["test_accuracy"]
+    capsys.readouterr()
+    assert cli(*base, "status", "fashion", *FLAGS, "--tta") == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["train"] == "up to date" and rows["evaluate"] == "up to date"
+    assert cli(*base, "status", "fashion", *FLAGS) == 0
+    assert table_rows(capsys.readouterr().out)["evaluate"].startswith("stale")
+
+
 def test_editing_code_makes_each_fashion_stage_stale(trained, monkeypatch, tmp_path):
     """Item 2: every stage of the fashion target (download, preprocess, train, evaluate, submit)
     is stale with "code changed" after an edit of its code, simulated on a copy of the file."""

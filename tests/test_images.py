@@ -150,17 +150,3 @@ def test_real_fashion_mnist(shared_datasets, tmp_path):
     assert torch.equal(data.test_labels.long().bincount(), torch.full((10,), 1000))
     assert len(CLASS_NAMES) == 10 and CLASS_NAMES[9] == "Ankle boot"
     assert torch.equal(load_fashion(tmp_path).test_images, data.test_images)  # now from the cache
-
-
-def test_read_idx_matches_torchvision(shared_datasets, tmp_path):
-    datasets = pytest.importorskip("torchvision").datasets
-    raw = tmp_path / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for path in (shared_datasets / "fashion-mnist").glob("*-ubyte.gz"):
-        (raw / path.stem).write_bytes(gzip.decompress(path.read_bytes()))
-    for train, prefix in ((True, "train"), (False, "t10k")):
-        reference = datasets.FashionMNIST(tmp_path, train=train, download=False)
-        folder = shared_datasets / "fashion-mnist"
-        assert torch.equal(read_idx(folder / f"{prefix}-images-idx3-ubyte.gz"), reference.data)
-        assert torch.equal(read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").long(), reference.targets)
-        assert list(reference.classes) == list(CLASS_NAMES)

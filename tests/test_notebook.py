@@ -45,4 +45,4 @@ def test_results_print_as_text_and_render_as_html(tmp_path):
     assert str(status).splitlines()[0].split() == ["stage", "state", "reason"]
     assert status._repr_html_().startswith("<table><tr><th>stage</th>")
     submitted = pipeline.submit("toy", workdir=ws, model="linear", epochs=3)
-    assert submitted["rows"] == 120 and f"rows: 120" in str(submitted) and "<th>rows</th>" in submitted._repr_html_()
+    assert submitted["rows"] == 120 and "rows: 120" in str(submitted) and "<th>rows</th>" in submitted._repr_html_()

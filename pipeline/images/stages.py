@@ -24,8 +24,8 @@ from pipeline.make import Context, Stage, plain
 from pipeline.submissions import write_copies
 
 CHECKPOINT_FORMAT = "pipeline.classifier/1"
-TARGET_KEYS = ("model", "valid_fraction", "folds", "seed")  # the target's own params, not the classifier's
-ARCHITECTURE_KEYS = ("hidden", "dropout", "channels")
+TARGET_KEYS = ("model", "valid_fraction", "folds", "seed", "tta")  # the target's own params, not the classifier's
+ARCHITECTURE_KEYS = ("hidden", "dropout", "channels", "blocks")
 
 
 def _model_path(ctx: Context) -> Path:
@@ -115,17 +115,18 @@ def evaluate(ctx: Context) -> tuple[list[Path], dict]:
     data = load_fashion(ctx.workspace.data)
     device = resolve_device(ctx.device)
     model, state = load_classifier(_model_path(ctx), device)
-    result = evaluate_model(model, data.test_images, data.test_labels.long(), device)
+    tta = bool(ctx.params["tta"])
+    result = evaluate_model(model, data.test_images, data.test_labels.long(), device, tta=tta)
     run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "evaluate")
     confusion = plots.confusion_matrix_png(result["confusion"], CLASS_NAMES, run_dir / "confusion.png",
                                            title=f"{state['model']}: test accuracy {result['accuracy']:.4f}")
     shown = torch.arange(18)
-    predicted = predict(model, data.test_images[shown], device).argmax(1).cpu()
+    predicted = predict(model, data.test_images[shown], device, tta=tta).argmax(1).cpu()
     grid = plots.prediction_grid_png(data.test_images[shown], data.test_labels[shown], predicted,
                                      CLASS_NAMES, run_dir / "predictions.png")
     report = {"run": run_dir.name, "target": ctx.target.name, "command": "evaluate", "metric": "accuracy",
               "params": {"model": state["model"], **state["params"]},
-              "test_accuracy": result["accuracy"], "test_loss": result["loss"],
+              "tta": tta, "test_accuracy": result["accuracy"], "test_loss": result["loss"],
               "per_class": dict(zip(CLASS_NAMES, result["per_class"])), "confusion": result["confusion"],
               "seconds": time.perf_counter() - started, "device": str(device), "created": reports.now(),
               "plots": [confusion.name, grid.name]}
@@ -137,7 +138,7 @@ def submit(ctx: Context) -> tuple[list[Path], dict]:
     data = load_fashion(ctx.workspace.data)
     device = resolve_device(ctx.device)
     model, _ = load_classifier(_model_path(ctx), device)
-    labels = predict(model, data.test_images, device).argmax(1).cpu().numpy()
+    labels = predict(model, data.test_images, device, tta=bool(ctx.params["tta"])).argmax(1).cpu().numpy()
     ids = list(range(len(labels)))
     frame = pd.DataFrame({"Id": ids, "Label": labels})
     return write_copies(ctx.workspace.submissions / f"{ctx.target.name}-{ctx.params['model']}.csv", ctx.out, frame,
@@ -150,7 +151,8 @@ _CODE = ("pipeline.images.models", "pipeline.images.train", "pipeline.images.dat
 STAGES = (
     Stage("download", (), (), ("pipeline.hub", "pipeline.targets"), download),
     Stage("preprocess", ("download",), (), ("pipeline.images.data",), preprocess),
-    Stage("train", ("preprocess",), ("*",), _CODE + ("pipeline.folds", "pipeline.plots", "pipeline.reports"), train),
-    Stage("evaluate", ("train",), ("model",), _CODE + ("pipeline.plots", "pipeline.reports"), evaluate),
-    Stage("submit", ("train",), ("model",), _CODE + ("pipeline.submissions",), submit),
+    Stage("train", ("preprocess",), ("*",), _CODE + ("pipeline.folds", "pipeline.plots", "pipeline.reports"), train,
+          besides=("tta",)),
+    Stage("evaluate", ("train",), ("model", "tta"), _CODE + ("pipeline.plots", "pipeline.reports"), evaluate),
+    Stage("submit", ("train",), ("model", "tta"), _CODE + ("pipeline.submissions",), submit),
 )
