@@ -54,21 +54,24 @@ def _assert_same_board(first, second):
 
 
 class DyingRay(backends.Ray):
-    """Ray whose tasks SIGKILL their own worker process: the first ``deaths`` tries of the run
-    die (counted in files under ``marks``), later tries train as usual."""
+    """Ray whose tasks SIGKILL their own worker process: only the first try of the run to start
+    (``always=False``: a file created exclusively under ``marks`` elects it), or every try."""
 
-    def __init__(self, marks: Path, deaths: int, retries: int):
+    def __init__(self, marks: Path, always: bool, retries: int):
         super().__init__(retries=retries)
-        self.marks, self.deaths = marks, deaths
+        self.marks, self.always = marks, always
 
     def map(self, function, shared, tasks, progress=backends.Progress()):
-        marks, deaths = self.marks, self.deaths
+        marks, always = self.marks, self.always
 
         def dying(shared, *args):  # a closure, so Ray ships it by value to the workers
             marks.mkdir(exist_ok=True)
-            if len(list(marks.iterdir())) < deaths:
-                (marks / str(os.getpid())).touch()
+            try:
+                os.close(os.open(marks / f"death-{os.getpid()}" if always else marks / "death",
+                                 os.O_CREAT | os.O_EXCL))
                 os.kill(os.getpid(), signal.SIGKILL)
+            except FileExistsError:  # another try died already: this one trains
+                pass
             return function(shared, *args)
 
         return super().map(dying, shared, tasks, progress)
@@ -136,7 +139,7 @@ def test_a_killed_worker_is_retried_and_the_sweep_completes(ray_instance, compet
     code, local, err = run_cli(competition, capsys, "sweep", "toy", *GRID, "--no-save", "--json")
     assert code == 0, err
     marks = tmp_path / "deaths"
-    monkeypatch.setattr(backends, "backend", lambda name, address=None: DyingRay(marks, deaths=1, retries=2))
+    monkeypatch.setattr(backends, "backend", lambda name, address=None: DyingRay(marks, always=False, retries=2))
     code, on_ray, err = run_cli(competition, capsys, "sweep", "toy", *GRID, "--no-save", "--json",
                                 "--backend", "ray")
     assert code == 0, err
@@ -151,7 +154,7 @@ def test_retries_run_out_one_line_naming_the_configs_and_nothing_written(ray_ins
     assert code == 0, err
     before = files_under(competition)
     monkeypatch.setattr(backends, "backend",
-                        lambda name, address=None: DyingRay(tmp_path / "deaths", deaths=10 ** 6, retries=1))
+                        lambda name, address=None: DyingRay(tmp_path / "deaths", always=True, retries=1))
     code, _, err = run_cli(competition, capsys, "sweep", "toy", *GRID, "--backend", "ray")
     line = assert_one_line_error(code, err, "Ray tasks failed after 1 retries", "lr=0.02", "lr=0.05",
                                  "nothing was saved")
