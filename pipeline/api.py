@@ -12,7 +12,6 @@ Params are keyword arguments named as in ``params.toml`` (``weight_decay``, not
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Callable
 
@@ -90,7 +89,7 @@ class Pipeline:
         ctx = self.context(target, params, device, backend=chosen)
         if "cv" not in {s.name for s in ctx.target.stages}:
             raise UsageError(f"for {target} use `pipeline train {target} --folds K` (it reports the fold scores)")
-        with chosen if isinstance(chosen, backends.Ray) else contextlib.nullcontext():
+        with chosen:
             return self._make(ctx, "cv")
 
     def train(self, target: str, device: str = "auto", **params) -> dict:
@@ -143,7 +142,6 @@ class Pipeline:
         space = parse_ranges(ranges, ctx.target.defaults, tabular_stages.TRAIN_KEYS) if search == "tpe" else None
         if space is None and (ranges or not grid):
             raise UsageError("a grid sweep takes --grid NAME=V1,V2; --range is for --search tpe")
-        with self.workspace.exclusive(self.wait), (chosen if isinstance(chosen, backends.Ray)
-                                                   else contextlib.nullcontext()):
+        with self.workspace.exclusive(self.wait), chosen:
             make.make(ctx, "preprocess", always=False, report=self.announce)
             return self._result(tabular_stages.sweep(ctx, grid, save=save, space=space, trials=trials, batch=batch))

@@ -37,6 +37,12 @@ class Local:
     name = "local"
     workers = 1
 
+    def __enter__(self) -> "Local":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
     def map(self, function: Callable, shared: Any, tasks: list[Task], progress: Progress = Progress()) -> list:
         return [function(shared, *task.args, progress) for task in tasks]
 
@@ -115,8 +121,9 @@ class Ray:
         return results
 
 
-def backend(name: str, address: str | None = None, retries: int = RETRIES) -> Local | Ray:
-    """The backend called ``name``: refused in one line when unknown, or when Ray is not installed."""
+def backend(name: str, address: str | None = None) -> Local | Ray:
+    """The backend called ``name``, to use as a context manager: refused in one line when
+    unknown, or when Ray is not installed."""
     if name not in BACKENDS:
         raise UsageError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
-    return Local() if name == "local" else Ray(address, retries)
+    return Local() if name == "local" else Ray(address)

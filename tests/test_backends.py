@@ -15,6 +15,7 @@ import pytest
 from helpers import assert_one_line_error, files_under, make_competition, run_cli
 from pipeline import backends
 from pipeline.errors import TrainingError
+from pipeline.tabular.trainer import TrainParams
 
 GRID = ["--grid", "lr=0.02,0.05", "--grid", "weight_decay=0,0.1"]
 
@@ -105,6 +106,34 @@ def test_sweep_tasks_split_a_group_over_the_workers_and_keep_groups_apart():
     assert sweep_tasks(configs, workers=1)[1] == [[0, 1, 2, 3, 4], [5]]
 
 
+class SplitLocal(backends.Local):
+    """The local backend as a 3-CPU cluster would split a sweep: tasks of a few configs each."""
+
+    workers = 3
+
+
+def test_a_config_trains_the_same_whatever_it_is_stacked_with(tmp_path):
+    """Two hidden layers, dropout, submodels and configs of different widths: splitting the
+    stack into tasks (as on Ray) changes no config's initial weights, masks or scores."""
+    import torch
+
+    from pipeline.tabular.cv import cross_validate
+    from pipeline.tabular.features import build_features
+    from pipeline.tabular.tables import TableSpec, load_tables
+
+    folder = make_competition(tmp_path / "toy", rows=120)
+    features = build_features(load_tables(folder / "train.csv", folder / "test.csv",
+                                          TableSpec("key", "price", metric="log_rmse")))
+    base = TrainParams(model="mlp", epochs=3, batch_size=32, lr=0.01, submodels=2, log_target=True)
+    configs = [base.with_(hidden=hidden, dropout=dropout) for hidden in ([16, 16], [8, 24])
+               for dropout in (0.1, 0.3)] + [base.with_(hidden=[32, 8], dropout=0.2)]
+    whole = cross_validate(features, configs, folds=3, device=torch.device("cpu"), curves=False)
+    split = cross_validate(features, configs, folds=3, device=torch.device("cpu"), curves=False,
+                           backend=SplitLocal())
+    for ours, theirs in zip(whole.scores, split.scores):
+        assert ours.valid == pytest.approx(theirs.valid, rel=1e-5), ours.params
+
+
 # ----------------------------------------------------------------------------- on Ray
 
 
@@ -182,7 +211,7 @@ def test_a_task_that_raises_is_not_retried_and_keeps_its_message(ray_instance, t
 
 def test_tpe_search_trains_batches_saves_the_best_and_resumes(competition, capsys):
     _required("optuna")
-    search = ["sweep", "toy", "--search", "tpe", "--range", "lr=1e-3..1e-1:log", "--range", "weight_decay=0..0.3",
+    search = ["sweep", "toy", "--search", "tpe", "--range", "lr=1e-3..1e-1:log", "--range", "weight_decay=0.001..0.3",
               "--batch", "3", "--json"]
     code, out, err = run_cli(competition, capsys, *search, "--trials", "6")
     assert code == 0, err

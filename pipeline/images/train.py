@@ -207,7 +207,7 @@ def predict(
             return torch.cat([model(images[i: i + batch_size]).float() for i in range(0, len(images), batch_size)])
         logits = scores(x)
         if tta:
-            logits = (logits.log_softmax(1).exp() + scores(x.flip(-1)).log_softmax(1).exp()).div_(2).log_()
+            logits = (logits.softmax(1) + scores(x.flip(-1)).softmax(1)).div_(2).log_()
     model.train(was_training)
     return logits
 

@@ -20,7 +20,7 @@ from pipeline.tabular.cv import FoldScores, cross_validate
 from pipeline.tabular.features import Features
 from pipeline.tabular.trainer import TrainParams
 
-RANGE = re.compile(r"^\s*([\w-]+)\s*=\s*([^.:]+?)\s*\.\.\s*([^:]+?)\s*(?::\s*(log))?\s*$")
+RANGE = re.compile(r"^\s*([\w-]+)\s*=\s*(\S+?)\s*\.\.\s*([^:\s]+)\s*(?::\s*(log))?\s*$")
 
 
 def _optuna():
@@ -81,7 +81,8 @@ def search(features: Features, base: TrainParams, space: dict, grid: dict, *, tr
     # the study is named without the searched params' current values: `--save` writes the best
     # of them into params.toml, and the next run of the same search must find the same study
     fixed = {k: v for k, v in base.to_dict().items() if k not in space}
-    described = json.dumps({"base": fixed, "space": {k: repr(v) for k, v in sorted(space.items())},
+    table = hashlib.sha1(features.X.cpu().numpy().tobytes()).hexdigest()[:10]  # other features: another study
+    described = json.dumps({"base": fixed, "features": table, "space": {k: repr(v) for k, v in sorted(space.items())},
                             "folds": folds, "split": split, "seed": seed}, sort_keys=True)
     name = f"{target}-{hashlib.sha1(described.encode()).hexdigest()[:10]}"
     storage.parent.mkdir(parents=True, exist_ok=True)

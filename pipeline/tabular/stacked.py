@@ -49,8 +49,9 @@ DERIVATIVES = {
     "elu": lambda z, a: torch.where(z > 0, 1.0, a + 1),
 }
 MODELS = ("linear", "mlp")
-# A generator for every column, or one for all; None: no dropout, and default initialisation.
-Randomness = Union[torch.Generator, Sequence[torch.Generator], None]
+# One generator for all columns; or per column, one generator for its initial weights and one
+# per hidden layer for its dropout masks; None: no dropout, and default initialisation.
+Randomness = Union[torch.Generator, Sequence[Sequence[torch.Generator]], None]
 ACTIVATION_BUDGET = 1 << 22  # elements of one layer's activations computed at once: bounds memory in wide sweeps
 
 
@@ -138,12 +139,12 @@ class StackedModel:
     def _init(self, generator: Randomness):
         """nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases,
         with fan_in the config's own width; padded units stay zero. ``generator`` is one for
-        all columns, or one per column (a config then starts the same in any stack)."""
+        all columns, or per column (its first: a config then starts the same in any stack)."""
         params = self.views()
         for layer in range(len(self.sizes) - 1):
             weight, bias = params[2 * layer], params[2 * layer + 1]
             for c, widths in enumerate(self.hidden):
-                column_generator = generator[c] if isinstance(generator, (list, tuple)) else generator
+                column_generator = generator[c][0] if isinstance(generator, (list, tuple)) else generator
                 fan_in = self.arch.n_in if layer == 0 else widths[layer - 1]
                 fan_out = self.arch.n_out if layer == self.arch.depth else widths[layer]
                 bound = 1.0 / math.sqrt(fan_in)
@@ -208,15 +209,21 @@ class StackedModel:
         if plain:
             z.add_(block.biases[0])
         saved = []
-        for weight, bias in zip(block.weights[1:], block.biases[1:]):
+        for layer, (weight, bias) in enumerate(zip(block.weights[1:], block.biases[1:]), 1):
             z = z.view(Gb * Cb, -1, rows)
             a = act(z)
             keep = None
             if generator is not None and self.use_dropout:
                 rate = self.dropout[block.configs].view(1, -1, 1, 1)
-                if isinstance(generator, (list, tuple)):  # each column's masks from its own generator
-                    draw = torch.stack([torch.rand((Gb, z.shape[1], rows), generator=generator[c], device=z.device)
-                                        for c in range(block.configs.start, block.configs.stop)], 1)
+                if isinstance(generator, (list, tuple)):
+                    # each column's masks from its own generator for this layer, at its own width:
+                    # the numbers a config draws do not depend on the blocks or on the widths of
+                    # the configs it is stacked with (padded units are zero whatever their mask)
+                    draw = torch.ones((Gb, Cb, z.shape[1], rows), device=z.device)
+                    for i, c in enumerate(range(block.configs.start, block.configs.stop)):
+                        width = self.hidden[c][layer - 1]
+                        draw[:, i, :width] = torch.rand((Gb, width, rows), generator=generator[c][layer],
+                                                        device=z.device)
                 else:
                     draw = torch.rand((Gb, Cb, z.shape[1], rows), generator=generator, device=z.device)
                 keep = ((draw >= rate) / (1 - rate)).view_as(z)  # inverted dropout, as nn.Dropout

@@ -315,16 +315,18 @@ def _inner_split(train_rows: list[torch.Tensor], share: float, generator: torch.
 
 
 def column_generators(seed: int, configs: list[TrainParams], config_ids: list[int] | None,
-                      device: torch.device) -> list[torch.Generator]:
-    """One generator per model column, shared by a config's submodels and seeded by the seed and
-    the config's id (its place in a sweep's grid): a config starts from the same weights, and
-    draws the same dropout masks, in whatever stack it trains, so a sweep split into tasks
-    (``--backend ray``) trains every config as the local run does."""
+                      device: torch.device) -> list[list[torch.Generator]]:
+    """Per model column, a generator for its initial weights and one per hidden layer for its
+    dropout masks, seeded by the seed, the config's id (its place in a sweep's grid), the
+    submodel and the layer: a config starts from the same weights, and draws the same masks, in
+    whatever stack it trains, so a sweep split into tasks (``--backend ray``) trains every
+    config as the local run does."""
     ids = range(len(configs)) if config_ids is None else config_ids
     out = []
     for config, config_id in zip(configs, ids):
-        generator = make_generator((int(seed) + 1) * 1_000_003 + int(config_id), device)
-        out += [generator] * config.submodels
+        for submodel in range(config.submodels):
+            base = (((int(seed) + 1) * 1_000_003 + int(config_id)) * 1_009 + submodel) * 101
+            out.append([make_generator((base + layer) % 2 ** 63, device) for layer in range(len(config.widths) + 1)])
     return out
 
 
