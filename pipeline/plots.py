@@ -96,28 +96,32 @@ def learning_curves_png(
     return _save(fig, path)
 
 
-def predictions_png(true, predicted, path: str | Path, label: str, title: str | None = None) -> Path:
-    """Out-of-fold predictions against the truth, and the residuals against the predictions
-    (in the metric's space, e.g. log prices), with the diagonal and zero for reference."""
-    true, predicted = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
+def _two_panels() -> tuple[Figure, object, object]:
     fig = Figure(figsize=(10, 4.2))
-    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    left.scatter(true, predicted, s=6, alpha=0.4)
-    low, high = np.nanmin([true.min(), predicted.min()]), np.nanmax([true.max(), predicted.max()])
-    left.plot([low, high], [low, high], color="C3", linewidth=1)
-    left.set_xlabel(f"true {label}")
-    left.set_ylabel(f"predicted {label}")
-    left.set_title("out-of-fold predictions")
-    right.scatter(predicted, predicted - true, s=6, alpha=0.4)
-    right.axhline(0, color="C3", linewidth=1)
-    right.set_xlabel(f"predicted {label}")
-    right.set_ylabel("residual (predicted - true)")
-    right.set_title("residuals")
-    for ax in (left, right):
+    return fig, fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+
+
+def _save_panels(fig: Figure, axes, title: str | None, path: str | Path) -> Path:
+    for ax in axes:
         ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def predictions_png(true, predicted, path: str | Path, label: str, title: str | None = None) -> Path:
+    """Out-of-fold predictions against the truth, and the residuals against the predictions
+    (in the metric's space, e.g. log prices), with the diagonal and zero for reference."""
+    true, predicted = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
+    fig, left, right = _two_panels()
+    left.scatter(true, predicted, s=6, alpha=0.4)
+    low, high = np.nanmin([true.min(), predicted.min()]), np.nanmax([true.max(), predicted.max()])
+    left.plot([low, high], [low, high], color="C3", linewidth=1)
+    left.set(xlabel=f"true {label}", ylabel=f"predicted {label}", title="out-of-fold predictions")
+    right.scatter(predicted, predicted - true, s=6, alpha=0.4)
+    right.axhline(0, color="C3", linewidth=1)
+    right.set(xlabel=f"predicted {label}", ylabel="residual (predicted - true)", title="residuals")
+    return _save_panels(fig, (left, right), title, path)
 
 
 def roc_png(positive, probability, path: str | Path, title: str | None = None) -> Path:
@@ -127,25 +131,17 @@ def roc_png(positive, probability, path: str | Path, title: str | None = None) -
     from sklearn.metrics import roc_auc_score, roc_curve
 
     positive, probability = np.asarray(positive).astype(int), np.asarray(probability, dtype=float)
-    fig = Figure(figsize=(10, 4.2))
-    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    fig, left, right = _two_panels()
     fpr, tpr, _ = roc_curve(positive, probability)
     left.plot(fpr, tpr)
-    left.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-    left.set_xlabel("false positive rate")
-    left.set_ylabel("true positive rate")
-    left.set_title(f"ROC (AUC {roc_auc_score(positive, probability):.4f})")
+    left.set(xlabel="false positive rate", ylabel="true positive rate",
+             title=f"ROC (AUC {roc_auc_score(positive, probability):.4f})")
     observed, predicted = calibration_curve(positive, probability, n_bins=10, strategy="quantile")
     right.plot(predicted, observed, marker="o")
-    right.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-    right.set_xlabel("predicted probability")
-    right.set_ylabel("observed rate")
-    right.set_title("calibration")
+    right.set(xlabel="predicted probability", ylabel="observed rate", title="calibration")
     for ax in (left, right):
-        ax.grid(True, alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    return _save_panels(fig, (left, right), title, path)
 
 
 def sweep_png(board: Sequence[dict], grid: Sequence[str], path: str | Path, metric: str) -> Path:
