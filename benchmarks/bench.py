@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--skip-recipes", action="store_true",
                         help="Skip the recipes against scikit-learn's defaults (benchmarks/recipes.py, minutes).")
     parser.add_argument("--skip-scale", action="store_true",
-                        help="Skip the Ray and TPE sweeps (benchmarks/scale.py, about 3 minutes).")
+                        help="Skip the Ray and TPE sweeps (benchmarks/scale.py, about 5 minutes).")
     parser.add_argument("--scaling", action="store_true", help="Also time CV on 10k-300k synthetic rows.")
     args = parser.parse_args()
     device = resolve_device(args.device)

@@ -102,7 +102,7 @@ def test_sweep_tasks_split_a_group_over_the_workers_and_keep_groups_apart():
     configs = [TrainParams(lr=lr) for lr in (0.1, 0.2, 0.3, 0.4, 0.5)] + [TrainParams(batch_size=16)]
     tasks, positions = sweep_tasks(configs, workers=2)
     assert positions == [[0, 1, 2], [3, 4], [5]]  # batch size is in the group key: its own stack
-    assert [ids for _, ids in (t.args for t in tasks)] == positions
+    assert [[configs.index(c) for c in task.args[0]] for task in tasks] == positions
     assert sweep_tasks(configs, workers=1)[1] == [[0, 1, 2, 3, 4], [5]]
 
 
@@ -132,6 +132,27 @@ def test_a_config_trains_the_same_whatever_it_is_stacked_with(tmp_path):
                            backend=SplitLocal())
     for ours, theirs in zip(whole.scores, split.scores):
         assert ours.valid == pytest.approx(theirs.valid, rel=1e-5), ours.params
+
+
+
+def test_a_configs_score_does_not_depend_on_its_place_in_the_sweep(tmp_path):
+    """Every config gets the same random draws (as a grid search's one random_state): reordering
+    a sweep, or adding configs to it, leaves each config's fold scores as they were."""
+    import torch
+
+    from pipeline.tabular.cv import cross_validate
+    from pipeline.tabular.features import build_features
+    from pipeline.tabular.tables import TableSpec, load_tables
+
+    folder = make_competition(tmp_path / "toy", rows=120)
+    features = build_features(load_tables(folder / "train.csv", folder / "test.csv",
+                                          TableSpec("key", "price", metric="log_rmse")))
+    base = TrainParams(model="mlp", hidden=[16], epochs=3, batch_size=32, dropout=0.2, log_target=True)
+    a, b, c = base.with_(lr=0.01), base.with_(lr=0.03), base.with_(lr=0.003)
+    first = cross_validate(features, [a, b], folds=3, device=torch.device("cpu"), curves=False).scores
+    later = cross_validate(features, [c, b, a], folds=3, device=torch.device("cpu"), curves=False).scores
+    assert later[2].valid == pytest.approx(first[0].valid, rel=1e-5)
+    assert later[1].valid == pytest.approx(first[1].valid, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- on Ray

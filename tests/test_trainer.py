@@ -134,7 +134,7 @@ def reference_fit(X, y, train_rows, valid_rows, configs, *, metric, n_out=1, see
     generator = make_generator(seed, X.device)
     arch = Architecture(first.model, len(first.widths), first.activation, X.shape[1], n_out)
     init = StackedModel(arch, G, [c.widths for c in columns], [0.0] * len(columns), X.device,
-                        trainer.column_generators(seed, configs, None, X.device)).views()
+                        trainer.column_generators(seed, configs, X.device)).views()
     plan = BatchPlan(train_rows, first.batch_size, X.device)
     total = first.epochs * plan.steps
     nets, optimizers, schedulers = {}, {}, {}

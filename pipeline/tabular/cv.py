@@ -88,24 +88,22 @@ def _shared(features: Features, folds: int, split: str, seed: int, device: torch
     return Shared(features, [tr for tr, _ in splits], [va for _, va in splits], str(device), seed, **options)
 
 
-def configs_task(shared: Shared, configs: list[TrainParams], ids: list[int], progress: Progress) -> list[FoldScores]:
+def configs_task(shared: Shared, configs: list[TrainParams], progress: Progress) -> list[FoldScores]:
     """A sweep's task: configs that share one stacked model, trained on every fold at once."""
     data, train_rows, valid_rows = shared.data()
     step = progress.step(f"{len(configs)} {configs[0].model} configs", configs[0].epochs, "epoch",
                          data.metric.higher_is_better)
     result = fit(data.X, data.y, train_rows, configs, metric=data.metric.name, valid_rows=valid_rows,
-                 n_out=data.n_out, seed=shared.seed, curves=shared.curves, config_ids=ids,
+                 n_out=data.n_out, seed=shared.seed, curves=shared.curves,
                  on_epoch=lambda epoch, epochs, curves: step.advance(1, curves))
     step.close()
     return [_config_scores(result, column) for column in range(len(configs))]
 
 
-def sweep_tasks(configs: list[TrainParams], workers: int,
-                config_ids: list[int] | None = None) -> tuple[list[Task], list[list[int]]]:
+def sweep_tasks(configs: list[TrainParams], workers: int) -> tuple[list[Task], list[list[int]]]:
     """Configs that can share a stacked model (same group key), split into at most ``workers``
     tasks each: one stacked model per group in this process, a group spread over a cluster.
     Also each task's positions in ``configs``."""
-    ids = list(range(len(configs))) if config_ids is None else list(config_ids)
     by_key: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
         by_key.setdefault(config.group_key(), []).append(i)
@@ -116,7 +114,7 @@ def sweep_tasks(configs: list[TrainParams], workers: int,
             chunk = indices[start:start + size]
             label = ", ".join(_describe(configs[i]) for i in chunk[:3]) + (f" and {len(chunk) - 3} more"
                                                                          if len(chunk) > 3 else "")
-            tasks.append(Task(label, ([configs[i] for i in chunk], [ids[i] for i in chunk])))
+            tasks.append(Task(label, ([configs[i] for i in chunk],)))
             positions.append(chunk)
     return tasks, positions
 
@@ -130,18 +128,16 @@ def _describe(config: TrainParams) -> str:
 
 def cross_validate(features: Features, configs: list[TrainParams], *, folds: int = 5,
                    split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
-                   curves: bool = True, progress: Progress = Progress(), backend=None,
-                   config_ids: list[int] | None = None) -> CVResult:
+                   curves: bool = True, progress: Progress = Progress(), backend=None) -> CVResult:
     """K-fold CV of every config of a grid; configs sharing a group key train as one stacked
     model, or, on a cluster, as a few (each config trains the same in any stack: see
-    :func:`pipeline.tabular.trainer.column_generators`). ``config_ids`` name the configs
-    (default: their places in ``configs``)."""
+    :func:`pipeline.tabular.trainer.column_generators`)."""
     started = time.perf_counter()
     backend = backend or Local()
     data = TrainingSet(features, device)
     configs = [c.with_(log_target=data.learns_in_log(c.log_target)) for c in configs]
     shared = _shared(features, folds, split, seed, device, curves=curves)
-    tasks, positions = sweep_tasks(configs, backend.workers, config_ids)
+    tasks, positions = sweep_tasks(configs, backend.workers)
     scores: list[FoldScores | None] = [None] * len(configs)
     for chunk, results in zip(positions, backend.map(configs_task, shared, tasks, progress)):
         for i, score in zip(chunk, results):

@@ -96,8 +96,7 @@ def search(features: Features, base: TrainParams, space: dict, grid: dict, *, tr
         configs = [base.with_(**{k: _param(k, v) for k, v in t.params.items()}) for t in asked]
         try:
             result = cross_validate(features, configs, folds=folds, split=split, seed=seed, device=device,
-                                    curves=False, progress=progress, backend=backend,
-                                    config_ids=[t.number for t in asked])
+                                    curves=False, progress=progress, backend=backend)
         except BaseException:
             for t in asked:
                 study.tell(t, state=optuna.trial.TrialState.FAIL)
