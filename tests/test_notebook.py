@@ -25,8 +25,8 @@ def test_the_readmes_notebook_session_runs_as_written(shared_datasets, tmp_path,
         exec(compile(block, "README.md", "exec"), namespace)
     report = namespace["report"]
     assert isinstance(report, RunReport) and report["target"] == "house" and report["params"]["model"] == "mlp"
-    score, budget = printed.getvalue().split()
-    assert float(score) == report["mean_valid"] < 0.13 and 1 <= float(budget) <= 30
+    score, epochs = printed.getvalue().split()
+    assert float(score) == report["mean_valid"] < 0.13 and int(epochs) == report["params"]["epochs"] == 30
     page = report._repr_html_()
     assert page.count("<table>") >= 2 and page.count("data:image/png;base64,") == 2  # curves, predictions
     runs = pipeline.runs(target="house")
