@@ -106,7 +106,7 @@ class Ray:
             try:
                 results[i] = ray.get(done[0])
             except ray.exceptions.RayTaskError as exc:  # the task itself raised: a bad param, a bug
-                cause = exc.cause if hasattr(exc, "cause") else None
+                cause = getattr(exc, "cause", None)
                 if isinstance(cause, PipelineError):
                     raise cause from None
                 raise

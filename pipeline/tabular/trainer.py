@@ -328,6 +328,7 @@ def column_generators(seed: int, configs: list[TrainParams], device: torch.devic
     out = []
     for config in configs:
         for submodel in range(config.submodels):
+            # the seeds config 0 had when configs were seeded by place: a lone model's figures stand
             base = ((int(seed) + 1) * 1_000_003 * 1_009 + submodel) * 101
             out.append([make_generator((base + layer) % 2 ** 63, device) for layer in range(len(config.widths) + 1)])
     return out
