@@ -8,6 +8,7 @@ Import them with ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.pa
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.server
 import importlib
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline import make
 from pipeline.cli import main
@@ -33,6 +35,20 @@ from pipeline.workspace import Workspace, write_json
 
 def sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
+
+
+def write_idx(path: str | Path, tensor: torch.Tensor) -> Path:
+    """Write a 1-D (labels) or 3-D (images) uint8 tensor as IDX, gzipped when ``path`` ends in .gz."""
+    magic = {1: 0x00000801, 3: 0x00000803}.get(tensor.dim())
+    if magic is None or tensor.dtype != torch.uint8:
+        raise ValueError(f"write_idx needs a 1-D or 3-D uint8 tensor, got {tensor.dim()}-D {tensor.dtype}")
+    payload = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in tensor.shape)
+    payload += tensor.contiguous().cpu().numpy().tobytes()
+    if str(path).endswith(".gz"):
+        payload = gzip.compress(payload, mtime=0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(payload)
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- competitions

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.images.models import MODELS, Head, ResNet, build_classifier
-from pipeline.images.train import DEFAULTS, class_scores, evaluate, fit_classifier, predict
-from pipeline.errors import TrainingError, UsageError
+from pipeline.images.train import DEFAULTS, TrainingParams, class_scores, classifier_params, evaluate, \
+    fit_classifier, predict
+from pipeline.errors import ParamError, TrainingError, UsageError
 from pipeline.images.data import CLASS_NAMES, read_idx
 from pipeline.plots import confusion_matrix_png, learning_curves_png, prediction_grid_png
 
@@ -96,6 +97,54 @@ def test_unknown_names_are_usage_errors():
         fit_classifier("mlp", {"compile": "cuda-graphs"}, x, y, device=CPU)
 
 
+def test_each_classifier_declares_its_own_params():
+    """DEFAULTS is every classifier's training params then its architecture's, and its
+    architecture's defaults are what build_classifier builds."""
+    for name, arch in MODELS.items():
+        resolved = classifier_params(name)
+        assert resolved.architecture == arch.defaults and isinstance(resolved.training, TrainingParams)
+        assert list(DEFAULTS[name]) == [*TrainingParams.__dataclass_fields__, *arch.defaults]
+    assert {name: set(arch.defaults) for name, arch in MODELS.items()} == {
+        "softmax": set(), "mlp": {"hidden", "dropout"}, "lenet": set(), "cnn": {"channels"}, "resnet": {"blocks"}}
+    convs = [m for m in build_classifier("cnn") if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64, 64, 128, 128]  # DEFAULTS["cnn"]["channels"]
+    resolved = classifier_params("cnn", {"channels": [4, 8], "epochs": 2.0, "lr": 1})
+    assert resolved.architecture == {"channels": [4, 8]}
+    assert (resolved.training.epochs, resolved.training.lr, resolved.training.batch_size) == (2, 1.0, 256)
+    assert type(resolved.training.epochs) is int and type(resolved.training.lr) is float
+
+
+def test_an_unknown_param_names_itself_and_the_known_ones():
+    with pytest.raises(UsageError, match="classifier 'cnn' has no parameter hidden; valid: .*batch_size.*channels"):
+        classifier_params("cnn", {"hidden": 64})
+    with pytest.raises(ParamError, match="model = 'vit': not one of softmax, mlp, lenet, cnn, resnet"):
+        classifier_params("vit")
+
+
+@pytest.mark.parametrize("param, value, why", [
+    ("epochs", 0, "at least 1"), ("epochs", "ten", "a whole number"), ("batch_size", 0, "at least 1"),
+    ("optimizer", "rmsprop", "not one of sgd, adam, adamw"), ("lr", 0, "positive"), ("lr", float("nan"), "positive"),
+    ("momentum", -0.1, "at least 0"), ("weight_decay", -1e-4, "at least 0"),
+    ("schedule", "step", "not one of none, cosine, onecycle"), ("augment", "yes", "true or false"),
+    ("crop_pad", -1, "at least 0"), ("label_smoothing", 1.5, r"in \[0, 1\]"), ("amp", "no", "true or false"),
+])
+def test_a_bad_training_param_is_a_param_error(param, value, why):
+    with pytest.raises(ParamError, match=why) as caught:
+        classifier_params("mlp", {param: value})
+    assert caught.value.param == param and str(caught.value).startswith(f"{param} = ")
+
+
+@pytest.mark.parametrize("name, params, param", [
+    ("mlp", {"hidden": 0}, "hidden"), ("mlp", {"hidden": [256, 128]}, "hidden"), ("mlp", {"dropout": 1.0}, "dropout"),
+    ("cnn", {"channels": []}, "channels"), ("cnn", {"channels": [4, [8, 0]]}, "channels"),
+    ("resnet", {"blocks": [2, 2, 2]}, "blocks"),
+])
+def test_a_bad_architecture_param_is_a_param_error(name, params, param):
+    with pytest.raises(ParamError) as caught:
+        build_classifier(name, **params)
+    assert caught.value.param == param and caught.value.value == params[param]
+
+
 @pytest.mark.parametrize("name", ["softmax", "mlp"])
 def test_short_real_run_beats_chance(real, name):
     train_x, train_y, test_x, test_y = real
@@ -152,7 +201,7 @@ def test_convnet_trains_on_an_odd_subset(name, params):
 def test_divergence_is_a_training_error(name):
     x, y = _synthetic(200)
     params = {"epochs": 3, "lr": float("inf"), "optimizer": "sgd", "batch_size": 20}
-    with pytest.raises(TrainingError, match="non-finite.*epoch 1"):
+    with pytest.raises(TrainingError, match=r"non-finite.*epoch 1; lower lr \(now inf\)"):
         fit_classifier(name, params, x, y, device=CPU)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,10 +17,12 @@ from helpers import assert_edits_make_exactly_their_stages_stale, assert_one_lin
 from pipeline import checkpoints, make
 from pipeline.api import Pipeline
 from pipeline.cli import main
-from pipeline.errors import DataError
+from pipeline.errors import DataError, UsageError
+from pipeline.images import stages
 from pipeline.images.models import build_classifier
 from pipeline.images.stages import CHECKPOINT_FORMAT, load_classifier
-from pipeline.images.train import DEFAULTS
+from pipeline.images.train import DEFAULTS, classifier_params
+from pipeline.targets import FASHION
 
 CPU = torch.device("cpu")
 FLAGS = ("--model", "softmax", "--epochs", "1")
@@ -78,6 +81,16 @@ def test_train_report_has_learning_curves_and_status_is_clean(trained, capsys):
     assert cli(*base, "status", "fashion", *FLAGS) == 0
     rows = table_rows(capsys.readouterr().out)
     assert rows == {stage: "up to date" for stage in ("download", "preprocess", "train", "evaluate", "submit")}
+    _, state = load_classifier(ws / "models" / "fashion-softmax.pt", CPU)
+    assert state["params"] == {**DEFAULTS["softmax"], "epochs": 1}  # every classifier param, none of the target's
+
+
+def test_train_hands_the_classifier_every_param_but_the_targets_own():
+    """The target's params (those it has defaults for) are not the classifier's; any other is,
+    and one the classifier does not take is refused before any data is read."""
+    ctx = SimpleNamespace(target=FASHION, params={**FASHION.defaults, "model": "cnn", "hidden": 64})
+    with pytest.raises(UsageError, match="classifier 'cnn' has no parameter hidden; valid: "):
+        stages.train(ctx)
 
 
 def test_k_folds_score_each_fold(trained, capsys):
@@ -138,18 +151,21 @@ def test_editing_code_makes_each_fashion_stage_stale(trained, monkeypatch, tmp_p
 
 def _checkpoint(path, model: str, state_dict: dict, **params):
     return checkpoints.save(path, CHECKPOINT_FORMAT, {
-        "model": model, "params": {**DEFAULTS[model], **params}, "state_dict": state_dict, "classes": list(range(10))})
+        "model": model, "params": classifier_params(model, params).to_dict(), "state_dict": state_dict,
+        "classes": list(range(10))})
 
 
-def test_load_classifier_round_trip(tmp_path):
-    """The control for the refusals below: a well-formed checkpoint loads, in eval mode."""
+@pytest.mark.parametrize("name, params", [("mlp", {"hidden": 32}), ("cnn", {"channels": [4, [8, 8]]})])
+def test_load_classifier_round_trip(tmp_path, name, params):
+    """The control for the refusals below: a well-formed checkpoint loads, in eval mode, with the
+    architecture its params record."""
     torch.manual_seed(0)
-    mlp = build_classifier("mlp", hidden=32)
-    path = _checkpoint(tmp_path / "fashion-mlp.pt", "mlp", mlp.state_dict(), hidden=32)
+    built = build_classifier(name, **params)
+    path = _checkpoint(tmp_path / f"fashion-{name}.pt", name, built.state_dict(), **params)
     model, state = load_classifier(path, CPU)
-    assert not model.training and state["model"] == "mlp"
+    assert not model.training and state["model"] == name
     x = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
-    torch.testing.assert_close(model(x), mlp.eval()(x))
+    torch.testing.assert_close(model(x), built.eval()(x))
 
 
 @pytest.mark.parametrize("kind, needles", [

@@ -8,10 +8,11 @@ import shutil
 import pytest
 import torch
 
+from helpers import write_idx
 from pipeline.images import data as images
 from pipeline.devices import make_generator
 from pipeline.errors import DataError
-from pipeline.images.data import CLASS_NAMES, augment, load_fashion, raw_files, read_idx, write_idx
+from pipeline.images.data import CLASS_NAMES, augment, load_fashion, raw_files, read_idx
 
 CPU = torch.device("cpu")
 

@@ -70,20 +70,6 @@ def read_idx(path: str | Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=header).reshape(dims)
 
 
-def write_idx(path: str | Path, tensor: torch.Tensor) -> Path:
-    """Write a 1-D (labels) or 3-D (images) uint8 tensor as IDX, gzipped when ``path`` ends in .gz."""
-    magic = {rank: magic for magic, rank in _RANK_BY_MAGIC.items()}.get(tensor.dim())
-    if magic is None or tensor.dtype != torch.uint8:
-        raise ValueError(f"write_idx needs a 1-D or 3-D uint8 tensor, got {tensor.dim()}-D {tensor.dtype}")
-    payload = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in tensor.shape)
-    payload += tensor.contiguous().cpu().numpy().tobytes()
-    if str(path).endswith(".gz"):
-        payload = gzip.compress(payload, mtime=0)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
-    return Path(path)
-
-
 @dataclass(frozen=True)
 class FashionData:
     """The four Fashion-MNIST tensors on the CPU: images (N, 28, 28) uint8, labels (N,) uint8."""

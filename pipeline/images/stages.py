@@ -15,17 +15,14 @@ import torch
 
 from pipeline import checkpoints, plots, reports
 from pipeline.devices import resolve_device
-from pipeline.errors import ParamError
 from pipeline.folds import fold_rows
 from pipeline.images.data import CACHE_NAME, CLASS_NAMES, load_fashion
-from pipeline.images.models import build_classifier
-from pipeline.images.train import DEFAULTS, evaluate as evaluate_model, fit_classifier, predict
-from pipeline.make import Context, Stage, plain
+from pipeline.images.models import architecture
+from pipeline.images.train import classifier_params, evaluate as evaluate_model, fit_classifier, predict
+from pipeline.make import Context, Stage, every_param, keys, plain
 from pipeline.submissions import write_copies
 
 CHECKPOINT_FORMAT = "pipeline.classifier/1"
-TARGET_KEYS = ("model", "valid_fraction", "folds", "seed", "tta")  # the target's own params, not the classifier's
-ARCHITECTURE_KEYS = ("hidden", "dropout", "channels", "blocks")
 
 
 def _model_path(ctx: Context) -> Path:
@@ -43,29 +40,18 @@ def preprocess(ctx: Context) -> tuple[list[Path], dict]:
                                                                   "test": len(data.test_labels)}
 
 
-def classifier_params(params: dict) -> dict:
-    """The classifier's own params: everything but the target-level keys."""
-    return {k: v for k, v in params.items() if k not in TARGET_KEYS}
-
-
 def train(ctx: Context) -> tuple[list[Path], dict]:
+    name, seed = ctx.params["model"], int(ctx.params["seed"])
+    # the target's own params are those it has defaults for; the classifier takes (and checks) the rest
+    own = {k: v for k, v in ctx.params.items() if k not in ctx.target.defaults}
+    resolved = classifier_params(name, own)
     data = load_fashion(ctx.workspace.data)
     device = resolve_device(ctx.device)
-    name, seed = ctx.params["model"], int(ctx.params["seed"])
-    if name not in DEFAULTS:
-        raise ParamError("model", name, f"not one of {', '.join(DEFAULTS)} for {ctx.target.name}")
     x, y = data.train_images, data.train_labels.long()
-    generator = torch.Generator().manual_seed(seed)
     folds = int(ctx.params["folds"])
-    if folds >= 2:
-        splits = fold_rows(y, folds, "shuffled", seed, stratify=True)
-    else:
-        order = torch.randperm(len(y), generator=generator)
-        n_valid = int(round(len(y) * float(ctx.params["valid_fraction"])))
-        splits = [(order[n_valid:], order[:n_valid])]
+    splits = _splits(ctx, y)
     started = time.perf_counter()
     histories, scores, model = [], [], None
-    own = classifier_params(ctx.params)
     for i, (tr, va) in enumerate(splits):
         model, history = fit_classifier(name, own, x[tr], y[tr], x[va] if len(va) else None,
                                         y[va] if len(va) else None, device=device, seed=seed + i,
@@ -78,8 +64,26 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
         model, _ = fit_classifier(name, own, x, y, device=device, seed=seed,
                                   progress=ctx.progress(f"train {ctx.target.name} on every row"))
     path = checkpoints.save(_model_path(ctx), CHECKPOINT_FORMAT, {
-        "model": name, "params": {**DEFAULTS[name], **own},
+        "model": name, "params": resolved.to_dict(),
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "classes": list(CLASS_NAMES)})
+    paths, report = _train_report(ctx, histories, scores, started, device)
+    return [path, *paths], report
+
+
+def _splits(ctx: Context, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (train, valid) rows of each fold, or of the one held-out split when folds < 2."""
+    seed, folds = int(ctx.params["seed"]), int(ctx.params["folds"])
+    if folds >= 2:
+        return fold_rows(y, folds, "shuffled", seed, stratify=True)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_valid = int(round(len(y) * float(ctx.params["valid_fraction"])))
+    return [(order[n_valid:], order[:n_valid])]
+
+
+def _train_report(ctx: Context, histories: list, scores: list, started: float,
+                  device: torch.device) -> tuple[list[Path], dict]:
+    """The train run's report, with each fold's learning curves."""
+    name, folds = ctx.params["model"], int(ctx.params["folds"])
     run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "train")
     plot = plots.learning_curves_png(
         [{"label": f"fold {i + 1}" if folds >= 2 else name,
@@ -96,7 +100,7 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
         report.update(mean_valid=float(np.mean(scores)), std_valid=float(np.std(scores)),
                       valid_accuracy=float(np.mean(scores)))
     reports.save_report(run_dir, report, ctx.workspace)
-    return [path, run_dir / "report.json", plot], report
+    return [run_dir / "report.json", plot], report
 
 
 def load_classifier(path: Path, device: torch.device):
@@ -104,8 +108,8 @@ def load_classifier(path: Path, device: torch.device):
     remake = f"pipeline train fashion --model {path.stem.split('-')[-1]}"
     state = checkpoints.load(path, CHECKPOINT_FORMAT, "classifier", remake)
     with checkpoints.restoring(path, remake):
-        own = {k: v for k, v in state["params"].items() if k in ARCHITECTURE_KEYS}
-        model = build_classifier(state["model"], **own)
+        arch = architecture(state["model"])
+        model = arch.build(arch.own(state["params"]))
         model.load_state_dict(state["state_dict"])
     return model.to(device).eval(), state
 
@@ -149,10 +153,10 @@ def submit(ctx: Context) -> tuple[list[Path], dict]:
 _CODE = ("pipeline.images.models", "pipeline.images.train", "pipeline.images.data", "pipeline.checkpoints",
          "pipeline.devices")
 STAGES = (
-    Stage("download", (), (), ("pipeline.hub", "pipeline.targets"), download),
-    Stage("preprocess", ("download",), (), ("pipeline.images.data",), preprocess),
-    Stage("train", ("preprocess",), ("*",), _CODE + ("pipeline.folds", "pipeline.plots", "pipeline.reports"), train,
-          besides=("tta",)),
-    Stage("evaluate", ("train",), ("model", "tta"), _CODE + ("pipeline.plots", "pipeline.reports"), evaluate),
-    Stage("submit", ("train",), ("model", "tta"), _CODE + ("pipeline.submissions",), submit),
+    Stage("download", (), keys(), ("pipeline.hub", "pipeline.targets"), download),
+    Stage("preprocess", ("download",), keys(), ("pipeline.images.data",), preprocess),
+    Stage("train", ("preprocess",), every_param(besides=("tta",)),
+          _CODE + ("pipeline.folds", "pipeline.plots", "pipeline.reports"), train),
+    Stage("evaluate", ("train",), keys("model", "tta"), _CODE + ("pipeline.plots", "pipeline.reports"), evaluate),
+    Stage("submit", ("train",), keys("model", "tta"), _CODE + ("pipeline.submissions",), submit),
 )

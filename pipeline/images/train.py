@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -18,39 +20,104 @@ from torch import nn
 from pipeline.devices import make_generator, one_cpu_thread, resolve_device
 from pipeline.errors import ParamError, TrainingError, UsageError
 from pipeline.images.data import augment
-from pipeline.images.models import CONVNETS, MODELS, NUM_CLASSES, build_classifier
-from pipeline.progress import Progress
+from pipeline.images.models import MODELS, NUM_CLASSES, architecture, refuse_unknown
+from pipeline.progress import Progress, Step
 
 # Models with fewer parameters train on one CPU thread: measured on 2 cores, softmax regression
 # (8k) is faster and steadier on one, the mlp (200k) and the convnets twice as fast on two.
 SMALL_MODEL = 50_000
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle")
+# torch.compile's modes; "reduce-overhead" replays CUDA graphs on a GPU, which takes the
+# per-kernel launch cost out of the small models' steps
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+_COMPILE = (False, True, "false", "true", "none", *COMPILE_MODES)
 
-_TRAINING = {
-    "epochs": 10, "batch_size": 128, "optimizer": "adamw", "lr": 2e-3, "momentum": 0.9,
-    "weight_decay": 0.05, "schedule": "onecycle", "augment": False, "crop_pad": 2,
-    "label_smoothing": 0.0, "amp": True, "compile": False,
+
+@dataclass(frozen=True)
+class TrainingParams:
+    """How a classifier trains, whatever its architecture; a bad value is a :class:`ParamError`.
+    Numbers are coerced (``epochs = 2.0`` is 2), as the command line and TOML may give either."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    momentum: float = 0.9  # sgd's only
+    weight_decay: float = 0.05
+    schedule: str = "onecycle"
+    augment: bool = False  # random crops and flips on the device
+    crop_pad: int = 2  # the crops' zero padding: 0 flips only
+    label_smoothing: float = 0.0
+    amp: bool = True  # bf16 autocast, for convnets on CUDA
+    compile: bool | str = False  # or one of COMPILE_MODES
+
+    def __post_init__(self):
+        for name, kind in (("epochs", int), ("batch_size", int), ("crop_pad", int), ("lr", float),
+                           ("momentum", float), ("weight_decay", float), ("label_smoothing", float)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind(value))
+            except (TypeError, ValueError, OverflowError):
+                raise ParamError(name, value, f"expected {'a whole' if kind is int else 'a'} number") from None
+        for name, ok, why in (
+            ("epochs", self.epochs >= 1, "expected at least 1"),
+            ("batch_size", self.batch_size >= 1, "expected at least 1"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"not one of {', '.join(OPTIMIZERS)}"),
+            ("lr", self.lr > 0, "expected a positive learning rate"),
+            ("momentum", self.momentum >= 0, "expected at least 0"),
+            ("weight_decay", self.weight_decay >= 0, "expected at least 0"),
+            ("schedule", self.schedule in SCHEDULES, f"not one of {', '.join(SCHEDULES)}"),
+            ("augment", self.augment in (True, False), "expected true or false"),
+            ("crop_pad", self.crop_pad >= 0, "expected at least 0"),
+            ("label_smoothing", 0 <= self.label_smoothing <= 1, "expected a value in [0, 1]"),
+            ("amp", self.amp in (True, False), "expected true or false"),
+            ("compile", self.compile in _COMPILE, f"not one of false, true, {', '.join(COMPILE_MODES)}"),
+        ):
+            if not ok:
+                raise ParamError(name, getattr(self, name), why)
+
+
+# Each classifier's training, measured on the full data: AdamW with a one-cycle schedule reaches
+# the target test accuracies (softmax 0.84, mlp 0.88, lenet 0.89) in 10 epochs, where
+# constant-rate Adam or SGD fell short. For the cnn (its widths' measurements are beside it in
+# pipeline.images.models), flips help but crops (crop_pad 1 or 2) cost accuracy within 10 epochs,
+# and label smoothing helps a little. The resnet follows the cnn, with crops, which pay over
+# longer training.
+RECIPES: dict[str, TrainingParams] = {
+    "softmax": TrainingParams(batch_size=1024, lr=4e-2, weight_decay=0.1),
+    "mlp": TrainingParams(),
+    "lenet": TrainingParams(lr=3e-3),
+    "cnn": TrainingParams(epochs=12, batch_size=256, lr=4e-3, augment=True, crop_pad=0, label_smoothing=0.1),
+    "resnet": TrainingParams(epochs=20, batch_size=512, lr=4e-3, augment=True, crop_pad=2, label_smoothing=0.1),
 }
-# Training keys plus each model's own keyword arguments, measured on the full data: AdamW with a
-# one-cycle schedule reaches the target test accuracies (softmax 0.84, mlp 0.88, lenet 0.89)
-# in 10 epochs, where constant-rate Adam or SGD fell short. For the cnn, flips help but crops
-# (crop_pad 1 or 2) cost accuracy within 10 epochs, and label smoothing helps a little. Its
-# widths were measured on 2 CPU cores (`pipeline train` then `evaluate`, 54k training images):
-# one conv per stage [16, 32, 64, 128] gave 0.9259 in 10 epochs (117 s) and 0.9276 in 16
-# (185 s); a second conv in the two coarse stages, which costs little at 7x7 and 3x3 pixels,
-# gave 0.9307 in 12 (167 s), ahead of a second conv in the fine stages (0.9294 in 10, 205 s).
-DEFAULTS: dict[str, dict] = {
-    "softmax": {**_TRAINING, "batch_size": 1024, "lr": 4e-2, "weight_decay": 0.1},
-    "mlp": {**_TRAINING, "hidden": 256, "dropout": 0.0},
-    "lenet": {**_TRAINING, "lr": 3e-3},
-    "cnn": {**_TRAINING, "channels": [16, 32, [64, 64], [128, 128]], "epochs": 12, "batch_size": 256, "lr": 4e-3,
-            "augment": True, "crop_pad": 0, "label_smoothing": 0.1},
-    # ResNet-18 is a GPU model (about 0.45 GFLOP an image, some 15 minutes an epoch on 2 CPU
-    # cores); its recipe follows the cnn's, with crops, which pay over longer training
-    "resnet": {**_TRAINING, "blocks": [2, 2, 2, 2], "epochs": 20, "batch_size": 512, "lr": 4e-3,
-               "augment": True, "crop_pad": 2, "label_smoothing": 0.1},
-}
+_TRAINING_KEYS = tuple(f.name for f in fields(TrainingParams))
+
+
+@dataclass(frozen=True)
+class ClassifierParams:
+    """One classifier's resolved params: every param of its architecture, and its training."""
+
+    model: str
+    architecture: dict
+    training: TrainingParams
+
+    def to_dict(self) -> dict:
+        """Flat, as :data:`DEFAULTS` and a checkpoint hold them."""
+        return {**asdict(self.training), **self.architecture}
+
+
+def classifier_params(model: str, params: dict | None = None) -> ClassifierParams:
+    """``model``'s defaults updated by ``params``; an unknown key or a bad value is refused."""
+    arch = architecture(model)
+    params = params or {}
+    refuse_unknown(model, params, (*_TRAINING_KEYS, *arch.defaults))
+    training = replace(RECIPES[model], **{k: v for k, v in params.items() if k in _TRAINING_KEYS})
+    return ClassifierParams(model, {**arch.defaults, **arch.own(params)}, training)
+
+
+# Every classifier's params with their defaults, flat: what a checkpoint records
+DEFAULTS: dict[str, dict] = {name: classifier_params(name).to_dict() for name in MODELS}
 
 
 def class_scores(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
@@ -84,110 +151,132 @@ def fit_classifier(
     the same device gives the same model. Each epoch advances a step of ``progress``, with its
     train and valid cross-entropy.
     """
-    if model_name not in DEFAULTS:
-        raise ParamError("model", model_name, f"not one of {', '.join(MODELS)}")
-    p = {**DEFAULTS[model_name], **(params or {})}
-    for key, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-        if p[key] not in choices:
-            raise ParamError(key, p[key], f"not one of {', '.join(choices)}")
+    p = classifier_params(model_name, params)
     device = resolve_device(device) if isinstance(device, str) else device
-    n, bs, epochs = len(train_x), int(p["batch_size"]), int(p["epochs"])
-    if n < 2:
-        raise UsageError(f"fit_classifier needs at least 2 training images, got {n}")
-    seen = n - 1 if n % bs == 1 else n  # BatchNorm cannot train on a final batch of one sample
-    steps = math.ceil(seen / bs)
-
+    if len(train_x) < 2:
+        raise UsageError(f"fit_classifier needs at least 2 training images, got {len(train_x)}")
     x, y = train_x.to(device), train_y.to(device, torch.long)
     valid = None if valid_x is None else (valid_x.to(device), valid_y.to(device, torch.long))
-    conv = model_name in CONVNETS
-    generator = make_generator(seed, device)
+    generator = make_generator(seed, device)  # the batches' order and augmentation
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # weight init and dropout, without disturbing the caller's RNG
-        arch = {k: v for k, v in p.items() if k not in _TRAINING}
-        model = build_classifier(model_name, _TRAINING, **arch).to(device)
-        if conv:
-            model = model.to(memory_format=torch.channels_last)  # faster convs on CPU (oneDNN) and GPU
-        forward = _compiled(model, p["compile"])
-        optimizer = _optimizer(model, p)
-        schedule = _schedule(optimizer, p, epochs * steps)
-        use_amp = bool(p["amp"]) and conv and device.type == "cuda"
-        autocast = torch.autocast(device.type, torch.bfloat16, enabled=use_amp)
-
-        history = []
-        small = sum(w.numel() for w in model.parameters()) < SMALL_MODEL
+        run = _setup(p, len(x), device)
+        small = sum(w.numel() for w in run.model.parameters()) < SMALL_MODEL
         with one_cpu_thread(device, enabled=small):
-            step = progress.step(model_name, epochs, "epoch")
-            for epoch in range(1, epochs + 1):
-                start = time.perf_counter()
-                model.train()
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), device=device, dtype=torch.long)
-                order = torch.randperm(n, device=device, generator=generator)
-                for first in range(0, seen, bs):
-                    idx = order[first: first + bs]
-                    # index_select, not x[idx]: advanced indexing is ~20x slower on CPU for uint8 rows
-                    xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-                    if p["augment"]:
-                        xb = augment(xb, generator, pad=int(p["crop_pad"]))
-                    with autocast:
-                        logits = forward(xb)
-                    loss, hits = class_scores(logits, yb, float(p["label_smoothing"]))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    if schedule is not None:
-                        schedule.step()
-                    loss_sum.add_(loss.detach(), alpha=len(idx))
-                    correct += hits
-                stats = [loss_sum / seen, correct / seen]
-                if valid is not None:
-                    stats += _scores(model, *valid)
-                stats = torch.stack([s.float() for s in stats]).tolist()  # the epoch's one device sync
-                if not math.isfinite(stats[0]):
-                    raise TrainingError(
-                        f"{model_name}: training loss became non-finite ({stats[0]}) in epoch {epoch}; "
-                        f"lower lr (now {p['lr']})"
-                    )
-                row = {"epoch": epoch, "train_loss": stats[0], "train_accuracy": stats[1],
-                       "valid_loss": stats[2] if valid else None, "valid_accuracy": stats[3] if valid else None,
-                       "seconds": time.perf_counter() - start}
-                history.append(row)
-                step.advance(1, lambda row=row: {name: np.array([[row[f"{name}_loss"]]]) for name in ("train", "valid")
-                                                 if row[f"{name}_loss"] is not None})
-            step.close()
-    return model.eval(), history
+            history = _epochs(run, x, y, valid, generator, progress.step(model_name, p.training.epochs, "epoch"))
+    return run.model.eval(), history
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+@dataclass(frozen=True)
+class _Run:
+    """A training run's model and what steps it."""
+
+    name: str
+    model: nn.Module
+    forward: nn.Module  # the model, compiled or not
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler | None
+    autocast: torch.autocast
+    training: TrainingParams
+    device: torch.device
+    seen: int  # the images an epoch trains on
+
+
+def _setup(p: ClassifierParams, n: int, device: torch.device) -> _Run:
+    """The model (weights from torch's global RNG), its optimizer, schedule and autocast for ``n`` images."""
+    t, arch = p.training, architecture(p.model)
+    seen = n - 1 if n % t.batch_size == 1 else n  # BatchNorm cannot train on a final batch of one sample
+    model = arch.build(p.architecture).to(device)
+    if arch.convnet:
+        model = model.to(memory_format=torch.channels_last)  # faster convs on CPU (oneDNN) and GPU
+    forward = _compiled(model, t.compile)
+    optimizer = _optimizer(model, t)
+    schedule = _schedule(optimizer, t, t.epochs * math.ceil(seen / t.batch_size))
+    use_amp = bool(t.amp) and arch.convnet and device.type == "cuda"
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=use_amp)
+    return _Run(p.model, model, forward, optimizer, schedule, autocast, t, device, seen)
+
+
+def _epochs(run: _Run, x: torch.Tensor, y: torch.Tensor, valid: tuple | None, generator: torch.Generator,
+            step: Step) -> list[dict]:
+    """Every epoch of ``run``, a history row each; ``step`` advances an epoch at a time."""
+    history = []
+    for epoch in range(1, run.training.epochs + 1):
+        start = time.perf_counter()
+        stats = _train_epoch(run, x, y, generator)
+        if valid is not None:
+            stats += _scores(run.model, *valid)
+        history.append(_history_row(run, epoch, stats, start))
+        step.advance(1, partial(_curves, history[-1]))
+    step.close()
+    return history
+
+
+def _train_epoch(run: _Run, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    """One pass over a fresh permutation: the mean loss and accuracy, as device tensors (no sync)."""
+    t = run.training
+    run.model.train()
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    order = torch.randperm(len(x), device=run.device, generator=generator)
+    for first in range(0, run.seen, t.batch_size):
+        idx = order[first: first + t.batch_size]
+        # index_select, not x[idx]: advanced indexing is ~20x slower on CPU for uint8 rows
+        xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+        if t.augment:
+            xb = augment(xb, generator, pad=t.crop_pad)
+        with run.autocast:
+            logits = run.forward(xb)
+        loss, hits = class_scores(logits, yb, t.label_smoothing)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        if run.schedule is not None:
+            run.schedule.step()
+        loss_sum.add_(loss.detach(), alpha=len(idx))
+        correct += hits
+    return [loss_sum / run.seen, correct / run.seen]
+
+
+def _history_row(run: _Run, epoch: int, stats: list[torch.Tensor], start: float) -> dict:
+    """The epoch's scores as numbers, its one device sync; a non-finite training loss ends the run."""
+    values = torch.stack([s.float() for s in stats]).tolist()
+    if not math.isfinite(values[0]):
+        raise TrainingError(f"{run.name}: training loss became non-finite ({values[0]}) in epoch {epoch}; "
+                            f"lower lr (now {run.training.lr})")
+    valid = values[2:] or [None, None]
+    return {"epoch": epoch, "train_loss": values[0], "train_accuracy": values[1],
+            "valid_loss": valid[0], "valid_accuracy": valid[1], "seconds": time.perf_counter() - start}
+
+
+def _curves(row: dict) -> dict:
+    """A history row's losses, as progress charts take them."""
+    return {name: np.array([[row[f"{name}_loss"]]]) for name in ("train", "valid") if row[f"{name}_loss"] is not None}
 
 
 def _compiled(model: nn.Module, mode) -> nn.Module:
-    """``compile = true`` or a torch.compile mode; "reduce-overhead" replays CUDA graphs on a GPU,
-    which takes the per-kernel launch cost out of the small models' steps."""
+    """The model, or torch.compile's of it for ``compile = true`` or a mode."""
     if mode in (False, "false", "none"):
         return model
-    if mode not in (True, "true", *COMPILE_MODES):
-        raise ParamError("compile", mode, f"not one of false, true, {', '.join(COMPILE_MODES)}")
     return torch.compile(model, mode=None if mode in (True, "true") else mode)
 
 
-def _optimizer(model: nn.Module, p: dict) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, t: TrainingParams) -> torch.optim.Optimizer:
     # fused: one kernel for the whole update instead of a dozen small ops per parameter (3x
     # faster per step for the small models here, on CPU and GPU alike)
-    lr, decay = float(p["lr"]), float(p["weight_decay"])
-    if p["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(p["momentum"]), weight_decay=decay,
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                fused=True)
-    cls = torch.optim.Adam if p["optimizer"] == "adam" else torch.optim.AdamW
-    return cls(model.parameters(), lr=lr, weight_decay=decay, fused=True)
+    cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
 
 
-def _schedule(optimizer: torch.optim.Optimizer, p: dict, total_steps: int):
+def _schedule(optimizer: torch.optim.Optimizer, t: TrainingParams, total_steps: int):
     """Per-step LR schedule; ``onecycle`` warms up then anneals, which lets few epochs go far."""
-    if p["schedule"] == "cosine":
+    if t.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if p["schedule"] == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(p["lr"]), total_steps=total_steps)
+    if t.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, total_steps=total_steps)
     return None
 
 
