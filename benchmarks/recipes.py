@@ -70,24 +70,24 @@ def declare(targets: dict[str, dict]) -> str:
 def scikit_learn_defaults(target, data_dir: Path, folds: int, split: str) -> dict:
     """CV scores of scikit-learn's default HistGradientBoosting and linear model on our folds."""
     features = build_features(load_tables(*target.table_paths(data_dir), target.spec))
-    metric, task = features.spec.scorer, features.spec.task
+    metric = features.spec.scorer
+    classify = not metric.task.continuous
     y = features.y.numpy()
-    splits = fold_rows(features.y, folds, split, 0, stratify=task == "classification")
+    splits = fold_rows(features.y, folds, split, 0, stratify=metric.task.stratify)
     categorical = np.zeros(features.native.shape[1], dtype=bool)
     categorical[features.native_categorical] = True
     models = {
-        "HistGradientBoosting": (lambda: (HistGradientBoostingClassifier if task == "classification"
+        "HistGradientBoosting": (lambda: (HistGradientBoostingClassifier if classify
                                           else HistGradientBoostingRegressor)(categorical_features=categorical),
                                  features.native.numpy()),
-        "linear": (lambda: LogisticRegression(max_iter=2000) if task == "classification" else RidgeCV(),
-                   features.X.numpy()),
+        "linear": (lambda: LogisticRegression(max_iter=2000) if classify else RidgeCV(), features.X.numpy()),
     }
     out = {}
     for name, (make, X) in models.items():
         started, scores = time.perf_counter(), []
         for train, valid in splits:
             model = make().fit(X[train], y[train])
-            pred = model.predict_proba(X[valid]) if task == "classification" else model.predict(X[valid])
+            pred = model.predict_proba(X[valid]) if classify else model.predict(X[valid])
             if metric.domain:  # a log metric takes no negative prediction
                 pred = np.maximum(pred, 1e-6 if metric.domain == "positive" else 0.0)
             scores.append(float(metric.score(torch.as_tensor(pred, dtype=torch.float64),
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     parser.add_argument("--skip-large", action="store_true", help=f"Skip the {LARGE_ROWS:,}-row table (minutes).")
     args = parser.parse_args()
-    results = bench_recipes(args.shared, not args.skip_large)
+    results = bench_recipes(args.shared.resolve(), not args.skip_large)
     print(f"{sum(results)} of {len(results)} recipe checks passed")
     sys.exit(0 if all(results) else 1)
 

@@ -42,10 +42,11 @@ def row(name: str, value: str, note: str = "") -> None:
 def object_store_traffic(pipeline) -> tuple[float, float]:
     """MB put into the object store once (features and folds), and MB a task's result carries."""
     from pipeline.tabular.cv import FoldScores, _shared
+    from pipeline.tabular.recipe import FoldParams
     from pipeline.tabular.stages import load_features
     ctx = pipeline.context("house", SWEPT)
     features = load_features(ctx)
-    shared = _shared(features, 5, "contiguous", 0, "cpu")
+    shared = _shared(features, FoldParams(5, "contiguous"), "cpu")
     one_score = FoldScores("x", [0.1] * 5, [0.1] * 5, [0] * 5, [[0.1] * 5] * 30, [[0.1] * 5] * 30)
     return len(pickle.dumps(shared)) / 1e6, len(pickle.dumps(one_score)) / 1e6
 

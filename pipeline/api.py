@@ -17,11 +17,12 @@ from typing import Callable
 
 from pipeline import backends, hub, make, params as params_file, reports
 from pipeline.backends import Local
-from pipeline.errors import UsageError
+from pipeline.errors import ParamError
 from pipeline.progress import Progress
 from pipeline.results import Diff, Result, RunReport, Table
-from pipeline.tabular import stages as tabular_stages
+from pipeline.tabular import stages as tabular_stages, sweep as tabular_sweep
 from pipeline.tabular.search import parse_ranges
+from pipeline.tabular.trainer import TrainParams
 from pipeline.targets import all_targets, check_flags, get_target
 from pipeline.workspace import Workspace, mirrors_from_env
 
@@ -50,12 +51,15 @@ class Pipeline:
         self.wait, self.progress, self.announce = wait, progress, announce
 
     def context(self, target: str, params: dict | None = None, device: str = "auto",
-                out: str | Path | None = None, backend=None) -> make.Context:
-        """The resolved params of ``target``: defaults, preset, params.toml, then ``params``."""
+                out: str | Path | None = None, backend=None, command: str | None = None, **options) -> make.Context:
+        """The resolved params of ``target``: defaults, preset, params.toml, then ``params``;
+        ``command`` is refused in one line when the target does not take it."""
         chosen = get_target(target, self.workspace)
+        if command:
+            chosen.refuse(command)
         given = check_flags(chosen, {k: v for k, v in (params or {}).items() if v is not None})
-        resolved = params_file.resolve(chosen, self.workspace, given)
-        return make.Context(self.workspace, chosen, resolved, self.mirrors, device, self.progress,
+        resolved, config = params_file.resolve(chosen, self.workspace, given, **options)
+        return make.Context(self.workspace, chosen, resolved, config, self.mirrors, device, self.progress,
                             Path(out) if out else None, backend or Local())
 
     def _make(self, ctx: make.Context, until: str, **options) -> Result:
@@ -86,9 +90,7 @@ class Pipeline:
         """K-fold cross-validation of the target's recipe: its report. ``backend="ray"`` runs
         each member as a Ray task (``address``: a cluster to join; else a local Ray)."""
         chosen = backends.backend(backend, address)
-        ctx = self.context(target, params, device, backend=chosen)
-        if "cv" not in {s.name for s in ctx.target.stages}:
-            raise UsageError(f"for {target} use `pipeline train {target} --folds K` (it reports the fold scores)")
+        ctx = self.context(target, params, device, backend=chosen, command="cv")
         with chosen:
             return self._make(ctx, "cv")
 
@@ -96,14 +98,19 @@ class Pipeline:
         return self._make(self.context(target, params, device), "train")
 
     def evaluate(self, target: str, device: str = "auto", **params) -> dict:
-        ctx = self.context(target, params, device)
-        if "evaluate" not in {s.name for s in ctx.target.stages}:
-            raise UsageError(f"target {target} has no test labels to evaluate on; use `pipeline cv {target}`")
-        return self._make(ctx, "evaluate")
+        return self._make(self.context(target, params, device, command="evaluate"), "evaluate")
 
-    def submit(self, target: str, out: str | Path | None = None, device: str = "auto", **params) -> dict:
-        """A checked submission in ``submissions/`` (and at ``out``): its path and row count."""
-        return self._make(self.context(target, params, device, out), "submit")
+    def submit(self, target: str, out: str | Path | None = None, device: str = "auto", test: str | Path | None = None,
+               **params) -> dict:
+        """A checked submission in ``submissions/`` (and at ``out``): its path and row count.
+        ``test``: another test file with the training table's columns, predicted by the trained
+        model (trained first if it is not up to date)."""
+        if test is None:
+            return self._make(self.context(target, params, device, out), "submit")
+        ctx = self.context(target, params, device, out, command="predict")
+        with self.workspace.exclusive(self.wait):
+            make.make(ctx, "train", report=self.announce)
+            return Result(tabular_stages.predict_file(ctx, Path(test)))
 
     def run(self, target: str, until: str | None = None, force: bool = False, device: str = "auto") -> dict:
         """Every stage in order through ``until``, skipping those that are up to date."""
@@ -130,18 +137,19 @@ class Pipeline:
         (["lr=1e-4..1e-1:log"]) and the grid's values, ``batch`` per stacked model. With
         ``backend="ray"`` the configs are spread over Ray tasks."""
         if search not in SEARCHES:
-            raise UsageError(f"--search {search!r} is not one of {', '.join(SEARCHES)}")
-        if trials < 1 or batch < 1:
-            raise UsageError("--trials and --batch must be at least 1")
+            raise ParamError("search", search, f"not one of {', '.join(SEARCHES)}")
+        for name, value in (("trials", trials), ("batch", batch)):
+            if value < 1:
+                raise ParamError(name, value, "must be at least 1")
         chosen = backends.backend(backend, address)
-        ctx = self.context(target, params, device, backend=chosen)
-        if "cv" not in {s.name for s in ctx.target.stages}:
-            raise UsageError(f"sweep works on tabular targets; {target} is an image target")
+        ctx = self.context(target, params, device, backend=chosen, command="sweep", single=True)
+        base = ctx.config.torch_config().to_dict()
+        sweepable = [k for k in TrainParams.__dataclass_fields__]
         if not isinstance(grid, dict):
-            grid = params_file.parse_grid(grid, ctx.target.defaults, tabular_stages.TRAIN_KEYS)
-        space = parse_ranges(ranges, ctx.target.defaults, tabular_stages.TRAIN_KEYS) if search == "tpe" else None
+            grid = params_file.parse_grid(grid, base, sweepable)
+        space = parse_ranges(ranges, base, sweepable) if search == "tpe" else None
         if space is None and (ranges or not grid):
-            raise UsageError("a grid sweep takes --grid NAME=V1,V2; --range is for --search tpe")
+            raise ParamError("grid", list(grid), "a grid sweep takes a grid (NAME=V1,V2); ranges are for the tpe search")
         with self.workspace.exclusive(self.wait), chosen:
             make.make(ctx, "preprocess", always=False, report=self.announce)
-            return self._result(tabular_stages.sweep(ctx, grid, save=save, space=space, trials=trials, batch=batch))
+            return self._result(tabular_sweep.sweep(ctx, grid, save=save, space=space, trials=trials, batch=batch))

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pipeline.errors import PipelineError, TrainingError, UsageError
+from pipeline.errors import ParamError, PipelineError, TrainingError
 from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise UsageError("--backend ray needs Ray and Optuna: pip install -e \".[scale]\"") from None
+        raise ParamError("backend", "ray", "needs Ray and Optuna: pip install -e \".[scale]\"") from None
     return ray
 
 
@@ -125,5 +125,5 @@ def backend(name: str, address: str | None = None) -> Local | Ray:
     """The backend called ``name``, to use as a context manager: refused in one line when
     unknown, or when Ray is not installed."""
     if name not in BACKENDS:
-        raise UsageError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
+        raise ParamError("backend", name, f"not one of {', '.join(BACKENDS)}")
     return Local() if name == "local" else Ray(address)

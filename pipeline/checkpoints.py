@@ -5,6 +5,7 @@ foreign or damaged file is one line that says which command makes it again."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -47,3 +48,40 @@ def restoring(path: Path, remake: str) -> Iterator[None]:
     except (KeyError, TypeError, ValueError, RuntimeError, PipelineError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{path} is damaged ({reason}); delete it and run `{remake}` again") from None
+
+
+# What a packed estimator may hold beyond skops' own trusted types. skops rebuilds only the
+# types it is told to trust and never runs pickle's arbitrary calls: here the classes of
+# scikit-learn, numpy and scipy (fitted trees' TreePredictor, splines' BSpline), the array-API
+# shims a BSpline keeps (asarray), and this package's feature transformers and their functions.
+TRUSTED_CLASSES = ("sklearn.", "numpy.", "scipy.")
+TRUSTED_MODULES = ("pipeline.tabular.features.", "scipy._lib.array_api_compat.")
+
+
+def pack(obj) -> torch.Tensor:
+    """A fitted scikit-learn object as a uint8 tensor that a weights-only checkpoint can hold."""
+    import skops.io
+
+    return torch.frombuffer(bytearray(skops.io.dumps(obj)), dtype=torch.uint8)
+
+
+def unpack(data: torch.Tensor):
+    """The object :func:`pack` stored; a type outside :data:`TRUSTED_MODULES` raises ValueError
+    (which :func:`restoring` reports as a damaged file)."""
+    import skops.io
+
+    raw = data.numpy().tobytes()
+    untrusted = skops.io.get_untrusted_types(data=raw)
+    foreign = [name for name in untrusted if not (name.startswith(TRUSTED_MODULES)
+                                                  or name.startswith(TRUSTED_CLASSES) and _is_class(name))]
+    if foreign:
+        raise ValueError(f"it holds a type this package does not trust ({foreign[0]})")
+    return skops.io.loads(raw, trusted=untrusted)
+
+
+def _is_class(dotted: str) -> bool:
+    module, _, name = dotted.rpartition(".")
+    try:
+        return isinstance(getattr(importlib.import_module(module), name), type)
+    except (ImportError, AttributeError):
+        return False

@@ -211,11 +211,13 @@ def evaluate(p: Pipeline, target, device, as_json, **flags):
 @cli.command()
 @click.argument("target")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the CSV here.")
+@click.option("--test", type=click.Path(dir_okay=False), metavar="CSV",
+              help="Predict this test file (the training table's columns) with the trained model.")
 @training_options
 @click.pass_obj
-def submit(p: Pipeline, target, out, device, **flags):
+def submit(p: Pipeline, target, out, test, device, **flags):
     """Write a checked Kaggle submission CSV (training the model first if needed)."""
-    summary = p.submit(target, out, device, **_params(flags))
+    summary = p.submit(target, out, device, test, **_params(flags))
     click.echo(f"wrote {summary['rows']} rows to {summary['submission']}")
 
 
@@ -291,11 +293,16 @@ def sweep(p: Pipeline, target, grid, search, ranges, trials, batch, device, live
         click.echo(f"best config saved to {report['saved']}")
 
 
+def _flags() -> dict[str, str]:
+    """Each param that some command takes as an option, and that option's flag (``--range``)."""
+    return {p.name: max(p.opts, key=len) for command in cli.commands.values() for p in command.params
+            if isinstance(p, click.Option)}
+
+
 def _one_line(exc: PipelineError) -> str:
     """A refused param named as the flag a CLI user typed."""
-    if isinstance(exc, ParamError) and exc.param in PARAM_NAMES:
-        return exc.as_flag()
-    return str(exc)
+    flag = _flags().get(exc.param) if isinstance(exc, ParamError) else None
+    return exc.as_flag(flag) if flag else str(exc)
 
 
 def main(argv=None) -> None:

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import torch
 
-from pipeline.errors import UsageError
+from pipeline.errors import ParamError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -16,9 +16,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu or auto")
+        raise ParamError("device", name, "no CUDA GPU is visible to torch; use cpu or auto")
     if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
-        raise UsageError(f"--device {name!r} is not one of {', '.join(DEVICE_CHOICES)}")
+        raise ParamError("device", name, f"not one of {', '.join(DEVICE_CHOICES)}")
     return torch.device(name)
 
 

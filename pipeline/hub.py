@@ -291,7 +291,7 @@ def download(entry: str | DataFile, cache_dir: str | os.PathLike,
             return target
     raise DownloadError(
         f"cannot download {entry.name}: tried {'; '.join(tried)}; "
-        f"set a mirror with --mirror DIR|URL or the {MIRROR_ENV} environment variable"
+        f"set a mirror (mirrors: a folder or URL) or the {MIRROR_ENV} environment variable"
     )
 
 
@@ -303,11 +303,6 @@ def download_group(name: str, cache_dir: str | os.PathLike,
     with requests.Session() as session:
         kw["session"] = kw.get("session") or session
         return {each: download(each, cache_dir, mirrors, **kw) for each in names}
-
-
-def download_all(cache_dir: str | os.PathLike, mirrors: Iterable[str | os.PathLike] = (),
-                 **kw) -> dict[str, Path]:
-    return download_group("all", cache_dir, mirrors, **kw)
 
 
 _ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")

@@ -35,7 +35,8 @@ class Context:
 
     workspace: Workspace
     target: object  # a target of pipeline.targets
-    params: dict
+    params: dict  # the resolved params as plain values
+    config: object = None  # the same, typed: a tabular target's Recipe
     mirrors: list[str] = field(default_factory=list)
     device: str = "auto"
     progress: Callable[[str], Progress] = Progress  # desc -> where the stage's long steps report
@@ -56,14 +57,24 @@ class Context:
 
 @dataclass(frozen=True)
 class Stage:
-    """``run`` is the stage's body; its own module and the modules in ``uses`` are its code."""
+    """``run`` is the stage's body; its own module and the modules in ``uses`` are its code;
+    ``params(ctx)`` are the params it reads, which the lock records."""
 
     name: str
     after: tuple[str, ...]  # upstream stages: their outputs are this stage's inputs
-    params: tuple[str, ...]  # ("*",): every param
+    params: Callable[[Context], dict]
     uses: tuple[str, ...]  # modules the body calls into, beyond its own
     run: Callable[[Context], tuple[list[Path], dict]]  # -> outputs, summary for the caller
-    besides: tuple[str, ...] = ()  # with ("*",): params that only later stages read
+
+
+def keys(*names: str) -> Callable[[Context], dict]:
+    """A stage's params: these of the context's."""
+    return lambda ctx: {k: plain(ctx.params[k]) for k in names if k in ctx.params}
+
+
+def every_param(besides: tuple[str, ...] = ()) -> Callable[[Context], dict]:
+    """A stage's params: all of the context's but ``besides`` (which only later stages read)."""
+    return lambda ctx: {k: plain(v) for k, v in sorted(ctx.params.items()) if k not in besides}
 
 
 def code_version(stage: Stage) -> str:
@@ -74,14 +85,11 @@ def code_version(stage: Stage) -> str:
     return digest.hexdigest()[:12]
 
 
-def stage_params(stage: Stage, ctx: Context) -> dict:
-    keys = sorted(set(ctx.params) - set(stage.besides)) if stage.params == ("*",) else stage.params
-    return {k: plain(ctx.params[k]) for k in keys if k in ctx.params}
-
-
 def plain(value):
     """A param value as JSON keeps it (tuples become lists), so recorded and current compare equal."""
-    return list(value) if isinstance(value, tuple) else value
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def get_stage(target, name: str) -> Stage:
@@ -132,14 +140,28 @@ def check(stage: Stage, ctx: Context, lock: dict, stale_upstream: set[str]) -> t
     for rel in sorted(set(now_inputs) | set(record["deps"])):
         if now_inputs.get(rel) != record["deps"].get(rel):
             return "stale", f"input {rel} changed"
-    params = stage_params(stage, ctx)
-    # scalars first: a changed lr is the news, the member tables it changed come after it
-    for key in sorted(set(params) | set(record["params"]), key=lambda k: (isinstance(params.get(k), list), k)):
-        if params.get(key) != record["params"].get(key):
-            return "stale", f"param {key} changed: {record['params'].get(key)!r} -> {params.get(key)!r}"
+    params = stage.params(ctx)
+    if params != record["params"]:
+        name, old, new = _first_change(record["params"], params)
+        return "stale", f"param {name} changed: {old!r} -> {new!r}"
     if code_version(stage) != record["code"]:
         return "stale", "code changed"
     return "up to date", ""
+
+
+def _first_change(old, new, path: str = "") -> tuple[str, object, object]:
+    """Where two params differ, down to the value: ``("ensemble.mlp.lr", 0.05, 0.07)``; scalars
+    first (a changed lr is the news, the member tables it changed come after it); a member in a
+    list is named by its model."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new), key=lambda k: (isinstance(new.get(k, old.get(k)), (list, dict)), k))
+        key = next(k for k in keys if old.get(k) != new.get(k))
+        return _first_change(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        i = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+        name = new[i].get("model", i) if isinstance(new[i], dict) else i
+        return _first_change(old[i], new[i], f"{path}.{name}")
+    return path, old, new
 
 
 def status(ctx: Context, until: str | None = None) -> list[dict]:
@@ -182,7 +204,7 @@ def execute(stage: Stage, ctx: Context) -> dict:
     outs, summary = stage.run(ctx)
     lock = read_lock(ctx.workspace)
     lock.setdefault(ctx.section, {})[stage.name] = {
-        "deps": inputs, "params": stage_params(stage, ctx), "code": code_version(stage),
+        "deps": inputs, "params": stage.params(ctx), "code": code_version(stage),
         "outs": {ctx.rel(p): sha1_file(p) for p in outs},
         "finished": reports.now(), "seconds": round(time.perf_counter() - started, 3),
     }

@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+import pandas as pd
 import torch
 
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError
+from pipeline.tasks import TASKS, Task
 
 PROBABILITY_FLOOR = 1e-15  # log-loss clips probabilities here, as scikit-learn and Kaggle do
 
@@ -55,6 +58,61 @@ def auc(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return ((ranks * positive).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+class Submits:
+    """What a submission holds, and the checks its frame must pass (see
+    :func:`pipeline.submissions.check_submission`)."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def frame(self, ids: dict, label: str, predictions: np.ndarray, classes: list,
+              metric: "Metric") -> tuple[pd.DataFrame, dict]:
+        """The submission of (rows, outputs) ``predictions`` for ``ids`` ({id column: values})."""
+        raise NotImplementedError
+
+    def positive_class(self, classes: list):
+        """The class whose probability a one-column submission holds, else None."""
+        return None
+
+
+class Values(Submits):
+    name = "values"
+
+    def frame(self, ids, label, predictions, classes, metric):
+        return pd.DataFrame({**ids, label: predictions[:, 0]}), dict(
+            label_column=label, positive=metric.domain == "positive", non_negative=metric.domain == "non-negative")
+
+
+class Labels(Submits):
+    name = "labels"
+
+    def frame(self, ids, label, predictions, classes, metric):
+        return pd.DataFrame({**ids, label: [classes[i] for i in predictions.argmax(1)]}), dict(
+            label_column=label, classes=classes)
+
+
+class Probabilities(Submits):
+    """P(positive class) in the label's column for two classes; one column per class for more
+    (Kaggle's multiclass format)."""
+
+    name = "probabilities"
+
+    def frame(self, ids, label, predictions, classes, metric):
+        if len(classes) == 2:
+            return pd.DataFrame({**ids, label: predictions[:, 1]}), dict(label_column=label, probabilities=True)
+        columns = [str(c) for c in classes]
+        return pd.DataFrame({**ids, **dict(zip(columns, predictions.T))}), dict(label_column=columns,
+                                                                                probabilities=True)
+
+    def positive_class(self, classes: list):
+        return classes[-1] if len(classes) == 2 else None
+
+
+VALUES, LABELS, PROBABILITIES = Values(), Labels(), Probabilities()
+
+
 @dataclass(frozen=True)
 class Metric:
     """One competition metric.
@@ -66,9 +124,9 @@ class Metric:
     """
 
     name: str
-    task: str  # regression | classification
+    task: Task
     higher_is_better: bool
-    submits: str  # values | labels | probabilities
+    submits: Submits
     term: Callable | None = None
     finish: Callable = _same
     whole: Callable | None = None
@@ -77,6 +135,16 @@ class Metric:
     label_space: Callable = _same
     domain: str | None = None
     binary: bool = False
+    log: tuple[Callable, Callable] = (torch.log, torch.exp)  # where a regressor with a log target learns, and back
+    boosting_metric: str | None = None  # LightGBM's name for it, where it differs from the objective's own
+
+    def outside_domain(self, values: np.ndarray) -> np.ndarray:
+        """Where ``values`` fall outside what this metric takes (positive or non-negative)."""
+        if self.domain == "positive":
+            return values <= 0
+        if self.domain == "non-negative":
+            return values < 0
+        return np.zeros(len(values), dtype=bool)
 
     def score(self, pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The metric of ``pred`` (..., rows[, classes]) against ``labels`` (rows,), per leading index."""
@@ -100,37 +168,30 @@ def _log1p_clamped(values: torch.Tensor) -> torch.Tensor:
     return values.clamp_min(0).log1p()
 
 
+REGRESSION, CLASSIFICATION = TASKS["regression"], TASKS["classification"]
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("rmse", "regression", False, "values", _squared, torch.sqrt),
+    Metric("rmse", REGRESSION, False, VALUES, _squared, torch.sqrt),
     # house's (d2l 4.10): RMSE between log(max(prediction, 1)) and log(label)
-    Metric("log_rmse", "regression", False, "values", _squared, torch.sqrt, space=_log_clamped,
+    Metric("log_rmse", REGRESSION, False, VALUES, _squared, torch.sqrt, space=_log_clamped,
            unspace=torch.exp, label_space=torch.log, domain="positive"),
-    # Kaggle's RMSLE: RMSE between log1p(prediction) and log1p(label)
-    Metric("rmsle", "regression", False, "values", _squared, torch.sqrt, space=_log1p_clamped,
-           unspace=torch.expm1, label_space=torch.log1p, domain="non-negative"),
-    Metric("mae", "regression", False, "values", _absolute),
-    Metric("accuracy", "classification", True, "labels", _hits),
-    Metric("logloss", "classification", False, "probabilities", _surprise),
-    Metric("auc", "classification", True, "probabilities", whole=auc, binary=True),
+    # Kaggle's RMSLE: RMSE between log1p(prediction) and log1p(label); a label of 0 is fine there
+    Metric("rmsle", REGRESSION, False, VALUES, _squared, torch.sqrt, space=_log1p_clamped,
+           unspace=torch.expm1, label_space=torch.log1p, domain="non-negative", log=(torch.log1p, torch.expm1)),
+    Metric("mae", REGRESSION, False, VALUES, _absolute),
+    Metric("accuracy", CLASSIFICATION, True, LABELS, _hits),
+    Metric("logloss", CLASSIFICATION, False, PROBABILITIES, _surprise),
+    Metric("auc", CLASSIFICATION, True, PROBABILITIES, whole=auc, binary=True, boosting_metric="auc"),
 )}
+
 
 
 def metric_for(name: str, task: str | None = None, *, where: str = "metric") -> Metric:
     """The metric called ``name``, checked against ``task``; a bad choice is a one-line error."""
     metric = METRICS.get(name)
     if metric is None:
-        raise DataError(f"{where}: unknown metric {name!r} (choose from {', '.join(METRICS)})")
-    if task is not None and metric.task != task:
-        fits = ", ".join(m.name for m in METRICS.values() if m.task == task)
-        raise DataError(f"{where}: metric {name!r} does not fit task {task!r} (choose from {fits})")
+        raise ConfigError(f"{where}: unknown metric {name!r} (choose from {', '.join(METRICS)})")
+    if task is not None and metric.task.name != task:
+        fits = ", ".join(m.name for m in METRICS.values() if m.task.name == task)
+        raise ConfigError(f"{where}: metric {name!r} does not fit task {task!r} (choose from {fits})")
     return metric
 
-
-def log_space(metric: Metric) -> tuple[Callable, Callable]:
-    """Where a model with a log target learns, and the way back: log1p for rmsle (its own space,
-    where a label of 0 is fine), else the log of the (positive) labels."""
-    return (torch.log1p, torch.expm1) if metric.name == "rmsle" else (torch.log, torch.exp)
-
-
-def default_metric(task: str) -> str:
-    return "rmse" if task == "regression" else "accuracy"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tomlkit
 
-from pipeline.errors import DataError, ParamError, UsageError
+from pipeline.errors import ConfigError, ParamError, UsageError
 from pipeline.workspace import Workspace, write_text
 
 if sys.version_info >= (3, 11):
@@ -35,7 +35,7 @@ def read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid TOML ({exc})") from None
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
 def from_file(workspace: Workspace, target: str) -> dict:
@@ -43,7 +43,7 @@ def from_file(workspace: Workspace, target: str) -> dict:
     path = workspace.params_file
     table = read_toml(path).get(target, {})
     if not isinstance(table, dict):
-        raise DataError(f"{path}: [{target}] must be a table")
+        raise ConfigError(f"{path}: [{target}] must be a table")
     return dict(table)
 
 
@@ -69,35 +69,16 @@ def save(workspace: Workspace, target: str, values: dict) -> Path:
     return write_text(path, tomlkit.dumps(document))
 
 
-def resolve(target, workspace: Workspace, flags: dict) -> dict:
-    """Target defaults, a preset recipe, ``params.toml``'s ``[target]`` table, then flags.
-
-    Without a ``recipe``, a ``model`` means "this single model": the target's defaults under
-    that model's own (``target.model_defaults``); with neither, the target's default preset.
-    A value given in ``params.toml`` or a flag also replaces that key in each of a preset's
-    member tables (``--epochs 5`` shortens the auto recipe's MLP); members written by the user
-    keep their own values."""
-    params = dict(target.defaults)
+def resolve(target, workspace: Workspace, flags: dict, **options) -> tuple[dict, object]:
+    """The target's params under ``params.toml``'s ``[target]`` table and ``flags``: as plain
+    values, and as the target's typed config (a tabular target's recipe). Flags win over the file."""
     stored = from_file(workspace, target.name)
-    given = {**stored, **{k: v for k, v in flags.items() if v is not None}}
     if target.known is not None:
         unknown = sorted(set(stored) - target.known)
         if unknown:
-            raise UsageError(f"{workspace.params_file}: [{target.name}] has unknown param {unknown[0]!r} "
-                             f"(known: {', '.join(sorted(target.known))})")
-    if target.presets:
-        recipe = given.get("recipe") or (None if "model" in given else target.default_preset)
-        if recipe and recipe not in target.presets:
-            raise ParamError("recipe", recipe, f"not one of {', '.join(target.presets)} for target {target.name}")
-        params.update(target.presets.get(recipe, {}))
-        params["recipe"] = recipe or ""
-        if not recipe:  # a model alone: its own defaults, under what was given
-            params.update(target.model_defaults.get(given.get("model"), {}))
-    params.update(given)
-    if target.presets and "ensemble" not in given:  # a preset's members take the given values they set
-        params["ensemble"] = [{**table, **{k: v for k, v in given.items() if k in table}}
-                              for table in params["ensemble"]]
-    return params
+            raise ConfigError(f"{workspace.params_file}: [{target.name}] has unknown param {unknown[0]!r} "
+                              f"(known: {', '.join(sorted(target.known))})")
+    return target.configure(stored, {k: v for k, v in flags.items() if v is not None}, **options)
 
 
 def parse_grid(items: list[str] | tuple[str, ...], defaults: dict, sweepable) -> dict[str, list]:

@@ -41,7 +41,7 @@ def check_submission(frame: pd.DataFrame, *, id_column: str, label_column: str |
     bad = ~np.isfinite(values).all(1)
     if bad.any():
         raise DataError(f"{bad.sum()} predictions are not finite (first: {id_column} {shown(ids[bad].iloc[0])!r}); "
-                        "the model diverged, nothing was written — lower --lr")
+                        "the model diverged, nothing was written — lower lr")
     if positive and (values <= 0).any():
         first = shown(ids[(values <= 0).any(1)].iloc[0])
         raise DataError(f"prediction for {id_column} {first!r} is not positive; the metric takes logs")

@@ -53,7 +53,7 @@ class Workspace:
 
     @property
     def lock_file(self) -> Path:
-        """Human-readable stage state (see :mod:`pipeline.stages`)."""
+        """Human-readable stage state (see :mod:`pipeline.make`)."""
         return self.root / "pipeline.lock"
 
     @property
@@ -82,7 +82,7 @@ class Workspace:
                         holder = handle.read().strip() or "another process"
                         raise LockedError(
                             f"{self.root} is busy: pipeline run by {holder} holds {path.name}; "
-                            "wait for it to finish (or pass --wait SECONDS)"
+                            "wait for it to finish (or give wait, in seconds)"
                         ) from None
                     time.sleep(0.2)
             handle.seek(0)

@@ -84,7 +84,7 @@ class DyingRay(backends.Ray):
 def test_backend_ray_without_ray_says_how_to_install(competition, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     code, _, err = run_cli(competition, capsys, "sweep", "toy", *GRID, "--backend", "ray")
-    assert_one_line_error(code, err, "--backend ray", 'pip install -e ".[scale]"')
+    assert_one_line_error(code, err, "--backend 'ray'", 'pip install -e ".[scale]"')
     assert code == 2
     assert not (competition / "reports").exists() and not (competition / "data").exists()
 
@@ -118,6 +118,7 @@ def test_a_config_trains_the_same_whatever_it_is_stacked_with(tmp_path):
     import torch
 
     from pipeline.tabular.cv import cross_validate
+    from pipeline.tabular.recipe import FoldParams
     from pipeline.tabular.features import build_features
     from pipeline.tabular.tables import TableSpec, load_tables
 
@@ -127,8 +128,8 @@ def test_a_config_trains_the_same_whatever_it_is_stacked_with(tmp_path):
     base = TrainParams(model="mlp", epochs=3, batch_size=32, lr=0.01, submodels=2, log_target=True)
     configs = [base.with_(hidden=hidden, dropout=dropout) for hidden in ([16, 16], [8, 24])
                for dropout in (0.1, 0.3)] + [base.with_(hidden=[32, 8], dropout=0.2)]
-    whole = cross_validate(features, configs, folds=3, device=torch.device("cpu"), curves=False)
-    split = cross_validate(features, configs, folds=3, device=torch.device("cpu"), curves=False,
+    whole = cross_validate(features, configs, FoldParams(3), device=torch.device("cpu"), curves=False)
+    split = cross_validate(features, configs, FoldParams(3), device=torch.device("cpu"), curves=False,
                            backend=SplitLocal())
     for ours, theirs in zip(whole.scores, split.scores):
         assert ours.valid == pytest.approx(theirs.valid, rel=1e-5), ours.params
@@ -141,6 +142,7 @@ def test_a_configs_score_does_not_depend_on_its_place_in_the_sweep(tmp_path):
     import torch
 
     from pipeline.tabular.cv import cross_validate
+    from pipeline.tabular.recipe import FoldParams
     from pipeline.tabular.features import build_features
     from pipeline.tabular.tables import TableSpec, load_tables
 
@@ -149,8 +151,8 @@ def test_a_configs_score_does_not_depend_on_its_place_in_the_sweep(tmp_path):
                                           TableSpec("key", "price", metric="log_rmse")))
     base = TrainParams(model="mlp", hidden=[16], epochs=3, batch_size=32, dropout=0.2, log_target=True)
     a, b, c = base.with_(lr=0.01), base.with_(lr=0.03), base.with_(lr=0.003)
-    first = cross_validate(features, [a, b], folds=3, device=torch.device("cpu"), curves=False).scores
-    later = cross_validate(features, [c, b, a], folds=3, device=torch.device("cpu"), curves=False).scores
+    first = cross_validate(features, [a, b], FoldParams(3), device=torch.device("cpu"), curves=False).scores
+    later = cross_validate(features, [c, b, a], FoldParams(3), device=torch.device("cpu"), curves=False).scores
     assert later[2].valid == pytest.approx(first[0].valid, rel=1e-5)
     assert later[1].valid == pytest.approx(first[1].valid, rel=1e-5)
 
@@ -271,5 +273,5 @@ def test_bad_ranges_are_one_line_errors_before_any_work(competition, capsys, ite
 def test_a_grid_sweep_refuses_ranges_and_needs_a_grid(competition, capsys):
     for args in (["--range", "lr=0.01..0.1"], []):
         code, _, err = run_cli(competition, capsys, "sweep", "toy", *args)
-        assert_one_line_error(code, err, "--grid NAME=V1,V2")
+        assert_one_line_error(code, err, "--grid", "a grid sweep takes a grid (NAME=V1,V2)")
     assert not (competition / "data").exists()

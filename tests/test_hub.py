@@ -32,7 +32,7 @@ from pipeline.hub import (
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(progress=False, retries=2, backoff=0.01, timeout=(2, 2))
-HINT = "--mirror DIR|URL or the PIPELINE_MIRROR environment variable"
+HINT = "set a mirror (mirrors: a folder or URL) or the PIPELINE_MIRROR environment variable"
 
 
 def make_entry(server: Server, name: str = "blob", data: bytes = b"hello hub\n" * 1000,

@@ -78,10 +78,10 @@ def test_edited_stage_reruns_and_is_up_to_date_again(built, ctx, monkeypatch, tm
     assert "cv: running (code changed)" in capsys.readouterr().err
 
 
-def test_editing_predict_blend_makes_submit_stale(ctx, monkeypatch, tmp_path):
+def test_editing_the_trained_models_prediction_makes_submit_stale(ctx, monkeypatch, tmp_path):
     submit = make.get_stage(ctx.target, "submit")
-    assert "predict_blend" in submit.run.__code__.co_names
-    with edited(monkeypatch, tmp_path, "pipeline.tabular.cv"):
+    assert "predict" in submit.run.__code__.co_names
+    with edited(monkeypatch, tmp_path, "pipeline.tabular.model"):
         assert make.check(submit, ctx, make.read_lock(ctx.workspace), set()) == ("stale", "code changed")
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
-from pipeline.errors import DataError
-from pipeline.metrics import METRICS, PROBABILITY_FLOOR, default_metric, log_space, metric_for
+from pipeline.errors import ConfigError
+from pipeline.metrics import METRICS, PROBABILITY_FLOOR, metric_for
+from pipeline.tasks import TASKS
 
 ROWS = 200
 
@@ -42,12 +43,12 @@ def probabilities(seed: int, n: int = ROWS, classes: int = 3) -> tuple[np.ndarra
 def score(name: str, pred: np.ndarray, labels: np.ndarray) -> float:
     """Our metric on float64 tensors (labels as the trainer holds them)."""
     metric = METRICS[name]
-    y = torch.from_numpy(labels) if metric.task == "classification" else torch.from_numpy(labels).double()
+    y = torch.from_numpy(labels).double() if metric.task.continuous else torch.from_numpy(labels)
     return float(metric.score(torch.from_numpy(pred).double(), y))
 
 
 def test_every_kaggle_metric_is_there_with_its_task_and_submission():
-    assert {name: (m.task, m.submits) for name, m in METRICS.items()} == {
+    assert {name: (m.task.name, m.submits.name) for name, m in METRICS.items()} == {
         "rmse": ("regression", "values"), "log_rmse": ("regression", "values"), "rmsle": ("regression", "values"),
         "mae": ("regression", "values"), "accuracy": ("classification", "labels"),
         "logloss": ("classification", "probabilities"), "auc": ("classification", "probabilities")}
@@ -158,7 +159,7 @@ def test_auc_is_sklearns_with_ties(seed):
 def batch_of(name: str, k: int = 4, seed: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
     """``k`` different predictions (k, rows[, classes]) of one label vector (rows,)."""
     metric = METRICS[name]
-    if metric.task == "regression":
+    if metric.task.continuous:
         preds, ys = zip(*(positive_values(seed + i) for i in range(k)))
         return torch.from_numpy(np.stack(preds)).float(), torch.from_numpy(ys[0]).float()
     classes = 2 if metric.binary else 3
@@ -196,7 +197,7 @@ def test_direction_better_and_sort_key(name, higher):
 def test_metric_for_finds_and_checks_the_task():
     assert metric_for("auc", "classification") is METRICS["auc"]
     assert metric_for("rmsle") is METRICS["rmsle"]
-    assert default_metric("regression") == "rmse" and default_metric("classification") == "accuracy"
+    assert TASKS["regression"].default_metric == "rmse" and TASKS["classification"].default_metric == "accuracy"
 
 
 @pytest.mark.parametrize("name, task, expected", [
@@ -207,19 +208,19 @@ def test_metric_for_finds_and_checks_the_task():
      "where: metric 'rmsle' does not fit task 'classification' (choose from accuracy, logloss, auc)"),
 ])
 def test_metric_for_errors_are_one_line_offering_the_tasks_metrics(name, task, expected):
-    with pytest.raises(DataError) as caught:
+    with pytest.raises(ConfigError) as caught:
         metric_for(name, task, where="where")
     assert str(caught.value) == expected
 
 
 def test_log_space_is_log1p_for_rmsle_and_log_otherwise():
     y = torch.tensor([0.0, 0.5, 3.0, 1e4], dtype=torch.float64)
-    forward, back = log_space(METRICS["rmsle"])
+    forward, back = METRICS["rmsle"].log
     torch.testing.assert_close(forward(y), torch.log1p(y))
     torch.testing.assert_close(back(forward(y)), y)
     assert torch.isfinite(forward(y)).all()  # a label of 0 is fine in rmsle's space
     for name in ("rmse", "log_rmse", "mae"):
-        forward, back = log_space(METRICS[name])
+        forward, back = METRICS[name].log
         torch.testing.assert_close(forward(y[1:]), torch.log(y[1:]))
         torch.testing.assert_close(back(forward(y[1:])), y[1:])
 

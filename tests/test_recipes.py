@@ -21,8 +21,10 @@ from pipeline.folds import fold_rows
 from pipeline.tabular.cv import cross_validate_recipe
 from pipeline.tabular.ensemble import blend, fit_weights
 from pipeline.tabular.features import FeatureParams, Features, build_features
-from pipeline.tabular.members import Fitted, LightGBMMember, SklearnMember, TrainingSet
-from pipeline.tabular.stages import load_model
+from pipeline.tabular.members import FitReport, Fitted, LightGBMMember, SklearnMember, TrainingSet
+from pipeline.tabular.members.boosting import LightGBMParams
+from pipeline.tabular.model import TrainedModel
+from pipeline.tabular.recipe import FoldParams, Recipe
 from pipeline.tabular.tables import TableSpec, load_tables
 from test_members import _one_thread  # noqa: F401  (autouse: OpenMP on one thread in this module too)
 
@@ -116,7 +118,7 @@ def test_multiclass_logloss_target_submits_one_column_per_class(tmp_path, capsys
 def test_auc_on_a_three_class_target_is_a_one_line_error(tmp_path, capsys, flags):
     ws, _ = classification_competition(tmp_path, "three", ("x", "y", "z"), "auc")
     code, _, err = run_cli(ws, capsys, "cv", "three", *flags)
-    assert_one_line_error(code, err, "metric auc is for two classes", "has 3 (x, y, z)")
+    assert_one_line_error(code, err, "metric auc is for two classes", "has 3 classes (x, y, z)")
     assert code == 1 and not (ws / "data" / "three" / "features.pt").exists()
 
 
@@ -141,7 +143,7 @@ class Memorized(Fitted):
     label = "memorizer"
 
     def __init__(self, data: TrainingSet, rows: list[torch.Tensor]):
-        self.metric, self.failed_epoch = data.metric, np.zeros(len(rows), dtype=int)
+        self.report = FitReport(0.0, np.zeros(len(rows), dtype=int))
         keys, y = _keys(data.X), data.y.cpu().tolist()
         self.known = [{keys[i]: y[i] for i in group.tolist()} for group in rows]
         self.centre = float(data.y.log().mean())
@@ -167,13 +169,17 @@ def prices(tmp_path_factory):
 
 
 REAL = (SklearnMember("glm", log_target="auto"),
-        LightGBMMember((("n_estimators", 300), ("min_child_samples", 5)), log_target="auto"))
-FOLDS = dict(folds=5, split="shuffled", seed=0)
+        LightGBMMember(LightGBMParams(n_estimators=300, min_child_samples=5, log_target="auto")))
+
+
+def greedy(*members) -> Recipe:
+    """A recipe of ``members`` blended by ensemble selection, on 5 shuffled folds."""
+    return Recipe("", FeatureParams(), FoldParams(5, "shuffled", 0), members, "greedy")
 
 
 def test_a_member_that_memorizes_its_training_rows_gains_nothing_in_cv(prices):
-    honest, _ = cross_validate_recipe(prices, list(REAL), blend_with="greedy", **FOLDS)
-    cheat, _ = cross_validate_recipe(prices, [*REAL, Memorizer()], blend_with="greedy", **FOLDS)
+    honest, _ = cross_validate_recipe(prices, greedy(*REAL))
+    cheat, _ = cross_validate_recipe(prices, greedy(*REAL, Memorizer()))
     memorizer = cheat.members[2]
     assert memorizer.train == [0.0] * 5  # it knows every training row
     assert memorizer.mean_valid > 3 * max(m.mean_valid for m in honest.members)  # and nothing else
@@ -187,7 +193,7 @@ def test_a_member_that_memorizes_its_training_rows_gains_nothing_in_cv(prices):
 def test_each_folds_blend_weights_are_fit_on_the_other_folds_only(prices):
     """Fold k is scored by the blend of its out-of-fold predictions, with weights fit by ensemble
     selection on the other folds' out-of-fold predictions alone."""
-    result, _ = cross_validate_recipe(prices, [*REAL, Memorizer()], blend_with="greedy", **FOLDS)
+    result, _ = cross_validate_recipe(prices, greedy(*REAL, Memorizer()))
     metric, y = prices.spec.scorer, prices.y
     valid = [rows for _, rows in fold_rows(y, 5, "shuffled", 0)]
     assert result.oof.shape == (3, len(y), 1)
@@ -246,10 +252,10 @@ def test_the_auto_recipe_is_a_declared_targets_default_from_cv_to_submission(tmp
     state = torch.load(ws / "models" / "toy.pt", weights_only=True)
     assert state["weights"] == weights
     torch_state, trees_state, glm_state = state["members"]
-    [config] = torch_state["configs"]
+    config = torch_state["config"]
     assert config["epochs"] == max(1, round(mlp)) and config["inner_valid"] == 0  # every row, the folds' budget
     assert [lightgbm.Booster(model_str=s).current_iteration() for s in trees_state["models"][0]] == [round(trees)]
-    assert glm_state["member"] == "predictions"
+    assert glm_state["member"] == "sklearn"  # its estimators, which predict any rows
 
     code, _, err = run_cli(ws, capsys, "submit", "toy")
     assert code == 0, err
@@ -259,9 +265,9 @@ def test_the_auto_recipe_is_a_declared_targets_default_from_cv_to_submission(tmp
     # the submission is the checkpoint's members blended with its weights (geometric, for log_rmse)
     saved = torch.load(ws / "data" / "toy" / "features.pt", weights_only=True)
     features = Features.from_state({k: v for k, v in saved.items() if k != "format"})
-    fitted, _ = load_model(ws / "models" / "toy.pt", features.spec.scorer, CPU)
+    model, _ = TrainedModel.load(ws / "models" / "toy.pt", features.spec.scorer, CPU, "pipeline train toy")
     test = TrainingSet(features, CPU).test
-    logs = torch.stack([f.predict(test)[0, :, 0].double().log() for f in fitted])
+    logs = torch.stack([f.predict(test)[0, :, 0].double().log() for f in model.members])
     expected = torch.exp(torch.tensor(weights, dtype=torch.float64) @ logs).numpy()
     np.testing.assert_allclose(submission["price"], expected, rtol=1e-5)
     assert not np.allclose(submission["price"], torch.exp(logs.mean(0)).numpy(), rtol=1e-3)  # not equal weights
@@ -281,7 +287,9 @@ def test_epochs_flag_reaches_the_auto_recipes_mlp_but_not_a_user_written_ensembl
                                     '  {model = "mlp", hidden = [8], epochs = 2, lr = 0.01, inner_valid = 0.2},\n'
                                     '  {model = "glm"},\n]\n')
     report = cv_report(ws, capsys, "toy", "--epochs", "3")
-    assert report["params"]["ensemble"] == [
-        {"model": "mlp", "hidden": [8], "epochs": 2, "lr": 0.01, "inner_valid": 0.2}, {"model": "glm"}]
+    mlp, glm = report["params"]["ensemble"]
+    assert {k: mlp[k] for k in ("model", "hidden", "epochs", "lr", "inner_valid")} == \
+        {"model": "mlp", "hidden": [8], "epochs": 2, "lr": 0.01, "inner_valid": 0.2}
+    assert glm == {"model": "glm", "log_target": "auto"}
     assert [m["model"] for m in report["members"]] == ["mlp", "glm"]
     assert 1 <= report["members"][0]["budget"] <= 2  # the member's own 2 epochs, not the flag's 3

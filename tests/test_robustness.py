@@ -37,10 +37,14 @@ from pipeline.errors import DataError
 
 from pipeline.metrics import METRICS
 from pipeline.tabular.features import FeatureParams, build_features
-from pipeline.tabular.stages import CHECKPOINT_FORMAT, load_model
+from pipeline.tabular.model import FORMAT as MODEL_FORMAT, TrainedModel
 from pipeline.tabular.tables import TableSpec, load_tables
 
-FORMAT = CHECKPOINT_FORMAT  # the "format" key of a tabular checkpoint
+FORMAT = MODEL_FORMAT  # the "format" key of a tabular checkpoint
+
+
+def load_model(path: Path, metric, device):
+    return TrainedModel.load(path, metric, device, "pipeline train toy")
 SPEC = TableSpec(id="Id", label="Price", task="regression", metric="log_rmse")
 CV = ["cv", "toy", "--epochs", "2"]
 
@@ -229,8 +233,8 @@ def test_cv_reports_diverged_folds_and_exits_3(tmp_path, capsys, caplog):
 def test_submit_after_divergence_writes_nothing(tmp_path, capsys):
     ws = workspace(tmp_path)
     code, _, err = run_cli(ws, capsys, "submit", "toy", "--lr", "1e30", "--epochs", "3")
-    assert_one_line_error(code, err, "training diverged", "at epoch", "no model was saved", "lower --lr")
-    assert code == 1
+    assert_one_line_error(code, err, "training diverged", "at epoch", "no model was saved", "lower lr")
+    assert code == 3  # a training error
     assert not (ws / "submissions" / "toy.csv").exists()
     assert not (ws / "models" / "toy.pt").exists()
     assert not any((ws / "submissions").glob("*")) and not any((ws / "models").glob("*"))
@@ -265,7 +269,8 @@ def test_saved_model_loads_weights_only(trained):
     assert state["target"] == "toy" and state["features"][:4] == ["Area", "Kind_a", "Kind_b", "Kind_<missing>"]
     assert state["features"][4:] and all(name.startswith("Area_knot") for name in state["features"][4:])
     model, loaded = load_model(trained / "models" / "toy.pt", METRICS["log_rmse"], torch.device("cpu"))
-    assert loaded["params"]["epochs"] == 2
+    assert [m.get("epochs") for m in loaded["params"]["ensemble"]] == [2, None, None]
+    assert [m.label for m in model.members] == ["mlp", "lightgbm", "glm"]
     lines = (trained / "submissions" / "toy.csv").read_text().splitlines()
     assert lines[0] == "Id,Price" and [line.split(",")[0] for line in lines[1:]] == ["13", "14", "15", "16"]
 
@@ -296,6 +301,24 @@ def _tamper(kind: str, path: Path, marker: Path) -> None:
         raise ValueError(kind)
 
 
+def test_a_packed_estimator_naming_an_untrusted_function_is_refused(trained_copy, tmp_path):
+    """scikit-learn parts travel through skops, which rebuilds only trusted types: a feature
+    builder swapped for a transformer that would call os.system is refused before it is built."""
+    import os
+
+    import skops.io
+    from sklearn.preprocessing import FunctionTransformer
+
+    path = trained_copy / "models" / "toy.pt"
+    state = torch.load(path, weights_only=True)
+    hostile = skops.io.dumps(FunctionTransformer(func=os.system))
+    state["builder"] = torch.frombuffer(bytearray(hostile), dtype=torch.uint8)
+    torch.save(state, path)
+    with pytest.raises(DataError) as caught:
+        load_model(path, METRICS["log_rmse"], torch.device("cpu"))
+    assert "is damaged" in str(caught.value) and "does not trust" in str(caught.value)
+
+
 def test_planted_pickle_runs_code_when_unpickled_unsafely(tmp_path):
     """The control for the next test: its hostile payload really would run code."""
     marker = tmp_path / "ran"
@@ -307,7 +330,7 @@ def test_planted_pickle_runs_code_when_unpickled_unsafely(tmp_path):
     ("random-bytes", "is not a pipeline checkpoint"),
     ("plain-pickle", "is not a pipeline checkpoint (UnpicklingError)"),
     ("torch-save-foreign", "is not a pipeline checkpoint (UnpicklingError)"),
-    ("no-format-key", "is not a pipeline tabular checkpoint"),
+    ("no-format-key", "is not a pipeline tabular model checkpoint"),
     ("damaged", "is damaged"),
 ])
 def test_tampered_checkpoint_is_refused(trained_copy, tmp_path, capsys, kind, needle):
@@ -441,7 +464,7 @@ def test_random_frames_give_finite_features_or_a_data_error():
         assert len(features.y) == len(train) and features.test_ids == test["Id"].tolist()
         shared = set(train.columns) & set(test.columns) - {"Id", "y"}
         assert all(any(n == c or n.startswith(f"{c}_") for c in shared) for n in features.names)
-        if spec.task == "classification":
+        if not spec.scorer.task.continuous:
             assert features.y.dtype == torch.int64
             assert features.y.min() >= 0 and features.y.max() < len(features.classes)
 

@@ -19,6 +19,7 @@ import torch
 from helpers import assert_one_line_error, cli, declare, files_under, make_competition, run_cli, statuses, \
     trust_model
 from pipeline.tabular.members import SklearnMember
+from test_members import data_for
 from pipeline.targets import get_target
 from pipeline.workspace import Workspace
 
@@ -87,9 +88,9 @@ def test_status_after_param_change_marks_exactly_downstream(ws, capsys):
     (ws / "params.toml").write_text("[toy]\nepochs = 5\nlr = 0.07\nbatch_size = 32\n")
     st = states(ws, capsys)
     assert st["download"] == st["preprocess"] == "up to date"
-    assert st["cv"] == "stale param lr changed: 0.05 -> 0.07"
+    assert st["cv"] == "stale param ensemble.mlp.lr changed: 0.05 -> 0.07"  # the auto recipe's MLP
     assert st["train"] == ("stale upstream stage cv is not up to date" if "cv" in train.after
-                           else "stale param lr changed: 0.05 -> 0.07")
+                           else "stale param ensemble.mlp.lr changed: 0.05 -> 0.07")
     assert st["submit"] == "stale upstream stage train is not up to date"
 
     st = states(ws, capsys, "--fit-on", "train")  # a flag overrides the params file
@@ -169,7 +170,7 @@ def test_lock_contention_refuses_then_waits(ws, capsys):
     with workspace.exclusive():
         proc = _pipeline(ws, "run", "toy", "--until", "download")
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 1
+        assert proc.returncode == 5  # the workspace is locked
         assert "busy" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
         waiting = _pipeline(ws, "--wait", "30", "run", "toy", "--until", "download")
         time.sleep(1.5)
@@ -205,17 +206,17 @@ def test_submission_written_only_after_checks(tmp_path, capsys):
     np.testing.assert_allclose(frame["y"], [150, 300, 400], rtol=1e-4)  # the ridge fits y exactly
     before = written.read_bytes()
 
-    # A model whose prediction for id 103 is NaN, loaded as a valid checkpoint (its lock record
-    # matches, as when models/ is copied from another machine): submit must refuse to write.
+    # A model whose predictions are NaN, loaded as a valid checkpoint (its lock record matches,
+    # as when models/ is copied from another machine): submit must refuse to write.
     model = ws / "models" / "lin.pt"
     state = torch.load(model, weights_only=True)
-    state["members"][0]["test_predictions"][0, 2] = float("nan")  # (groups, rows, outputs)
+    state["members"][0]["transform"]["scale"][0] = float("nan")  # the ridge's way back to the labels
     torch.save(state, model)
     trust_model(ws, "lin", "models/lin.pt")
     other = ws / "other.csv"
     code, _, err = run_cli(ws, capsys, "submit", "lin", "--out", str(other))
     assert code == 1
-    assert_one_line_error(code, err, "1 predictions are not finite (first: id 103)", "nothing was written")
+    assert_one_line_error(code, err, "3 predictions are not finite (first: id 101)", "nothing was written")
     assert "train: up to date, skipped" in err  # the doctored model was really the one used
     assert written.read_bytes() == before and mine.read_bytes() == before
     assert not other.exists()
@@ -234,7 +235,7 @@ def test_negative_prediction_under_a_log_metric_is_refused_not_clamped(tmp_path,
     code, _, err = run_cli(ws, capsys, "submit", "lin", "--out", str(other))
     assert not (ws / "submissions" / "lin.csv").exists() and not other.exists(), \
         pd.read_csv(ws / "submissions" / "lin.csv").to_dict("list")
-    assert code == 1
+    assert code == 3  # refused when the model was trained
     assert_one_line_error(code, err, "not positive")
 
 
@@ -280,7 +281,7 @@ def test_ensemble_recipe_blends_members_in_cv_and_submission(ws, capsys):
     assert report["mean_valid"] == pytest.approx(blend.mean())
     assert cli(ws, "submit", "toy") == 0
     state = torch.load(ws / "models" / "toy.pt", weights_only=True)
-    assert len(state["members"]) == 2 and "test_predictions" in state["members"][0]
+    assert [m["member"] for m in state["members"]] == ["sklearn", "torch"]
     submission = pd.read_csv(ws / "submissions" / "toy.csv")
     assert len(submission) == 120 and submission["price"].gt(0).all()
 
@@ -288,13 +289,16 @@ def test_ensemble_recipe_blends_members_in_cv_and_submission(ws, capsys):
 def test_sklearn_member_averages_its_seeds_in_log_space():
     """`seeds` refits a member that has a random_state from consecutive states and averages the
     log predictions; a deterministic member (no random_state) is fit once."""
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(80, 5))
-    y = np.exp(1 + X[:, 0] + 0.1 * rng.normal(size=80))
+    data = data_for("regression")
+    rows = [torch.arange(len(data.y))]
+
+    def predicted(member, seeds=1):
+        return member.fit(data, rows, seeds=seeds).predict(data.train)[0, :, 0].double().numpy()
+
     options = (("max_features", 0.5), ("max_iter", 20))
-    fits = [SklearnMember("gbm", options + (("random_state", s),)).fit_predict(X, y, X) for s in (3, 4)]
+    fits = [predicted(SklearnMember("gbm", options + (("random_state", s),))) for s in (3, 4)]
     assert not np.allclose(*fits)  # feature subsampling makes the seeds differ
-    blended = SklearnMember("gbm", options + (("random_state", 3),)).fit_predict(X, y, X, seeds=2)
-    np.testing.assert_allclose(blended, np.exp(np.log(fits).mean(0)), rtol=1e-12)
+    blended = predicted(SklearnMember("gbm", options + (("random_state", 3),)), seeds=2)
+    np.testing.assert_allclose(blended, np.exp(np.log(fits).mean(0)), rtol=1e-6)
     lasso = SklearnMember("lasso", (("alpha", 0.01),))
-    np.testing.assert_array_equal(lasso.fit_predict(X, y, X, seeds=3), lasso.fit_predict(X, y, X))
+    np.testing.assert_array_equal(predicted(lasso, seeds=3), predicted(lasso))

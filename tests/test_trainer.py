@@ -23,7 +23,7 @@ import pipeline.tabular.stacked as stacked
 import pipeline.tabular.trainer as trainer
 from pipeline.devices import make_generator
 from pipeline.tabular.stacked import ACTIVATIONS, Architecture, StackedModel
-from pipeline.tabular.trainer import BatchPlan, TrainParams, fit, predict_raw
+from pipeline.tabular.trainer import BatchPlan, TrainParams, fit, predict_raw, predictions
 
 MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU, "elu": nn.ELU}
 
@@ -196,8 +196,8 @@ def assert_matches_reference(X, y, configs, *, metric, n_out=1, k=4, seed=0, rto
         for ours, theirs in zip(stacked.parameters(), net.parameters()):
             scale = theirs.detach().abs().max().item()
             torch.testing.assert_close(ours, theirs.detach(), rtol=rtol, atol=rtol * scale)
-        with torch.no_grad():  # in the labels' scale (log space with log_target): destandardized and clipped
-            expected = (net(X) * model.target_scale[g] + model.target_shift[g]).clamp(*model.target_range[g])
+        with torch.no_grad():  # the raw outputs (the target transform's learned space, standardized)
+            expected = net(X)
             scale = expected.abs().max().item()
             torch.testing.assert_close(predict_raw(model, X)[g, :, m], expected, rtol=rtol, atol=rtol * scale)
     assert_padding_zero(result.model)
@@ -405,9 +405,11 @@ def test_standardized_targets_match_reference(model, log_target, metric):
     train, _ = contiguous_folds(len(X), 4)
     target = torch.log(y) if log_target else y
     for g, rows in enumerate(train):
-        torch.testing.assert_close(result.model.target_shift[g], target[rows].mean())
-        torch.testing.assert_close(result.model.target_scale[g], target[rows].std(correction=0))
-        torch.testing.assert_close(result.model.target_range[g], torch.stack([target[rows].min(), target[rows].max()]))
+        transform = result.transform
+        torch.testing.assert_close(transform.shift[g].float(), target[rows].mean())
+        torch.testing.assert_close(transform.scale[g].float(), target[rows].std(correction=0))
+        torch.testing.assert_close(torch.stack([transform.low[g], transform.high[g]]).float(),
+                                   torch.stack([target[rows].min(), target[rows].max()]))
     plain = fit(X, y, train, [c.with_(standardize=False) for c in configs], metric=metric,
                 valid_rows=contiguous_folds(len(X), 4)[1])
     assert not np.allclose(plain.valid_curve, result.valid_curve)  # the control: standardizing changes training
@@ -485,8 +487,12 @@ def test_standardized_linear_model_recovers_least_squares_like_the_unstandardize
     ones = torch.cat([X, torch.ones(200, 1)], 1).double()
     solution = torch.linalg.lstsq(ones, y.double().unsqueeze(1)).solution
     ols = (ones @ solution)[:, 0].float()
-    plain = predict_raw(fit(X, y, rows, [base], metric="rmse").model, X)[0, :, 0, 0]
-    standard = predict_raw(fit(X, y, rows, [base.with_(standardize=True)], metric="rmse").model, X)[0, :, 0, 0]
+
+    def predicted(result):  # in the labels' scale: destandardized and clipped by the target transform
+        return predictions(predict_raw(result.model, X), result.transform, 1)[0, :, 0, 0]
+
+    plain = predicted(fit(X, y, rows, [base], metric="rmse"))
+    standard = predicted(fit(X, y, rows, [base.with_(standardize=True)], metric="rmse"))
     torch.testing.assert_close(plain, ols, rtol=0, atol=2e-3)
     torch.testing.assert_close(standard, ols.clamp(y.min(), y.max()), rtol=0, atol=2e-3)
     assert ((ols < y.min()) | (ols > y.max())).any()  # the clip is exercised

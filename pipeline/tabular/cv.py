@@ -2,7 +2,7 @@
 
 Configs that can share a stacked model (same :meth:`TrainParams.group_key`) train together
 with all K folds as one model; a recipe's members each fit all K folds through the member
-protocol.
+protocol, and the blend of their out-of-fold predictions is scored honestly.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import torch
 
 from pipeline.backends import Local, Task
 from pipeline.folds import fold_rows
-from pipeline.metrics import metric_for
+from pipeline.metrics import Metric
 from pipeline.progress import Progress
 from pipeline.tabular.ensemble import blend, fit_weights
 from pipeline.tabular.features import Features
-from pipeline.tabular.members import Fitted, Inputs, TrainingSet, score_groups
+from pipeline.tabular.members import TrainingSet, score_groups
+from pipeline.tabular.recipe import FoldParams, Recipe
 from pipeline.tabular.trainer import FitResult, TrainParams, fit
 
 @dataclass
@@ -51,17 +52,14 @@ class FoldScores:
 
 @dataclass
 class CVResult:
+    """A sweep's CV: each config's fold scores, in the order of its configs."""
+
     scores: list[FoldScores]
-    metric: str
-    folds: int
-    split: str
-    seed: int
-    seconds: float
-    device: str
+    metric: Metric
 
     def ranked(self) -> list[FoldScores]:
         """Best first by the metric's direction; failed configs last."""
-        key = metric_for(self.metric).sort_key
+        key = self.metric.sort_key
         return sorted(self.scores, key=lambda s: (s.failed, key(s.mean_valid) if not s.failed else 0))
 
 
@@ -83,9 +81,9 @@ class Shared:
         return data, [r.to(data.device) for r in self.train_rows], [r.to(data.device) for r in self.valid_rows]
 
 
-def _shared(features: Features, folds: int, split: str, seed: int, device: torch.device, **options) -> Shared:
-    splits = fold_rows(features.y, folds, split, seed, stratify=features.spec.task == "classification")
-    return Shared(features, [tr for tr, _ in splits], [va for _, va in splits], str(device), seed, **options)
+def _shared(features: Features, folds: FoldParams, device: torch.device, **options) -> Shared:
+    splits = fold_rows(features.y, folds.folds, folds.split, folds.seed, stratify=features.spec.scorer.task.stratify)
+    return Shared(features, [tr for tr, _ in splits], [va for _, va in splits], str(device), folds.seed, **options)
 
 
 def configs_task(shared: Shared, configs: list[TrainParams], progress: Progress) -> list[FoldScores]:
@@ -93,7 +91,7 @@ def configs_task(shared: Shared, configs: list[TrainParams], progress: Progress)
     data, train_rows, valid_rows = shared.data()
     step = progress.step(f"{len(configs)} {configs[0].model} configs", configs[0].epochs, "epoch",
                          data.metric.higher_is_better)
-    result = fit(data.X, data.y, train_rows, configs, metric=data.metric.name, valid_rows=valid_rows,
+    result = fit(data.X, data.y, train_rows, configs, metric=data.metric, valid_rows=valid_rows,
                  n_out=data.n_out, seed=shared.seed, curves=shared.curves,
                  on_epoch=lambda epoch, epochs, curves: step.advance(1, curves))
     step.close()
@@ -126,23 +124,23 @@ def _describe(config: TrainParams) -> str:
                     and v != getattr(default, k)) or config.model
 
 
-def cross_validate(features: Features, configs: list[TrainParams], *, folds: int = 5,
-                   split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
-                   curves: bool = True, progress: Progress = Progress(), backend=None) -> CVResult:
+def cross_validate(features: Features, configs: list[TrainParams], folds: FoldParams = FoldParams(), *,
+                   device: torch.device = torch.device("cpu"), curves: bool = True, progress: Progress = Progress(),
+                   backend=None) -> CVResult:
     """K-fold CV of every config of a grid; configs sharing a group key train as one stacked
     model, or, on a cluster, as a few (each config trains the same in any stack: see
     :func:`pipeline.tabular.trainer.column_generators`)."""
-    started = time.perf_counter()
     backend = backend or Local()
-    data = TrainingSet(features, device)
-    configs = [c.with_(log_target=data.learns_in_log(c.log_target)) for c in configs]
-    shared = _shared(features, folds, split, seed, device, curves=curves)
+    metric = features.spec.scorer
+    # log_target "auto" and the value it means train in one stack
+    configs = [c.with_(log_target=metric.task.learns_in_log(c.log_target, metric, features.y)) for c in configs]
+    shared = _shared(features, folds, device, curves=curves)
     tasks, positions = sweep_tasks(configs, backend.workers)
     scores: list[FoldScores | None] = [None] * len(configs)
     for chunk, results in zip(positions, backend.map(configs_task, shared, tasks, progress)):
         for i, score in zip(chunk, results):
             scores[i] = score
-    return CVResult(scores, data.metric.name, folds, split, seed, time.perf_counter() - started, str(device))
+    return CVResult(scores, metric)
 
 
 def _config_scores(result: FitResult, column: int) -> FoldScores:
@@ -192,8 +190,9 @@ def member_task(shared: Shared, member, progress: Progress) -> MemberRun:
     data, train_rows, valid_rows = shared.data()
     fitted = member.fit(data, train_rows, valid_rows=valid_rows, seeds=shared.seeds, seed=shared.seed,
                         progress=progress)
-    return MemberRun(fitted.label, fitted.predict(data.train).cpu(), fitted.curves, fitted.failed_epoch,
-                     fitted.budget, fitted.seconds)
+    report = fitted.report
+    return MemberRun(fitted.label, fitted.predict(data.train).cpu(), report.curves, report.failed_epoch,
+                     report.budget, report.seconds)
 
 
 def _member_scores(run: MemberRun, predictions: torch.Tensor, data: TrainingSet,
@@ -214,19 +213,18 @@ def out_of_fold(predictions: torch.Tensor, valid_rows: list[torch.Tensor]) -> to
     return oof
 
 
-def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, folds: int = 5,
-                          split: str = "contiguous", seed: int = 0, device: torch.device = torch.device("cpu"),
-                          blend_with: str = "mean", progress: Progress = Progress(),
-                          backend=None) -> tuple[RecipeScore, float]:
-    """K-fold CV of the blend of ``members`` (each trained ``seeds`` times, all folds at once;
-    each member one task of ``backend``).
+def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.device = torch.device("cpu"),
+                          progress: Progress = Progress(), backend=None) -> tuple[RecipeScore, float]:
+    """K-fold CV of the blend of the recipe's members (each trained ``recipe.seeds`` times, all
+    folds at once; each member one task of ``backend``).
 
     Every member is fit inside the folds, and the weights that blend fold k's predictions are
     fit on the other folds' out-of-fold predictions only, so the blend's fold scores are honest.
     """
     started = time.perf_counter()
-    shared = _shared(features, folds, split, seed, device, seeds=seeds)
+    shared = _shared(features, recipe.folds, device, seeds=recipe.seeds)
     data, train_rows, valid_rows = shared.data()
+    members, blend_with, folds = recipe.members, recipe.blend, recipe.folds.folds
     runs = (backend or Local()).map(member_task, shared, [Task(m.label, (m,)) for m in members], progress)
     predictions = [run.predictions.to(device) for run in runs]
     member_scores = [_member_scores(r, p, data, train_rows, valid_rows) for r, p in zip(runs, predictions)]
@@ -249,21 +247,3 @@ def cross_validate_recipe(features: Features, members: list, *, seeds: int = 1, 
     weights = fit_weights(blend_with, oof, data.y, data.metric)
     return RecipeScore(score, member_scores, weights, fold_weights, oof.cpu(), [r.budget for r in runs],
                        out_of_fold(blended, valid_rows).cpu()), time.perf_counter() - started
-
-
-def fit_final(features: Features, members: list, *, seeds: int = 1, seed: int = 0,
-              device: torch.device = torch.device("cpu"), budgets: list[float | None] | None = None,
-              progress: Progress = Progress()) -> tuple[list[Fitted], TrainingSet]:
-    """Train every member (``seeds`` copies each) on every training row, for the submission;
-    a member given a budget (from its CV) trains that long."""
-    data = TrainingSet(features, device)
-    rows = [torch.arange(len(data.X), device=device)]
-    budgets = budgets or [None] * len(members)
-    return [m.fit(data, rows, seeds=seeds, seed=seed, progress=progress, budget=b)
-            for m, b in zip(members, budgets)], data
-
-
-def predict_blend(fitted: list[Fitted], inputs: Inputs, metric, weights: list[float] | None = None) -> np.ndarray:
-    """The recipe's predictions for ``inputs``: values (N,) or class probabilities (N, classes)."""
-    out = blend([f.predict(inputs) for f in fitted], metric, weights)[0]
-    return (out if metric.task == "classification" else out[:, 0]).cpu().numpy()

@@ -27,8 +27,7 @@ def blend(predictions: list[torch.Tensor], metric: Metric, weights: list[float] 
 
 def _scores(candidates: torch.Tensor, y: torch.Tensor, metric: Metric) -> torch.Tensor:
     """The metric of each (rows, outputs) candidate in ``candidates`` (M, rows, outputs), given in space."""
-    pred = metric.unspace(candidates)
-    return metric.score(pred if metric.task == "classification" else pred[..., 0], y)
+    return metric.score(metric.task.scored(metric.unspace(candidates)), y)
 
 
 def greedy_weights(predictions: torch.Tensor, y: torch.Tensor, metric: Metric, rounds: int = ROUNDS) -> list[float]:

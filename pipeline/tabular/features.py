@@ -19,7 +19,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler, SplineTransformer, StandardScaler
 
-from pipeline.errors import DataError, ParamError
+from pipeline import checkpoints
+from pipeline.errors import DataError, ParamError, shown
 from pipeline.tabular.tables import TableSpec, Tables
 
 MISSING = "<missing>"  # the category that stands for NaN, as d2l's get_dummies(dummy_na=True)
@@ -82,6 +83,7 @@ class Features:
     native_test: torch.Tensor | None = None
     native_names: list[str] = field(default_factory=list)
     native_categorical: list[int] = field(default_factory=list)
+    builder: "FeatureBuilder | None" = None  # what made them, to make a later test file's
 
     def to_state(self) -> dict:
         """A dict of tensors and plain values, loadable with ``torch.load(weights_only=True)``."""
@@ -89,13 +91,14 @@ class Features:
             "X": self.X, "y": self.y, "X_test": self.X_test, "test_ids": list(self.test_ids),
             "names": self.names, "spec": asdict(self.spec), "classes": list(self.classes),
             "native": self.native, "native_test": self.native_test, "native_names": self.native_names,
-            "native_categorical": self.native_categorical,
+            "native_categorical": self.native_categorical, "builder": checkpoints.pack(self.builder),
         }
 
     @classmethod
     def from_state(cls, state: dict) -> "Features":
         state = dict(state)
         state["spec"] = TableSpec(**state["spec"])
+        state["builder"] = checkpoints.unpack(state["builder"])
         return cls(**state)
 
 
@@ -211,92 +214,92 @@ class QuantileSplines(TransformerMixin, BaseEstimator):
         return np.array(names + [f"{self.columns_[j]}_missing" for j in self.missing_], dtype=object)
 
 
-def native_columns(tables: Tables, numeric: list[str], categorical: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test as float32 arrays for trees: numbers as they are (NaN missing), then the
-    categories as codes of their sorted values over train and test (NaN missing)."""
-    out = []
-    both = pd.concat([tables.train, tables.test])
-    categories = {c: sorted(both[c].dropna().astype(str).unique()) for c in categorical}
-    for frame in (tables.train, tables.test):
-        numbers = frame[numeric].astype(np.float64).to_numpy(dtype=np.float32) if numeric else \
+class FeatureBuilder:
+    """The preprocessing fit on a competition's tables: which columns are numbers and which
+    categories, the winsorizing bounds, the log1p'd columns, scikit-learn's fitted transformer
+    and the category codes for trees. It turns any frame with the same columns (the training
+    rows, the test rows, a later test file) into features, so a saved model predicts new rows."""
+
+    def __init__(self, tables: Tables, params: FeatureParams):
+        train, test = tables.train, tables.test
+        self.params, self.columns = params, list(train.columns)
+        self.numeric = [c for c in train.columns if pd.api.types.is_numeric_dtype(train[c])
+                        and pd.api.types.is_numeric_dtype(test[c])]
+        self.categorical = [c for c in train.columns if c not in self.numeric]
+        both = pd.concat([train, test])
+        self.categories = {c: sorted(both[c].dropna().astype(str).unique()) for c in self.categorical}
+        fit_frame = both if params.fit_on == "all" else train
+        self.bounds = None
+        if params.clip_quantile and self.numeric:
+            values = fit_frame[self.numeric].astype(np.float64)
+            self.bounds = tuple(values.quantile(q).to_dict() for q in (params.clip_quantile, 1 - params.clip_quantile))
+        fit_frame = self._clipped(fit_frame)
+        self.logged = skewed_columns(fit_frame, self.numeric, params.log_skewed)
+        self.transformer = self._fit_transformer(self._logged(fit_frame), tables)
+        try:
+            self.names = list(self.transformer.get_feature_names_out())
+        except ValueError as exc:  # e.g. a numeric column "Color_red" beside a category Color == "red"
+            raise DataError(f"{tables.train_path}: two features get the same name "
+                            f"({str(exc).split(' are not unique')[0].removeprefix('Output feature names: ')}); "
+                            "rename the column") from None
+
+    def _clipped(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self.bounds is None:
+            return frame
+        low, high = self.bounds
+        return frame.assign(**{c: frame[c].astype(np.float64).clip(low[c], high[c]) for c in self.numeric})
+
+    def _logged(self, frame: pd.DataFrame) -> pd.DataFrame:
+        # float64 first: log1p of a bool column would otherwise be float16.
+        return frame.assign(**{c: np.log1p(frame[c].astype(np.float64)) for c in self.logged}) if self.logged else frame
+
+    def _fit_transformer(self, fit_frame: pd.DataFrame, tables: Tables) -> ColumnTransformer:
+        with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+            # Overflow is reported below, per column (the imputer would drop the scaler's NaN column).
+            warnings.filterwarnings("ignore", message="Skipping features without any observed values")
+            transformer = make_transformer(self.numeric, self.categorical, self.params.scaling,
+                                           self.params.numeric_bins).fit(fit_frame)
+        if self.numeric and self.params.scaling == "standard":  # a sum or a sum of squares beyond float64
+            scaler = transformer.named_transformers_["numeric"][0]
+            overflow = np.flatnonzero(~(np.isfinite(scaler.mean_) & np.isfinite(scaler.var_)))
+            if len(overflow):
+                column = self.numeric[int(overflow[0])]
+                path = tables.test_path if tables.test[column].abs().max() > tables.train[column].abs().max() \
+                    else tables.train_path
+                raise DataError(f"{path}: column {column!r} has values too large to standardize; "
+                                "rescale it (e.g. take its log)")
+        return transformer
+
+    def transform(self, frame: pd.DataFrame, path) -> tuple[np.ndarray, np.ndarray]:
+        """``frame``'s dense features (scaled numbers, one-hot categories) and native columns
+        (numbers as they are, category codes; NaN where missing), both float32."""
+        frame = frame.reset_index(drop=True)  # rows by position, whatever index the frame came with
+        dense = _transformed(self.transformer, self._logged(self._clipped(frame)), path, self.names, self.numeric)
+        return np.ascontiguousarray(dense), self._native(frame)
+
+    def _native(self, frame: pd.DataFrame) -> np.ndarray:
+        numbers = frame[self.numeric].astype(np.float64).to_numpy(dtype=np.float32) if self.numeric else \
             np.zeros((len(frame), 0), np.float32)
         codes = [pd.Categorical(frame[c].dropna().astype(str).reindex(frame.index),
-                                categories=categories[c]).codes for c in categorical]
+                                categories=self.categories[c]).codes for c in self.categorical]
         codes = np.stack(codes, 1).astype(np.float32) if codes else np.zeros((len(frame), 0), np.float32)
         codes[codes < 0] = np.nan
-        out.append(np.ascontiguousarray(np.concatenate([numbers, codes], 1)))
-    return out[0], out[1]
+        return np.ascontiguousarray(np.concatenate([numbers, codes], 1))
 
-
-def class_order(labels: pd.Series, spec: TableSpec, path) -> tuple[np.ndarray, list]:
-    """Class indices and the classes: sorted, with the declared ``positive`` class moved last
-    (column 1 of a binary target's probabilities is then P(positive))."""
-    codes, uniques = pd.factorize(labels, sort=True)
-    classes = [u.item() if hasattr(u, "item") else u for u in uniques]
-    if spec.positive is None:
-        return codes.astype(np.int64), classes
-    matches = [i for i, c in enumerate(classes) if c == spec.positive or str(c) == str(spec.positive)]
-    if not matches:
-        raise DataError(f"{path}: positive class {spec.positive!r} is not a value of label {spec.label!r} "
-                        f"(values: {', '.join(map(str, classes[:6]))})")
-    order = [i for i in range(len(classes)) if i != matches[0]] + matches
-    remap = np.empty(len(classes), dtype=np.int64)
-    remap[order] = np.arange(len(classes))
-    return remap[codes], [classes[i] for i in order]
+    @property
+    def native_names(self) -> list[str]:
+        return self.numeric + self.categorical
 
 
 def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> Features:
     """Fit the preprocessing on train+test features (or train only) and return tensors."""
-    train, test = tables.train, tables.test
-    numeric = [c for c in train.columns if pd.api.types.is_numeric_dtype(train[c])
-               and pd.api.types.is_numeric_dtype(test[c])]
-    categorical = [c for c in train.columns if c not in numeric]
-    native, native_test = native_columns(tables, numeric, categorical)
-    fit_frame = pd.concat([train, test]) if params.fit_on == "all" else train
-    if params.clip_quantile and numeric:
-        values = fit_frame[numeric].astype(np.float64)
-        low, high = values.quantile(params.clip_quantile), values.quantile(1 - params.clip_quantile)
-        train, test, fit_frame = (f.assign(**{c: f[c].astype(np.float64).clip(low[c], high[c]) for c in numeric})
-                                  for f in (train, test, fit_frame))
-    logged = skewed_columns(fit_frame, numeric, params.log_skewed)
-    if logged:
-        # float64 first: log1p of a bool column would otherwise be float16.
-        train, test, fit_frame = (f.assign(**{c: np.log1p(f[c].astype(np.float64)) for c in logged})
-                                  for f in (train, test, fit_frame))
-    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
-        # Overflow is reported below, per column (the imputer would drop the scaler's NaN column).
-        warnings.filterwarnings("ignore", message="Skipping features without any observed values")
-        transformer = make_transformer(numeric, categorical, params.scaling, params.numeric_bins).fit(fit_frame)
-    if numeric and params.scaling == "standard":  # a sum or a sum of squares beyond float64
-        scaler = transformer.named_transformers_["numeric"][0]
-        overflow = np.flatnonzero(~(np.isfinite(scaler.mean_) & np.isfinite(scaler.var_)))
-        if len(overflow):
-            column = numeric[int(overflow[0])]
-            path = tables.test_path if test[column].abs().max() > train[column].abs().max() else tables.train_path
-            raise DataError(f"{path}: column {column!r} has values too large to standardize; "
-                            "rescale it (e.g. take its log)")
-    try:
-        names = list(transformer.get_feature_names_out())
-    except ValueError as exc:  # e.g. a numeric column "Color_red" beside a category Color == "red"
-        raise DataError(f"{tables.train_path}: two features get the same name "
-                        f"({str(exc).split(' are not unique')[0].removeprefix('Output feature names: ')}); "
-                        "rename the column") from None
-    X, X_test = (_transformed(transformer, frame, path, names, numeric)
-                 for frame, path in ((train, tables.train_path), (test, tables.test_path)))
-    classes: list = []
-    if tables.spec.task == "classification":
-        codes, classes = class_order(tables.labels, tables.spec, tables.train_path)
-        y = torch.from_numpy(codes)
-    else:
-        y = torch.from_numpy(tables.labels.to_numpy(dtype=np.float32))
+    builder = FeatureBuilder(tables, params)
+    (X, native), (X_test, native_test) = (builder.transform(frame, path) for frame, path in
+                                          ((tables.train, tables.train_path), (tables.test, tables.test_path)))
+    y, classes = tables.spec.scorer.task.encode(tables.labels, tables.spec.positive, str(tables.train_path))
     return Features(
-        X=torch.from_numpy(np.ascontiguousarray(X)), y=y,
-        X_test=torch.from_numpy(np.ascontiguousarray(X_test)),
-        test_ids=[i.item() if hasattr(i, "item") else i for i in tables.test_ids],
-        names=names, spec=tables.spec, classes=classes,
+        X=torch.from_numpy(X), y=torch.from_numpy(y), X_test=torch.from_numpy(X_test),
+        test_ids=[shown(i) for i in tables.test_ids], names=builder.names, spec=tables.spec, classes=classes,
         native=torch.from_numpy(native), native_test=torch.from_numpy(native_test),
-        native_names=numeric + categorical,
-        native_categorical=list(range(len(numeric), len(numeric) + len(categorical))),
-    )
-
-
+        native_names=builder.native_names,
+        native_categorical=list(range(len(builder.numeric), len(builder.native_names))), builder=builder)

@@ -13,6 +13,7 @@ import torch
 
 from pipeline.tabular.stacked import StackedModel
 
+OPTIMIZERS = ("adam", "adamw")  # adamw: decoupled weight decay
 BETAS, EPS = (0.9, 0.999), 1e-8
 
 

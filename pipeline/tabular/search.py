@@ -13,11 +13,11 @@ import math
 import re
 from pathlib import Path
 
-from pipeline.errors import UsageError
-from pipeline.metrics import Metric
+from pipeline.errors import ParamError, UsageError
 from pipeline.progress import Progress
 from pipeline.tabular.cv import FoldScores, cross_validate
 from pipeline.tabular.features import Features
+from pipeline.tabular.recipe import FoldParams
 from pipeline.tabular.trainer import TrainParams
 
 RANGE = re.compile(r"^\s*([\w-]+)\s*=\s*(\S+?)\s*\.\.\s*([^:\s]+)\s*(?::\s*(log))?\s*$")
@@ -27,7 +27,7 @@ def _optuna():
     try:
         import optuna
     except ImportError:
-        raise UsageError("--search tpe needs Optuna and Ray: pip install -e \".[scale]\"") from None
+        raise ParamError("search", "tpe", "needs Optuna and Ray: pip install -e \".[scale]\"") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
@@ -68,35 +68,35 @@ def _param(key: str, value):
     return [int(w) for w in value.split("x")] if key == "hidden" and isinstance(value, str) else value
 
 
-def search(features: Features, base: TrainParams, space: dict, grid: dict, *, trials: int, batch: int,
-           storage: Path, target: str, metric: Metric, folds: int, split: str, seed: int, device,
-           backend, progress: Progress = Progress()) -> list[dict]:
+def search(features: Features, base: TrainParams, space: dict, grid: dict, folds: FoldParams, *, trials: int,
+           batch: int, storage: Path, target: str, device, backend, progress: Progress = Progress()) -> list[dict]:
     """Run ``trials`` more trials of the study of ``space`` (ranges) and ``grid`` (categories),
     ``batch`` trials per stacked model; every finished trial of the study, best first."""
     optuna = _optuna()
     space = {**space, **{k: optuna.distributions.CategoricalDistribution([_choice(v) for v in values])
                          for k, values in grid.items()}}
     if not space:
-        raise UsageError("--search tpe needs a --range (or a --grid) to search")
+        raise ParamError("search", "tpe", "needs ranges (or a grid) to search")
     # the study is named without the searched params' current values: `--save` writes the best
     # of them into params.toml, and the next run of the same search must find the same study
     fixed = {k: v for k, v in base.to_dict().items() if k not in space}
     table = hashlib.sha1(features.X.cpu().numpy().tobytes()).hexdigest()[:10]  # other features: another study
     described = json.dumps({"base": fixed, "features": table, "space": {k: repr(v) for k, v in sorted(space.items())},
-                            "folds": folds, "split": split, "seed": seed}, sort_keys=True)
+                            "folds": folds.folds, "split": folds.split, "seed": folds.seed}, sort_keys=True)
+    metric = features.spec.scorer
     name = f"{target}-{hashlib.sha1(described.encode()).hexdigest()[:10]}"
     storage.parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{storage}", load_if_exists=True,
                                 direction="maximize" if metric.higher_is_better else "minimize")
     # seeded past the trials it has: a resumed study proposes new configs, not the first run's again;
     # constant_liar spreads a batch's proposals, which are asked before any of them is told
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), constant_liar=True)
+    study.sampler = optuna.samplers.TPESampler(seed=folds.seed + len(study.trials), constant_liar=True)
     for start in range(0, trials, batch):
         asked = [study.ask(space) for _ in range(min(batch, trials - start))]
         configs = [base.with_(**{k: _param(k, v) for k, v in t.params.items()}) for t in asked]
         try:
-            result = cross_validate(features, configs, folds=folds, split=split, seed=seed, device=device,
-                                    curves=False, progress=progress, backend=backend)
+            result = cross_validate(features, configs, folds, device=device, curves=False, progress=progress,
+                                    backend=backend)
         except BaseException:
             for t in asked:
                 study.tell(t, state=optuna.trial.TrialState.FAIL)

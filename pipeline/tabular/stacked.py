@@ -49,6 +49,16 @@ DERIVATIVES = {
     "elu": lambda z, a: torch.where(z > 0, 1.0, a + 1),
 }
 MODELS = ("linear", "mlp")
+
+
+def widths_of(model: str, hidden: tuple[int, ...]) -> tuple[int, ...]:
+    """The hidden layers' widths of a ``model`` given ``hidden``: a linear model has none."""
+    return tuple(hidden) if model == "mlp" else ()
+
+
+def check_widths(model: str, hidden: tuple[int, ...]) -> None:
+    if model == "mlp" and not (hidden and min(hidden) >= 1):
+        raise ParamError("hidden", list(hidden), "an mlp needs widths >= 1")
 # One generator for all columns; or per column, one generator for its initial weights and one
 # per hidden layer for its dropout masks; None: no dropout, and default initialisation.
 Randomness = Union[torch.Generator, Sequence[Sequence[torch.Generator]], None]
@@ -99,7 +109,9 @@ class StackedModel:
     (G, C, fan_in, fan_out) shapes of the math.
     """
 
-    FORMAT = "pipeline.stacked/3"  # /2 named the architecture's model "kind"; /1 stored (fan_in, fan_out) weights
+    # /3 held the target's standardization (now the member's target transform); /2 named the
+    # architecture's model "kind"; /1 stored (fan_in, fan_out) weights
+    FORMAT = "pipeline.stacked/4"
 
     def __init__(self, arch: Architecture, groups: int, hidden: list[tuple[int, ...]],
                  dropout: list[float], device: torch.device, generator: Randomness = None):
@@ -115,11 +127,6 @@ class StackedModel:
         self.theta = torch.zeros(sum(math.prod(s) for s in self.shapes), device=device)
         self.dropout = torch.tensor(dropout, device=device, dtype=torch.float32)
         self.use_dropout = any(p > 0 for p in dropout)
-        # Each group's outputs are standardized targets: the labels' scale is out * scale + shift,
-        # clipped to the range of the targets it trained on (infinite: not clipped).
-        self.target_shift = torch.zeros(G, device=device)
-        self.target_scale = torch.ones(G, device=device)
-        self.target_range = torch.tensor([[-math.inf, math.inf]] * G, device=device)
         self._init(generator)
 
     def _stored(self, theta: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -162,13 +169,6 @@ class StackedModel:
         """Spread one value per (group, config) model, (G, C), over every element of ``theta``."""
         G, C = self.groups, self.configs
         return torch.cat([values.view(G, C, *[1] * (len(s) - 2)).expand(s).reshape(-1) for s in self.shapes])
-
-    def destandardize(self, out: torch.Tensor, group_dim: int = 0) -> torch.Tensor:
-        """Outputs in the labels' scale, in place; ``out``'s group axis is ``group_dim``."""
-        shape = [1] * out.dim()
-        shape[group_dim] = self.groups
-        out.mul_(self.target_scale.view(shape)).add_(self.target_shift.view(shape))
-        return out.clamp_(self.target_range[:, 0].view(shape), self.target_range[:, 1].view(shape))
 
     def blocks(self, rows: int, theta: torch.Tensor | None = None) -> list[Block]:
         """Split the models so that one layer's activations for ``rows`` rows stay within
@@ -251,8 +251,8 @@ class StackedModel:
 
     def forward(self, x: torch.Tensor, theta: torch.Tensor | None = None, *,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """``x`` (G or 1, B, d), or d + 1 with a ones column last -> outputs (G, B, C, n_out) in the labels' scale.
-        Dropout applies when a generator is given."""
+        """``x`` (G or 1, B, d), or d + 1 with a ones column last -> raw outputs (G, B, C, n_out)
+        (the target transform takes them to the labels' scale). Dropout applies when a generator is given."""
         rows = x.shape[1]
         out = torch.empty(self.groups, rows, self.configs, self.arch.n_out, device=x.device)
         shared = x[0].T if x.shape[0] == 1 else None  # 2-D, so that matmul makes one product of all groups
@@ -260,14 +260,13 @@ class StackedModel:
             xT = shared if shared is not None else x[block.groups].transpose(1, 2)
             y, _ = self.forward_block(block, xT, generator)
             out[block.groups, :, block.configs] = y.permute(0, 3, 1, 2)
-        return self.destandardize(out)
+        return out
 
     def state(self, extra: dict) -> dict:
         """A checkpoint of plain tensors and values (``torch.load(weights_only=True)`` safe)."""
         return {"format": self.FORMAT, "theta": self.theta.detach().cpu(),
                 "arch": vars(self.arch), "groups": self.groups, "hidden": [list(h) for h in self.hidden],
-                "dropout": self.dropout.cpu().tolist(), "target_shift": self.target_shift.cpu(),
-                "target_scale": self.target_scale.cpu(), "target_range": self.target_range.cpu(), **extra}
+                "dropout": self.dropout.cpu().tolist(), **extra}
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> "StackedModel":
@@ -278,7 +277,4 @@ class StackedModel:
         if model.theta.shape != state["theta"].shape:
             raise ValueError("parameter count does not match the architecture")
         model.theta = state["theta"].to(device)
-        model.target_shift = state["target_shift"].to(device)
-        model.target_scale = state["target_scale"].to(device)
-        model.target_range = state["target_range"].to(device)
         return model

@@ -14,10 +14,9 @@ import pandas as pd
 
 from pipeline.errors import DataError, shown
 from pipeline.metrics import Metric, metric_for
+from pipeline.tasks import task_for
 
 log = logging.getLogger(__name__)
-
-TASKS = ("regression", "classification")
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class TableSpec:
 
     @property
     def scorer(self) -> Metric:
-        return metric_for(self.metric, self.task)
+        return metric_for(self.metric, task_for(self.task).name)
 
 
 @dataclass
@@ -115,33 +114,13 @@ def _check_labels(frame: pd.DataFrame, spec: TableSpec, path: Path) -> pd.Series
     if labels.isna().any():
         raise DataError(f"{path}: label {spec.label!r} is missing at line {_line(labels.isna())}; "
                         "drop or fill those rows")
-    if spec.task == "classification":
-        classes = labels.unique()
-        if spec.scorer.binary and len(classes) != 2:
-            raise DataError(f"{path}: metric {spec.metric} is for two classes; label {spec.label!r} has "
-                            f"{len(classes)} ({_preview(sorted(map(str, classes)))}); use logloss or accuracy")
-        return labels
-    numeric = pd.to_numeric(labels, errors="coerce")
-    if numeric.isna().any():
-        bad = numeric.isna()
-        raise DataError(f"{path}: label {spec.label!r} holds non-numeric {shown(labels[bad].iloc[0])!r} "
-                        f"at line {_line(bad)}")
-    values = numeric.to_numpy(dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise DataError(f"{path}: label {spec.label!r} is infinite at line {_line(~np.isfinite(values))}")
-    bad = outside_domain(values, spec.scorer)
-    if bad.any():
-        raise DataError(f"{path}: label {spec.label!r} is {values[bad][0]:g} at line {_line(bad)}; "
-                        f"{spec.metric} needs {spec.scorer.domain} labels (use metric rmse)")
-    return numeric.astype(np.float64)
+    return spec.scorer.task.checked(labels, spec.scorer, f"{path}: label {spec.label!r}")
 
 
 def load_tables(train_path: str | Path, test_path: str | Path, spec: TableSpec) -> Tables:
     """Read and check both CSVs; align their feature columns."""
     train_path, test_path = Path(train_path), Path(test_path)
-    if spec.task not in TASKS:
-        raise DataError(f"task {spec.task!r} is not one of {', '.join(TASKS)}")
-    spec.scorer  # a metric that does not fit the task is refused before any file is read
+    spec.scorer  # a task or metric that does not fit is refused before any file is read
     train, test = read_csv(train_path), read_csv(test_path)
     _check_ids(train, spec, train_path)
     _check_ids(test, spec, test_path)
@@ -169,6 +148,18 @@ def load_tables(train_path: str | Path, test_path: str | Path, spec: TableSpec) 
     return Tables(train_features[keep], test_features[keep], labels, test[spec.id], spec, train_path, test_path)
 
 
+def read_test(path: str | Path, spec: TableSpec, columns: list[str]) -> tuple[list, pd.DataFrame]:
+    """Another test file for a trained model: its ids, and its feature ``columns`` (those the
+    model was trained on; any other column is ignored)."""
+    path = Path(path)
+    frame = read_csv(path)
+    _check_ids(frame, spec, path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks the column(s) {_preview(missing)} that the model was trained on")
+    return [shown(i) for i in frame[spec.id]], _infinite_as_missing(frame[columns], path)
+
+
 def _infinite_as_missing(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Infinite feature values become missing (NaN), with a warning that names the columns.
 
@@ -188,15 +179,6 @@ def _infinite_as_missing(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     for c in infinite:
         frame[c] = frame[c].astype(np.float64).replace([np.inf, -np.inf], np.nan)
     return frame
-
-
-def outside_domain(values: np.ndarray, metric: Metric) -> np.ndarray:
-    """Where ``values`` fall outside what ``metric`` takes (positive or non-negative)."""
-    if metric.domain == "positive":
-        return values <= 0
-    if metric.domain == "non-negative":
-        return values < 0
-    return np.zeros(len(values), dtype=bool)
 
 
 def _line(mask) -> int:

@@ -5,6 +5,10 @@ The loop is airbench-shaped: data sit on the training device, each step fetches 
 losses and metrics accumulate on the device and are read once, after the last epoch. Gradients
 come from the model's hand-written backward pass (:mod:`pipeline.tabular.stacked`) into one
 flat buffer, and :mod:`pipeline.tabular.optim` updates the one flat parameter tensor.
+
+:func:`fit` plans a run (:class:`_Plan`: the stacked model, the batches, the optimizer, the
+target transform), takes its steps (:func:`_train_step`) and keeps its books (:class:`_Books`:
+losses, curves, the best epoch on an inner split).
 """
 
 from __future__ import annotations
@@ -16,23 +20,22 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.devices import make_generator, one_cpu_thread
 from pipeline.errors import ParamError, UsageError
-from pipeline.metrics import Metric, log_space, metric_for
+from pipeline.metrics import Metric, metric_for
 from pipeline.progress import Curves
-from pipeline.tabular.optim import make_optimizer
-from pipeline.tabular.stacked import ACTIVATION_BUDGET, MODELS, Architecture, StackedModel
+from pipeline.tabular.optim import OPTIMIZERS, make_optimizer
+from pipeline.tabular.stacked import ACTIVATION_BUDGET, MODELS, Architecture, StackedModel, check_widths, widths_of
+from pipeline.tabular.target_transform import TargetTransform
 
-OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 WARMUP = 0.05  # onecycle: the share of steps over which the learning rate rises from 0, then a cosine decay
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    """One model config. The defaults are d2l 4.10's recipe."""
+    """A torch member's config (linear or MLP); the defaults are d2l 4.10's recipe."""
 
     model: str = "linear"
     hidden: tuple[int, ...] = (256,)
@@ -61,7 +64,6 @@ class TrainParams:
             ("dropout", 0 <= self.dropout < 1, "must be in [0, 1)"),
             ("optimizer", self.optimizer in OPTIMIZERS, f"not one of {', '.join(OPTIMIZERS)}"),
             ("schedule", self.schedule in SCHEDULES, f"not one of {', '.join(SCHEDULES)}"),
-            ("hidden", self.model != "mlp" or (self.hidden and min(self.hidden) >= 1), "an mlp needs widths >= 1"),
             ("log_target", self.log_target in (True, False, "auto"), "not one of true, false, auto"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
             ("submodels", self.submodels >= 1, "must be at least 1"),
@@ -70,10 +72,11 @@ class TrainParams:
         for param, ok, why in checks:
             if not ok:
                 raise ParamError(param, getattr(self, param), why)
+        check_widths(self.model, self.hidden)
 
     @property
     def widths(self) -> tuple[int, ...]:
-        return self.hidden if self.model == "mlp" else ()
+        return widths_of(self.model, self.hidden)
 
     def group_key(self) -> tuple:
         """Configs with equal keys can share one stacked model (and one batch order)."""
@@ -101,11 +104,12 @@ class TrainParams:
 @dataclass
 class FitResult:
     """Curves are (epochs, groups, configs) arrays of the metric, of each config's submodels
-    averaged; NaN after a failure. The model holds ``configs[c].submodels`` columns per config."""
+    averaged; NaN after a failure. The model holds ``configs[c].submodels`` columns per config,
+    whose raw outputs ``transform`` takes back to the labels' scale."""
 
     model: StackedModel
     configs: list[TrainParams]
-    metric: str
+    transform: TargetTransform
     train_curve: np.ndarray
     valid_curve: np.ndarray | None
     # (groups, configs): first epoch (1-based) with a non-finite loss, 0 if none: one whose squared
@@ -143,14 +147,11 @@ def predict_raw(model: StackedModel, X: torch.Tensor) -> torch.Tensor:
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
-def to_predictions(raw: torch.Tensor, configs: list[TrainParams], metric: Metric) -> torch.Tensor:
-    """Labels' scale, per model column: values for regression (back from a log target's space),
-    class probabilities otherwise."""
-    if metric.task == "classification":
-        return raw.softmax(-1)
-    logged = torch.tensor([c.log_target for c in configs for _ in range(c.submodels)], device=raw.device)
-    out = raw[..., 0]
-    return torch.where(logged.view(1, 1, -1), log_space(metric)[1](out), out)
+def predictions(raw: torch.Tensor, transform: TargetTransform, submodels: int) -> torch.Tensor:
+    """(G, N, C * submodels, outputs) raw outputs -> (G, N, C, outputs) predictions in the
+    labels' scale (class probabilities), each config's submodels averaged."""
+    values = transform.inverse(transform.metric.task.predictions(raw))
+    return average_submodels(values, submodels, transform.metric, 2)
 
 
 def average_submodels(values: torch.Tensor, submodels: int, metric: Metric, dim: int) -> torch.Tensor:
@@ -160,8 +161,6 @@ def average_submodels(values: torch.Tensor, submodels: int, metric: Metric, dim:
         return values
     shape = values.shape
     split = values.reshape(*shape[:dim], -1, submodels, *shape[dim + 1:])
-    if metric.task == "classification":
-        return split.mean(dim + 1)
     return metric.unspace(metric.space(split).mean(dim + 1))
 
 
@@ -177,8 +176,9 @@ class _Scorer:
     are scored (an MLP's held-out and valid rows: half the cost of all rows each epoch)."""
 
     def __init__(self, model: StackedModel, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                 metric: Metric, log_target: bool, submodels: int = 1):
-        self.model, self.metric, self.log_target, self.submodels = model, metric, log_target, submodels
+                 transform: TargetTransform, submodels: int = 1):
+        self.model, self.transform, self.submodels = model, transform, submodels
+        metric = self.metric = transform.metric
         G, N = mask.shape[:2]
         scored = mask.any(2)
         counts = scored.sum(1)
@@ -205,21 +205,17 @@ class _Scorer:
         self.rows = [[m.nonzero().squeeze(1) for m in group.T] for group in mask]  # for whole-sample metrics
 
     def _predictions(self) -> torch.Tensor:
-        """(G, configs, rows) values, or (G, configs, rows, classes) probabilities: each config's
-        submodels averaged."""
+        """(G, configs, rows, outputs) predictions in the labels' scale, each config's submodels averaged."""
         for start, xT in self.chunks:
             for block in self.blocks[xT.shape[-1]]:
                 z, _ = self.model.forward_block(block, xT if xT.dim() == 2 else xT[block.groups])
                 self.out[block.groups, block.configs, :, start:start + xT.shape[-1]] = z
-        if self.metric.task == "classification":
-            pred = self.out.softmax(2).transpose(2, 3)
-        else:
-            pred = self.model.destandardize(self.out[:, :, 0])
-            pred = log_space(self.metric)[1](pred) if self.log_target else pred
-        return average_submodels(pred, self.submodels, self.metric, 1)
+        values = self.transform.inverse(self.metric.task.predictions(self.out.transpose(2, 3)))
+        return average_submodels(values, self.submodels, self.metric, 1)
 
     def __call__(self) -> torch.Tensor:
-        pred, metric = self._predictions(), self.metric
+        metric = self.metric
+        pred = metric.task.scored(self._predictions())
         if metric.term is None:
             labels = self.y if self.y.dim() == 2 else self.y.expand(len(pred), -1)
             return torch.stack([torch.stack([metric.whole(p.index_select(1, rows), y[rows]) for rows in masks], -1)
@@ -279,18 +275,6 @@ class BatchPlan:
         return out
 
 
-def _train_targets(y: torch.Tensor, params: TrainParams, n_out: int, metric: Metric) -> torch.Tensor:
-    """The loss's targets as columns: (smoothed) one-hot classes, or the label (in log space with log_target)."""
-    if n_out > 1:
-        return F.one_hot(y, n_out).float() * (1 - params.label_smoothing) + params.label_smoothing / n_out
-    return (log_space(metric)[0](y) if params.log_target else y).float().view(-1, 1)
-
-
-def log_allowed(y: torch.Tensor, metric: Metric) -> bool:
-    """Whether labels have a log: rmsle's log1p takes any of its (non-negative) labels."""
-    return metric.task == "regression" and (metric.name == "rmsle" or bool((y > 0).all()))
-
-
 def _lr_scale(schedule: str, step: int, total: int) -> float:
     """The schedule's factor on the learning rate at ``step`` (1-based) of ``total``."""
     if schedule == "cosine":
@@ -335,7 +319,7 @@ def column_generators(seed: int, configs: list[TrainParams], device: torch.devic
 
 
 def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], configs: list[TrainParams], *,
-        metric: str, valid_rows: list[torch.Tensor] | None = None, n_out: int = 1, seed: int = 0,
+        metric: str | Metric, valid_rows: list[torch.Tensor] | None = None, n_out: int = 1, seed: int = 0,
         curves: bool = True, on_epoch: Callable[[int, int, Curves | None], None] | None = None) -> FitResult:
     """Train ``len(train_rows)`` groups x ``len(configs)`` models at once.
 
@@ -344,19 +328,27 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
     With ``curves`` the metrics are computed after every epoch, else only after the last.
     ``on_epoch(epoch, epochs, curves)`` hears each epoch's end; ``curves()`` reads that epoch's
     train and valid metric off the device (None when they are not computed every epoch).
-    The loss is the mean squared error for ``n_out == 1``, else cross-entropy over n_out classes.
-    The batch orders and inner splits come from ``seed``; each config's initial weights and
-    dropout masks from its own generator (see :func:`column_generators`).
+    The loss is the task's: the mean squared error of (transformed) values, or cross-entropy
+    over n_out classes. The batch orders and inner splits come from ``seed``; each config's
+    initial weights and dropout masks from its own generator (see :func:`column_generators`).
     """
-    metric = metric_for(metric)
-    configs = [c.with_(log_target=log_allowed(y, metric)) if c.log_target == "auto" else c for c in configs]
-    keys = {c.group_key() for c in configs}
-    if len(keys) != 1:
+    metric = metric_for(metric) if isinstance(metric, str) else metric
+    configs = [c.with_(log_target=metric.task.learns_in_log(c.log_target, metric, y)) for c in configs]
+    if len({c.group_key() for c in configs}) != 1:
         raise UsageError("configs differing in model, depth, activation, epochs, batch size, log target, "
                          "optimizer, schedule, standardizing, label smoothing, submodels or inner split "
                          "cannot share one stacked model")
     with one_cpu_thread(X.device, enabled=_step_products(X, train_rows, configs, n_out) < MANY_THREADS):
-        return _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_epoch)
+        started = time.perf_counter()
+        plan = _Plan(X, y, train_rows, configs, metric, n_out, seed)
+        books = _Books(plan, y, valid_rows, curves)
+        with torch.inference_mode():  # skips autograd's bookkeeping, ~7% of a d2l step; tensors made above stay normal
+            for epoch in range(plan.epochs):
+                for index, step in zip(plan.batches.epoch(plan.generator), plan.steps):
+                    _train_step(plan, index, step)
+                books.end_epoch(epoch, on_epoch)
+            books.keep_best()
+        return books.result(time.perf_counter() - started)
 
 
 # Multiply-adds per training step above which the CPU's threads share the work. Below it (a d2l
@@ -372,124 +364,162 @@ def _step_products(X: torch.Tensor, train_rows: list, configs: list[TrainParams]
     return models * configs[0].batch_size * sum(a * b for a, b in zip(widths, widths[1:]))
 
 
-def _fit(X, y, train_rows, configs, metric, valid_rows, n_out, seed, curves, on_epoch) -> FitResult:
-    first = configs[0]
-    k = first.submodels
-    columns = [c for c in configs for _ in range(k)]  # the stacked model's columns, config after config
-    device = X.device
-    started = time.perf_counter()
-    generator = make_generator(seed, device)  # batch orders and inner splits: the same for every config
-    own = column_generators(seed, configs, device)  # initial weights and dropout masks
-    G, C, M, N, d = len(train_rows), len(configs), len(columns), len(X), X.shape[1]
-    arch = Architecture(first.model, len(first.widths), first.activation, d, n_out)
-    model = StackedModel(arch, G, [c.widths for c in columns], [c.dropout for c in columns], device, own)
-    selecting = first.inner_valid > 0
-    if selecting:
-        train_rows, held_out = _inner_split(train_rows, first.inner_valid, generator)
-    grad = torch.empty_like(model.theta)
-    classify = n_out > 1
-    plan = BatchPlan(train_rows, first.batch_size, device)
-    total_steps = first.epochs * plan.steps
-    adam = make_optimizer(model, columns, total_steps)
-    weights = plan.weights(1.0 if classify else 2.0)  # d mean-loss / d output = weight * residual
-    targets = _train_targets(y, first, n_out, metric).to(X.dtype)
-    standardized = first.standardize and not classify
-    if standardized:  # each group's own targets, so that no label outside its rows is used
-        for g, rows in enumerate(train_rows):
-            model.target_shift[g] = targets[rows, 0].mean()
-            model.target_scale[g] = targets[rows, 0].std(correction=0).clamp_min(1e-12)
-            # An MLP extrapolates: clipped to the targets it saw, one exp of a log target cannot explode
-            # (the MLP's RMSE on diamonds' prices: 437,567 unclipped, 587 clipped).
-            model.target_range[g] = torch.stack([targets[rows, 0].min(), targets[rows, 0].max()])
-        inverse = (1 / model.target_scale).view(G, 1, 1, 1)
-        offset = (-model.target_shift / model.target_scale).view(G, 1, 1, 1)
-    # Features, a ones column (the first layer's bias rides in its product) and the targets: one
-    # gather per step fetches all three. (index_select of whole rows: advanced indexing, table[idx],
-    # costs per element on the CPU, about 5x more here.)
-    table = torch.cat([X, torch.ones(N, 1, device=device), targets], dim=1)
-    width = max(b - a for a, b in plan.bounds)
-    blocks = list(zip(model.blocks(width), model.blocks(width, grad)))
-    tracked = torch.zeros(G, M, n_out, width, device=device)  # the epoch's loss terms, to catch non-finite losses
+@dataclass
+class _BlockStep:
+    """One block of models in one step: its views of the step's batch, made once per run."""
 
-    # Per step: the gather buffer and, per block, its views of the batch, made once.
-    buffers, steps = {}, []
-    for (start, stop), weight in zip(plan.bounds, weights):
-        rows = stop - start
-        if rows not in buffers:
-            buffers[rows] = torch.empty(G * rows, table.shape[1], device=device)
-        batch = buffers[rows].view(G, rows, -1)
-        views = []
-        for block, _ in blocks:
-            x = batch[block.groups, :, :d + 1]
-            standard = (inverse[block.groups], offset[block.groups]) if standardized else None
-            views.append((x, x.transpose(1, 2), batch[block.groups, :, d + 1:].transpose(1, 2).unsqueeze(1),
-                          weight[block.groups], tracked[block.groups, block.configs, :, :rows], standard))
-        steps.append((buffers[rows], views))
+    block: object  # stacked.Block of the parameters
+    grads: object  # the same Block of the gradient buffer
+    x: torch.Tensor  # (Gb, rows, d + 1): features and the ones column
+    xT: torch.Tensor
+    target: torch.Tensor  # (Gb, 1, outputs, rows)
+    weight: torch.Tensor  # d mean-loss / d output per residual
+    track: torch.Tensor  # the epoch's squared residuals, to catch non-finite losses
+    standard: tuple | None  # regression's per-group (1 / scale, -shift / scale)
 
-    masks = {}
-    # With an inner split the per-epoch train metric is for the curves only: a sample of the
-    # fit rows as large as the held-out ones spares a pass over every row each epoch.
-    curve_rows = [rows[:len(out)] for rows, out in zip(train_rows, held_out)] if selecting else train_rows
-    for name, rows_list in (("train", curve_rows), ("valid", valid_rows or []), ("select", held_out if selecting else [])):
-        if rows_list:
-            mask = torch.zeros(G, N, device=device)
-            for g, rows in enumerate(rows_list):
-                mask[g, rows.to(device)] = 1.0
-            masks[name] = mask
-    names = list(masks)
-    score = _Scorer(model, table[:, :d + 1], y, torch.stack(list(masks.values()), dim=2), metric, first.log_target, k)
-    per_epoch = curves or selecting
-    history = torch.full((first.epochs if per_epoch else 1, G, C, len(masks)), float("nan"), device=device)
-    losses = torch.zeros(first.epochs, G, C, device=device)  # per epoch, summed; only finiteness matters
-    dropout = own if model.use_dropout else None
-    if selecting:  # the weights of each config's best epoch so far, on its held-out rows
-        owner = model.per_model(torch.arange(G * M, device=device, dtype=torch.float32).view(G, M)).long()
-        kept = model.theta.clone()
-        best = torch.full((G, C), -math.inf if metric.higher_is_better else math.inf, device=device)
-        best_epoch = torch.full((G, C), first.epochs, device=device, dtype=torch.long)
 
-    step_no = 0
-    with torch.inference_mode():  # skips autograd's bookkeeping, ~7% of a d2l step; tensors made above stay normal
-        for epoch in range(first.epochs):
-            for index, (buffer, views) in zip(plan.epoch(generator), steps):
-                torch.index_select(table, 0, index, out=buffer)
-                for (block, grads), (x, xT, target, weight, track, standard) in zip(blocks, views):
-                    out, saved = model.forward_block(block, xT, dropout)
-                    if classify:  # finite logits give a finite loss, and softmax - one-hot is bounded
-                        error = torch.softmax(out, 2).sub_(target)
-                        track.add_(error)
-                    else:
-                        error = out.sub_(target if standard is None else torch.addcmul(standard[1], target, standard[0]))
-                        track.addcmul_(error, error)
-                    model.backward_block(block, grads, x, saved, error.mul_(weight))
-                step_no += 1
-                adam.step(grad, _lr_scale(first.schedule, step_no, total_steps))
-            torch.sum(tracked.view(G, C, -1), 2, out=losses[epoch])
-            tracked.zero_()
-            if per_epoch or epoch == first.epochs - 1:
-                history[epoch if per_epoch else 0] = score()
-            if selecting:
-                now = history[epoch, :, :, names.index("select")]
-                improved = now > best if metric.higher_is_better else now < best
-                best = torch.where(improved, now, best)
-                best_epoch.masked_fill_(improved, epoch + 1)
-                torch.where(improved.repeat_interleave(k, 1).view(-1)[owner], model.theta, kept, out=kept)
-            if on_epoch:
-                on_epoch(epoch + 1, first.epochs, (lambda row=history[epoch]: {
-                    name: row[:, :, names.index(name)].cpu().numpy() for name in ("train", "valid") if name in names})
-                    if per_epoch else None)
-        if selecting:
-            model.theta.copy_(kept)
+class _Plan:
+    """What a run trains and how: the stacked model, its target transform, the batches and each
+    step's views of them, the optimizer, and the inner split that picks the best epoch."""
 
-    # The device values, read once, at the end.
-    curves_np, finite = history.cpu().numpy(), torch.isfinite(losses).cpu().numpy()
-    failed_np = np.where(finite.all(0), 0, finite.argmin(0) + 1)
-    epoch_of_row = np.arange(1, first.epochs + 1) if per_epoch else np.array([first.epochs])
-    curves_np[(failed_np > 0) & (epoch_of_row.reshape(-1, 1, 1) >= failed_np)] = np.nan
-    return FitResult(
-        model=model, configs=list(configs), metric=metric.name,
-        train_curve=curves_np[..., names.index("train")],
-        valid_curve=curves_np[..., names.index("valid")] if "valid" in names else None,
-        failed_epoch=failed_np, seconds=time.perf_counter() - started,
-        best_epoch=best_epoch.cpu().numpy() if selecting else None,
-    )
+    def __init__(self, X, y, train_rows, configs, metric: Metric, n_out: int, seed: int):
+        first = self.first = configs[0]
+        self.configs, self.metric, self.n_out, self.k = configs, metric, n_out, first.submodels
+        columns = [c for c in configs for _ in range(self.k)]  # the stacked model's columns, config after config
+        device = X.device
+        self.generator = make_generator(seed, device)  # batch orders and inner splits: the same for every config
+        self.own = column_generators(seed, configs, device)  # initial weights and dropout masks
+        arch = Architecture(first.model, len(first.widths), first.activation, X.shape[1], n_out)
+        self.model = StackedModel(arch, len(train_rows), [c.widths for c in columns], [c.dropout for c in columns],
+                                  device, self.own)
+        self.held_out = None
+        if first.inner_valid > 0:
+            train_rows, self.held_out = _inner_split(train_rows, first.inner_valid, self.generator)
+        self.train_rows, self.epochs = train_rows, first.epochs
+        self.batches = BatchPlan(train_rows, first.batch_size, device)
+        self.total_steps, self.step_no = first.epochs * self.batches.steps, 0
+        self.optimizer = make_optimizer(self.model, columns, self.total_steps)
+        self.grad = torch.empty_like(self.model.theta)
+        self.dropout = self.own if self.model.use_dropout else None
+        self.transform = TargetTransform(metric, bool(first.log_target))
+        targets = metric.task.train_targets(self.transform.learned(y), n_out, first.label_smoothing).to(X.dtype)
+        self.transform.fit(targets[:, 0], train_rows, standardize=first.standardize, clip=first.standardize)
+        # Features, a ones column (the first layer's bias rides in its product) and the targets: one
+        # gather per step fetches all three. (index_select of whole rows: advanced indexing, table[idx],
+        # costs per element on the CPU, about 5x more here.)
+        self.table = torch.cat([X, torch.ones(len(X), 1, device=device), targets], dim=1)
+        self.steps = self._step_views(X.shape[1])
+
+    def _step_views(self, d: int) -> list[tuple[torch.Tensor, list[_BlockStep]]]:
+        """Per step: the gather buffer and, per block of models, its views of the batch."""
+        model, batches, device = self.model, self.batches, self.table.device
+        G = model.groups
+        width = max(b - a for a, b in batches.bounds)
+        blocks = list(zip(model.blocks(width), model.blocks(width, self.grad)))
+        self.tracked = torch.zeros(G, model.configs, self.n_out, width, device=device)
+        standard = None
+        if self.transform.standardized:  # each group's own targets, so that no label outside its rows is used
+            scale, shift = (t.to(device, torch.float32).view(G, 1, 1, 1) for t in (self.transform.scale,
+                                                                                   self.transform.shift))
+            standard = (1 / scale, -shift / scale)
+        buffers, steps = {}, []
+        for (start, stop), weight in zip(batches.bounds, batches.weights(self.metric.task.residual_scale)):
+            rows = stop - start
+            if rows not in buffers:
+                buffers[rows] = torch.empty(G * rows, self.table.shape[1], device=device)
+            batch = buffers[rows].view(G, rows, -1)
+            views = []
+            for block, grads in blocks:
+                x = batch[block.groups, :, :d + 1]
+                views.append(_BlockStep(block, grads, x, x.transpose(1, 2),
+                                        batch[block.groups, :, d + 1:].transpose(1, 2).unsqueeze(1),
+                                        weight[block.groups], self.tracked[block.groups, block.configs, :, :rows],
+                                        None if standard is None else tuple(s[block.groups] for s in standard)))
+            steps.append((buffers[rows], views))
+        return steps
+
+
+def _train_step(plan: _Plan, index: torch.Tensor, step: tuple[torch.Tensor, list[_BlockStep]]) -> None:
+    """One optimizer step of every model: gather the batch, forward and backward each block,
+    then one update of the flat parameters."""
+    buffer, views = step
+    torch.index_select(plan.table, 0, index, out=buffer)
+    model, task = plan.model, plan.metric.task
+    for view in views:
+        out, saved = model.forward_block(view.block, view.xT, plan.dropout)
+        goal = view.target if view.standard is None else torch.addcmul(view.standard[1], view.target, view.standard[0])
+        error = task.residual(out, goal)
+        view.track.addcmul_(error, error)
+        model.backward_block(view.block, view.grads, view.x, saved, error.mul_(view.weight))
+    plan.step_no += 1
+    plan.optimizer.step(plan.grad, _lr_scale(plan.first.schedule, plan.step_no, plan.total_steps))
+
+
+class _Books:
+    """A run's records on the device: each epoch's summed squared residuals (to find the first
+    non-finite one), the metric on the train, valid and inner held-out rows, and each model's
+    best epoch on the held-out rows with its weights. Read off the device once, at the end."""
+
+    def __init__(self, plan: _Plan, y: torch.Tensor, valid_rows: list[torch.Tensor] | None, curves: bool):
+        self.plan = plan
+        G, C, device = plan.model.groups, len(plan.configs), plan.table.device
+        selecting = self.selecting = plan.held_out is not None
+        # With an inner split the per-epoch train metric is for the curves only: a sample of the
+        # fit rows as large as the held-out ones spares a pass over every row each epoch.
+        curve_rows = [r[:len(out)] for r, out in zip(plan.train_rows, plan.held_out)] if selecting else plan.train_rows
+        masks = {}
+        for name, rows_list in (("train", curve_rows), ("valid", valid_rows or []), ("select", plan.held_out or [])):
+            if rows_list:
+                masks[name] = torch.zeros(G, len(y), device=device)
+                for g, rows in enumerate(rows_list):
+                    masks[name][g, rows.to(device)] = 1.0
+        self.names = list(masks)
+        d = plan.table.shape[1] - plan.n_out - 1
+        self.score = _Scorer(plan.model, plan.table[:, :d + 1], y, torch.stack(list(masks.values()), dim=2),
+                             plan.transform, plan.k)
+        self.per_epoch = curves or selecting
+        self.history = torch.full((plan.epochs if self.per_epoch else 1, G, C, len(masks)), float("nan"), device=device)
+        self.losses = torch.zeros(plan.epochs, G, C, device=device)  # per epoch, summed; only finiteness matters
+        if selecting:  # the weights of each config's best epoch so far, on its held-out rows
+            model = plan.model
+            self.owner = model.per_model(torch.arange(G * model.configs, device=device, dtype=torch.float32)
+                                         .view(G, model.configs)).long()
+            self.kept = model.theta.clone()
+            self.best = torch.full((G, C), -math.inf if plan.metric.higher_is_better else math.inf, device=device)
+            self.best_epoch = torch.full((G, C), plan.epochs, device=device, dtype=torch.long)
+
+    def end_epoch(self, epoch: int, on_epoch) -> None:
+        plan = self.plan
+        torch.sum(plan.tracked.view(*self.losses.shape[1:], -1), 2, out=self.losses[epoch])
+        plan.tracked.zero_()
+        if self.per_epoch or epoch == plan.epochs - 1:
+            self.history[epoch if self.per_epoch else 0] = self.score()
+        if self.selecting:
+            now = self.history[epoch, :, :, self.names.index("select")]
+            improved = now > self.best if plan.metric.higher_is_better else now < self.best
+            self.best = torch.where(improved, now, self.best)
+            self.best_epoch.masked_fill_(improved, epoch + 1)
+            torch.where(improved.repeat_interleave(plan.k, 1).view(-1)[self.owner], plan.model.theta, self.kept,
+                        out=self.kept)
+        if on_epoch:
+            on_epoch(epoch + 1, plan.epochs, (lambda row=self.history[epoch]: {
+                name: row[:, :, self.names.index(name)].cpu().numpy() for name in ("train", "valid")
+                if name in self.names}) if self.per_epoch else None)
+
+    def keep_best(self) -> None:
+        if self.selecting:
+            self.plan.model.theta.copy_(self.kept)
+
+    def result(self, seconds: float) -> FitResult:
+        """The device values, read once."""
+        plan, names = self.plan, self.names
+        curves, finite = self.history.cpu().numpy(), torch.isfinite(self.losses).cpu().numpy()
+        failed = np.where(finite.all(0), 0, finite.argmin(0) + 1)
+        epoch_of_row = np.arange(1, plan.epochs + 1) if self.per_epoch else np.array([plan.epochs])
+        curves[(failed > 0) & (epoch_of_row.reshape(-1, 1, 1) >= failed)] = np.nan
+        return FitResult(
+            model=plan.model, configs=list(plan.configs), transform=plan.transform,
+            train_curve=curves[..., names.index("train")],
+            valid_curve=curves[..., names.index("valid")] if "valid" in names else None,
+            failed_epoch=failed, seconds=seconds,
+            best_epoch=self.best_epoch.cpu().numpy() if self.selecting else None)

@@ -1,0 +1,52 @@
+"""Recipe members: every model family behind one protocol (:mod:`.base`): the stacked torch
+models (:mod:`.neural`), scikit-learn's estimators (:mod:`.scikit`) and LightGBM (:mod:`.boosting`).
+
+A family declares its params with their defaults next to its code; a recipe's member table
+(``{model = "mlp", dropout = 0.2}``) names its family and overrides them. A new family is one
+member class, one entry in :data:`FAMILIES` and one in :data:`LOADERS`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.errors import ParamError
+from pipeline.metrics import Metric
+from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet, score_groups
+from pipeline.tabular.members.boosting import LightGBMFitted, LightGBMMember
+from pipeline.tabular.members.neural import TorchFitted, TorchMember
+from pipeline.tabular.members.scikit import ESTIMATORS, SklearnFitted, SklearnMember
+from pipeline.tabular.stacked import MODELS
+
+# a member table's "model" -> its family's class
+FAMILIES: dict[str, type] = {**{name: TorchMember for name in MODELS}, "lightgbm": LightGBMMember,
+                             **{name: SklearnMember for name in ESTIMATORS}}
+LOADERS = {"torch": TorchFitted.from_state, "sklearn": SklearnFitted.from_state,
+           "lightgbm": LightGBMFitted.from_state}
+
+
+def declared(family: str) -> dict:
+    """The params of ``family`` and their defaults."""
+    return FAMILIES[family].declared(family)
+
+
+def every_param() -> set[str]:
+    """Every param any family declares."""
+    return {key for family in FAMILIES for key in declared(family)}
+
+
+def build(family: str, values: dict) -> Member:
+    """A member of ``family`` with ``values`` over its defaults; a bad value is a one-line error."""
+    if family not in FAMILIES:
+        raise ParamError("model", family, f"not one of {', '.join(FAMILIES)}")
+    return FAMILIES[family].build(family, values)
+
+
+def load_fitted(state: dict, metric: Metric, device: torch.device) -> Fitted:
+    """A fitted member from its :meth:`Fitted.state`; an unknown or damaged state raises
+    KeyError, TypeError or ValueError (the checkpoint reader turns them into one line)."""
+    return LOADERS[state["member"]](state, metric, device)
+
+
+__all__ = ["FAMILIES", "FitReport", "Fitted", "Inputs", "Member", "TrainingSet", "build", "declared",
+           "every_param", "load_fitted", "score_groups", "LightGBMMember", "SklearnMember", "TorchMember"]

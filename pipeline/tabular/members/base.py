@@ -1,0 +1,132 @@
+"""The member protocol: every model family behind one small interface.
+
+``member.fit(data, rows)`` trains one model per row set (each fold's training rows, or every
+row for the submission) and returns a :class:`Fitted` that predicts and saves itself; its fit's
+results (time, divergence, the training length it chose, its curves) come with it, as a
+:class:`FitReport`. Cross-validation, the final fit, the blend and the checkpoint only ever call
+that protocol.
+
+A member that picks its own training length (the best epoch or boosting round on an inner
+split of its rows) reports it as ``FitReport.budget``; the final fit on every row is given the
+mean of the folds' budgets, so no row is held out of the model that is submitted.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from pipeline.errors import ParamError
+from pipeline.metrics import Metric
+from pipeline.progress import Progress
+from pipeline.tabular.features import Features
+
+
+@dataclass
+class Inputs:
+    """Rows as each family wants them: ``dense`` (scaled numbers and one-hot categories) for
+    torch and linear models, ``native`` (raw numbers, category codes, NaN) for trees, whose
+    columns ``categorical`` are categories."""
+
+    dense: torch.Tensor
+    native: torch.Tensor | None = None
+    categorical: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.dense)
+
+    @property
+    def device(self) -> torch.device:
+        return self.dense.device
+
+
+class TrainingSet:
+    """A competition's features on the training device: the training rows' inputs and labels,
+    the test rows' inputs, the metric and its task, and the model outputs they need."""
+
+    def __init__(self, features: Features, device: torch.device):
+        self.features, self.device = features, device
+        self.X, self.y = features.X.to(device), features.y.to(device)
+        self.train = Inputs(self.X, features.native, features.native_categorical)
+        self.test = Inputs(features.X_test.to(device), features.native_test, features.native_categorical)
+        self.metric: Metric = features.spec.scorer
+        self.task = self.metric.task
+        self.n_out = self.task.outputs(features.classes)
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return self.features.y.numpy()
+
+
+@dataclass
+class FitReport:
+    """How a fit went, per row set: ``failed_epoch`` the first epoch with a non-finite loss (0
+    if none), ``budget`` the epochs or boosting rounds it chose (mean over its row sets),
+    ``curves`` per-epoch (epochs, G) train and valid metric for members trained in epochs."""
+
+    seconds: float
+    failed_epoch: np.ndarray
+    budget: float | None = None
+    curves: tuple[np.ndarray, np.ndarray | None] | None = None
+
+
+class Member(ABC):
+    """A model family's member of a recipe, with its params (see :mod:`pipeline.tabular.members`)."""
+
+    family: str
+
+    @property
+    def label(self) -> str:
+        return self.family
+
+    @abstractmethod
+    def fit(self, data: TrainingSet, rows: list[torch.Tensor], *, valid_rows: list[torch.Tensor] | None = None,
+            seeds: int = 1, seed: int = 0, progress: Progress = Progress(), budget: float | None = None) -> "Fitted":
+        """One model per row set in ``rows`` (``seeds`` of them each, averaged); a ``budget``
+        fixes the training length."""
+
+    @abstractmethod
+    def params(self) -> dict:
+        """Every param of the member with its value."""
+
+    def used_params(self, task) -> dict:
+        """The params this member uses on ``task``: its report's and the lock's."""
+        return {"model": self.label, **{k: v for k, v in self.params().items() if k not in task.ignores}}
+
+
+class Fitted(ABC):
+    """A member trained on G row sets: G models that predict and save together."""
+
+    label: str
+    report: FitReport
+
+    @abstractmethod
+    def predict(self, inputs: Inputs) -> torch.Tensor:
+        """(G, rows, outputs) on the device of ``inputs``: values for regression, class
+        probabilities for classification."""
+
+    @abstractmethod
+    def state(self) -> dict:
+        """Plain tensors and values (``torch.load(weights_only=True)`` safe); :func:`load_fitted`
+        rebuilds the member from it."""
+
+
+def score_groups(predictions: torch.Tensor, y: torch.Tensor, rows: list[torch.Tensor], metric: Metric) -> list[float]:
+    """``metric`` of each group's (G, N, outputs) predictions on its own rows."""
+    return [float(metric.score(metric.task.scored(p[r]), y[r])) for p, r in zip(predictions, rows)]
+
+
+def mean_budget(values) -> float | None:
+    values = [v for v in values if v]
+    return float(np.mean(values)) if values else None
+
+
+def check(params, rules: list[tuple[str, bool, str]]) -> None:
+    """Raise a :class:`ParamError` for the first ``(param, ok, why)`` rule that fails."""
+    for param, ok, why in rules:
+        if not ok:
+            raise ParamError(param, getattr(params, param), why)

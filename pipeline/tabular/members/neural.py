@@ -1,0 +1,82 @@
+"""Torch members: a linear model or an MLP, stacked. All row sets, and a member's submodels
+times ``seeds`` initialisations, train as one :class:`~pipeline.tabular.stacked.StackedModel`
+(:func:`pipeline.tabular.trainer.fit`), and its prediction is their mean. Its params are
+:class:`~pipeline.tabular.trainer.TrainParams`; a linear model has no hidden layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from pipeline.metrics import Metric
+from pipeline.progress import Progress
+from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet, mean_budget
+from pipeline.tabular.stacked import StackedModel
+from pipeline.tabular.target_transform import TargetTransform
+from pipeline.tabular.trainer import TrainParams, fit, predict_raw, predictions
+
+LAYER_PARAMS = ("hidden", "activation", "dropout")  # what only a model with hidden layers uses
+
+
+@dataclass(frozen=True)
+class TorchMember(Member):
+    config: TrainParams
+
+    @property
+    def family(self) -> str:
+        return self.config.model
+
+    @classmethod
+    def declared(cls, family: str) -> dict:
+        """The params of a ``family`` ("linear" or "mlp") and their defaults."""
+        params = TrainParams(model=family)
+        hidden = bool(params.widths)
+        return {f.name: getattr(params, f.name) for f in fields(TrainParams)
+                if f.name != "model" and (hidden or f.name not in LAYER_PARAMS)}
+
+    @classmethod
+    def build(cls, family: str, values: dict) -> "TorchMember":
+        return cls(TrainParams.from_dict({**values, "model": family}))
+
+    def params(self) -> dict:
+        values = self.config.to_dict()
+        return {k: values[k] for k in self.declared(self.family)}
+
+    def fit(self, data: TrainingSet, rows: list[torch.Tensor], *, valid_rows: list[torch.Tensor] | None = None,
+            seeds: int = 1, seed: int = 0, progress: Progress = Progress(),
+            budget: float | None = None) -> "TorchFitted":
+        params = self.config.with_(submodels=self.config.submodels * seeds)
+        if budget is not None:  # the epochs the folds chose on their inner splits, for every row
+            params = params.with_(epochs=max(1, round(budget)), inner_valid=0.0)
+        step = progress.step(self.label, params.epochs, "epoch", data.metric.higher_is_better)
+        result = fit(data.X, data.y, rows, [params], metric=data.metric, valid_rows=valid_rows,
+                     n_out=data.n_out, seed=seed, curves=valid_rows is not None,
+                     on_epoch=lambda epoch, epochs, curves: step.advance(1, curves))
+        step.close()
+        report = FitReport(
+            result.seconds, result.failed_epoch[:, 0],
+            None if result.best_epoch is None else mean_budget(result.best_epoch[:, 0]),
+            (result.train_curve[:, :, 0], None if result.valid_curve is None else result.valid_curve[:, :, 0]))
+        return TorchFitted(result.model, result.configs[0], result.transform, report)
+
+
+class TorchFitted(Fitted):
+    def __init__(self, model: StackedModel, config: TrainParams, transform: TargetTransform, report: FitReport):
+        self.model, self.config, self.transform, self.report = model, config, transform, report
+        self.label = config.model
+
+    def predict(self, inputs: Inputs) -> torch.Tensor:
+        raw = predict_raw(self.model, inputs.dense.to(self.model.device))  # (G, N, submodels, outputs)
+        return predictions(raw, self.transform, self.config.submodels)[:, :, 0].to(inputs.device)
+
+    def state(self) -> dict:
+        return {"member": "torch", **self.model.state({"config": self.config.to_dict(),
+                                                       "transform": self.transform.state()})}
+
+    @classmethod
+    def from_state(cls, state: dict, metric: Metric, device: torch.device) -> "TorchFitted":
+        config = TrainParams.from_dict(state["config"])
+        return cls(StackedModel.from_state(state, device), config,
+                   TargetTransform.from_state(state["transform"], metric),
+                   FitReport(0.0, torch.zeros(state["groups"], dtype=torch.long).numpy()))

@@ -1,0 +1,87 @@
+"""A trained recipe: each member fit on every training row for the training length its CV
+chose, the blend weights its CV fit, and the feature builder that made the inputs. It predicts
+any rows with the training table's columns, and saves itself as a weights-only checkpoint (the
+torch weights, LightGBM's text and scikit-learn's estimators and transformers through skops)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import checkpoints
+from pipeline.errors import TrainingError
+from pipeline.metrics import Metric
+from pipeline.progress import Progress
+from pipeline.tabular.ensemble import blend
+from pipeline.tabular.features import FeatureBuilder, Features
+from pipeline.tabular.members import Fitted, Inputs, TrainingSet, load_fitted, score_groups
+from pipeline.tabular.recipe import Recipe
+
+FORMAT = "pipeline.model/1"  # pipeline.recipe/2 saved scikit-learn members as their test predictions
+
+
+@dataclass
+class TrainedModel:
+    members: list[Fitted]
+    weights: list[float]
+    builder: FeatureBuilder
+    metric: Metric
+    classes: list
+
+    def predict(self, inputs: Inputs) -> np.ndarray:
+        """The blend's (rows, outputs) predictions: values, or class probabilities."""
+        return blend([m.predict(inputs) for m in self.members], self.metric, self.weights)[0].cpu().numpy()
+
+    def inputs(self, frame: pd.DataFrame, path, device: torch.device) -> Inputs:
+        """A frame of the training table's feature columns as every member's inputs."""
+        dense, native = self.builder.transform(frame, path)
+        return Inputs(torch.from_numpy(dense).to(device), torch.from_numpy(native),
+                      list(range(len(self.builder.numeric), len(self.builder.native_names))))
+
+    def save(self, path: Path, **extra) -> Path:
+        return checkpoints.save(path, FORMAT, {
+            **extra, "metric": self.metric.name, "members": [m.state() for m in self.members],
+            "weights": self.weights, "builder": checkpoints.pack(self.builder), "classes": list(self.classes)})
+
+    @classmethod
+    def load(cls, path: Path, metric: Metric, device: torch.device, remake: str) -> tuple["TrainedModel", dict]:
+        """A saved model and its checkpoint's other keys; a tampered or foreign file is refused in one line."""
+        state = checkpoints.load(path, FORMAT, "tabular model", remake)
+        with checkpoints.restoring(path, remake):
+            members = [load_fitted(m, metric, device) for m in state["members"]]
+            return cls(members, list(state["weights"]), checkpoints.unpack(state["builder"]), metric,
+                       list(state["classes"])), state
+
+
+def fit_final(features: Features, recipe: Recipe, weights: list[float], budgets: list[float | None], *,
+              device: torch.device = torch.device("cpu"), progress: Progress = Progress()) -> tuple[TrainedModel, float]:
+    """Every member (``recipe.seeds`` copies each) on every training row, each trained as long as
+    its CV chose; refused in one line when a member diverges or predicts test values the metric
+    cannot take. Also the blend's score on the training rows."""
+    data = TrainingSet(features, device)
+    rows = [torch.arange(len(data.X), device=device)]
+    fitted = [m.fit(data, rows, seeds=recipe.seeds, seed=recipe.folds.seed, progress=progress, budget=b)
+              for m, b in zip(recipe.members, budgets)]
+    for member in fitted:
+        _check(member, data)
+    model = TrainedModel(fitted, weights, features.builder, data.metric, features.classes)
+    blended = blend([m.predict(data.train) for m in fitted], data.metric, weights)
+    [train_score] = score_groups(blended, data.y, rows, data.metric)
+    return model, train_score
+
+
+def _check(member: Fitted, data: TrainingSet) -> None:
+    if member.report.failed_epoch.any():
+        raise TrainingError(f"training diverged (non-finite loss) at epoch {member.report.failed_epoch.max()} "
+                            f"({member.label}); no model was saved; lower lr")
+    test = member.predict(data.test)
+    if not torch.isfinite(test).all():
+        raise TrainingError(f"ensemble member {member.label} predicted non-finite values; no model was saved")
+    outside = data.metric.outside_domain(test.cpu().numpy().ravel())
+    if outside.any():  # the metric's space would hide them (log_rmse clamps at 1), a submission must not
+        raise TrainingError(f"ensemble member {member.label} predicted {int(outside.sum())} test value(s) "
+                            f"that are not {data.metric.domain} ({data.metric.name} takes logs); no model was saved")

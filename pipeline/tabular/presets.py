@@ -1,0 +1,31 @@
+"""The tabular recipes every target gets: the ``auto`` recipe and its members' settings, as
+params tables (see :func:`pipeline.tabular.recipe.resolve`)."""
+
+from __future__ import annotations
+
+# The MLP that `--model mlp` and the auto recipe train: published defaults (RealMLP, TabM)
+# measured on house and ../shared/competitions: standardized targets, AdamW with a warm-up and a
+# cosine decay, dropout, a packed ensemble of 4 submodels per fold, and the best epoch picked on
+# 15% of each fold's training rows.
+MLP = {"model": "mlp", "hidden": [128, 128], "activation": "relu", "dropout": 0.1, "epochs": 30, "lr": 5e-3,
+       "weight_decay": 1e-4, "batch_size": 256, "optimizer": "adamw", "schedule": "onecycle", "standardize": True,
+       "submodels": 4, "inner_valid": 0.15}
+LIGHTGBM = {"model": "lightgbm", "learning_rate": 0.03, "num_leaves": 15, "colsample_bytree": 0.5,
+            "min_child_samples": 10}
+
+# Every tabular target's strong default: the MLP, LightGBM and a cross-validated linear model
+# on quantile splines of the numbers, blended by ensemble selection on their out-of-fold
+# predictions. Regressors learn in log space whenever the labels allow it.
+AUTO = {"numeric_bins": 32, "blend": "greedy", "ensemble": [
+    {**MLP, "log_target": "auto"}, {**LIGHTGBM, "log_target": "auto"}, {"model": "glm", "log_target": "auto"}]}
+
+# Each family's settings when a target names it without its own (a member table `{model =
+# "lightgbm"}`, or `--model lightgbm`): the auto recipe's LightGBM, and regressors in log space
+# whenever the labels allow it.
+FAMILY_DEFAULTS = {**{family: {"log_target": "auto"} for family in ("glm", "gbm", "lasso", "ridge", "svr")},
+                   "lightgbm": {**LIGHTGBM, "log_target": "auto"}}
+# A declared target's torch models: Adam on the features as they are (`--model mlp` alone is the
+# auto recipe's MLP, on its features: DECLARED_MODELS).
+DECLARED_FAMILIES = {**FAMILY_DEFAULTS, **{family: {"lr": 0.01, "weight_decay": 1e-4, "epochs": 100, "batch_size": 128,
+                                                    "log_target": "auto"} for family in ("linear", "mlp")}}
+DECLARED_MODELS = {"mlp": {"numeric_bins": 32, "ensemble": [{**MLP, "log_target": "auto"}]}}

@@ -1,0 +1,148 @@
+"""A recipe: the typed description of what a tabular CV trains. The features' params, the
+folds', the members (each with its family's own params) and how their predictions blend.
+
+``params.toml`` and flags are flat (``lr = 0.01``, ``--epochs 5``); :func:`resolve` turns them,
+with a target's defaults and presets, into a :class:`Recipe`. A flat value goes to every member
+whose family declares that param: ``--epochs 5`` shortens the auto recipe's MLP and leaves its
+LightGBM alone, which has no epochs. A flag that no member uses is refused; a key of
+``params.toml`` that this recipe does not use is kept for the recipes that do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from pipeline.errors import ParamError, UsageError
+from pipeline.folds import SPLITS
+from pipeline.make import plain
+from pipeline.tabular import members as families
+from pipeline.tabular.ensemble import BLENDS
+from pipeline.tabular.features import FeatureParams
+from pipeline.tabular.members import Member, TorchMember
+from pipeline.tabular.trainer import TrainParams
+
+
+@dataclass(frozen=True)
+class FoldParams:
+    """K-fold CV: ``contiguous`` is d2l's split (fold i is the i-th block of rows), ``shuffled``
+    scikit-learn's (stratified for classification); the seed also seeds every member's fit."""
+
+    folds: int = 5
+    split: str = "contiguous"
+    seed: int = 0
+
+    def __post_init__(self):  # folds are checked against the rows (pipeline.folds.fold_rows)
+        if self.split not in SPLITS:
+            raise ParamError("split", self.split, f"not one of {', '.join(SPLITS)}")
+
+
+RECIPE_KEYS = ("recipe", "model", "ensemble", "seeds", "blend")
+FEATURE_KEYS = tuple(f.name for f in fields(FeatureParams))
+FOLD_KEYS = tuple(f.name for f in fields(FoldParams))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """``seeds``: each member is trained that many times and averaged (torch members from as
+    many initialisations, scikit-learn members with a ``random_state`` from consecutive states;
+    the others are deterministic and fit once). ``blend``: ``mean`` or ``greedy`` (ensemble selection)."""
+
+    name: str
+    features: FeatureParams
+    folds: FoldParams
+    members: tuple[Member, ...]
+    blend: str = "mean"
+    seeds: int = 1
+
+    def __post_init__(self):
+        if self.blend not in BLENDS:
+            raise ParamError("blend", self.blend, f"not one of {', '.join(BLENDS)}")
+        if self.seeds < 1:
+            raise ParamError("seeds", self.seeds, "must be at least 1")
+
+    def used_params(self, task) -> dict:
+        """The params this recipe uses on ``task``, as its report and the lock record them: the
+        folds', the features', and each member's own (one member's at the top level)."""
+        out = {"recipe": self.name} if self.name else {}
+        out.update(asdict(self.folds))
+        out.update(asdict(self.features))
+        out.update(seeds=self.seeds)
+        used = [{k: plain(v) for k, v in m.used_params(task).items()} for m in self.members]
+        if len(used) == 1:
+            out.update(used[0])
+        else:
+            out.update(blend=self.blend, ensemble=used)
+        return dict(sorted(out.items()))
+
+    def torch_config(self) -> TrainParams:
+        """The one torch model a sweep trains."""
+        if len(self.members) != 1 or not isinstance(self.members[0], TorchMember):
+            raise UsageError("a sweep trains one torch model at a time: choose model linear or mlp")
+        return self.members[0].config
+
+
+def known_params() -> set[str]:
+    """Every key that params.toml may set for a tabular target."""
+    return {*families.every_param(), *FEATURE_KEYS, *FOLD_KEYS, *RECIPE_KEYS}
+
+
+def resolve(target, stored: dict, flags: dict, *, single: bool = False) -> Recipe:
+    """The recipe of ``target`` under ``params.toml``'s values (``stored``) and ``flags``.
+
+    The recipe is the ``recipe`` asked for, else (when a ``model`` is asked for) that model
+    alone, else the target's default preset. ``single`` asks for the one model alone whatever
+    the presets (a sweep). A preset's members take the values given for their params; members
+    written in params.toml keep their own."""
+    given = {**stored, **flags}
+    preset, name = _preset(target, given, single)
+    flat = {**target.defaults, **{k: v for k, v in preset.items() if k != "ensemble"}, **given}
+    written = "ensemble" in given and not single
+    tables = (given["ensemble"] if written else preset.get("ensemble")) or [{"model": flat.get("model", "linear")}]
+    if not isinstance(tables, list):
+        raise ParamError("ensemble", tables, "must be a list of member tables")
+    members = tuple(_member(target, table, given, written) for table in tables)
+    _check_used(flags, members, target)
+    try:
+        return Recipe(name, FeatureParams(**{k: flat[k] for k in FEATURE_KEYS if k in flat}),
+                      FoldParams(**{k: flat[k] for k in FOLD_KEYS if k in flat}), members,
+                      flat.get("blend", "mean"), int(flat.get("seeds", 1)))
+    except TypeError as exc:  # a value of the wrong type, e.g. folds = "five"
+        raise UsageError(f"target {target.name}: {exc}") from None
+
+
+def _preset(target, given: dict, single: bool) -> tuple[dict, str]:
+    """The preset the params ask for, and its name ("" for a model alone)."""
+    name = "" if single else given.get("recipe") or ("" if "model" in given else target.default_preset or "")
+    if name and name not in target.presets:
+        raise ParamError("recipe", name, f"not one of {', '.join(target.presets)} for target {target.name}")
+    if name:
+        return target.presets[name], name
+    model = given.get("model", target.defaults.get("model", "linear"))
+    return target.model_presets.get(model, {"ensemble": [{"model": model}]}), ""
+
+
+def _member(target, table, given: dict, written: bool) -> Member:
+    """A member table over its family's defaults and the target's: given values override a
+    preset's table, and a table written by the user overrides the given values."""
+    if not isinstance(table, dict) or not isinstance(table.get("model"), str):
+        raise ParamError("ensemble", table, f"each member is a table with a model, one of {', '.join(families.FAMILIES)}")
+    family = table["model"]
+    if family not in families.FAMILIES:
+        raise ParamError("model", family, f"not one of {', '.join(families.FAMILIES)}")
+    declared = families.declared(family)
+    values = {k: v for k, v in target.family_defaults.get(family, {}).items() if k in declared}
+    own = {k: v for k, v in table.items() if k != "model"}
+    shared = {k: given[k] for k in declared if k in given}
+    values.update({**shared, **own} if written else {**own, **shared})
+    return families.build(family, values)
+
+
+def _check_used(flags: dict, members: tuple[Member, ...], target) -> None:
+    """A flag that no member (nor the features, folds or blend) uses would silently do nothing."""
+    used = {*FEATURE_KEYS, *FOLD_KEYS, *RECIPE_KEYS}
+    for member in members:
+        used |= set(families.declared(member.family))
+    for key, value in flags.items():
+        if key not in used:
+            labels = ", ".join(m.label for m in members)
+            raise ParamError(key, value, f"no member of this recipe ({labels}) uses it for target {target.name}")
