@@ -85,6 +85,15 @@ class Pipeline:
     def preprocess(self, target: str, **params) -> dict:
         return self._make(self.context(target, params), "preprocess")
 
+    def columns(self, target: str, **params) -> Table:
+        """Each column of a tabular target's tables: its role (inferred or declared), distinct
+        values, missing share, and the features it became (preprocessing first if needed)."""
+        ctx = self.context(target, params, command="columns")
+        with self.workspace.exclusive(self.wait):
+            make.make(ctx, "preprocess", report=self.announce)
+            return Table(tabular_stages.load_features(ctx).columns,
+                         ["column", "role", "distinct", "missing", "features", "note"])
+
     def cv(self, target: str, device: str = "auto", backend: str = "local", address: str | None = None,
            **params) -> dict:
         """K-fold cross-validation of the target's recipe: its report. ``backend="ray"`` runs

@@ -55,7 +55,8 @@ def restoring(path: Path, remake: str) -> Iterator[None]:
 # scikit-learn, numpy and scipy (fitted trees' TreePredictor, splines' BSpline), the array-API
 # shims a BSpline keeps (asarray), and this package's feature transformers and their functions.
 TRUSTED_CLASSES = ("sklearn.", "numpy.", "scipy.")
-TRUSTED_MODULES = ("pipeline.tabular.features.", "scipy._lib.array_api_compat.")
+TRUSTED_MODULES = ("pipeline.tabular.features.", "pipeline.tabular.encoders.", "pipeline.tabular.columns.",
+                   "scipy._lib.array_api_compat.")
 
 
 def pack(obj) -> torch.Tensor:

@@ -166,6 +166,17 @@ def preprocess(p: Pipeline, target, **flags):
 
 @cli.command()
 @click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@click.pass_obj
+def columns(p: Pipeline, target, as_json):
+    """Each column's role (inferred or declared in pipeline.toml), distinct values, missing
+    share and the features it became."""
+    table = p.columns(target)
+    click.echo(json.dumps(table, indent=2) if as_json else str(table))
+
+
+@cli.command()
+@click.argument("target")
 @training_options
 @live_option
 @backend_options

@@ -107,6 +107,9 @@ def sections(report: dict) -> list[tuple[str, str, object]]:
         rows = [[str(rank), *[str(row["params"][k]) for k in report["grid"]], _fmt(row["mean_valid"]),
                  _fmt(row["std_valid"])] for rank, row in enumerate(report["leaderboard"][:30], 1)]
         out.append(("table", "Leaderboard", (columns, rows)))
+    if report.get("columns"):
+        columns = ["column", "role", "distinct", "missing", "features", "note"]
+        out.append(("table", "Columns", (columns, [[str(row[c]) for c in columns] for row in report["columns"]])))
     if report.get("plots"):
         out.append(("pictures", "Pictures", report["plots"]))
     facts = [f"{report['seconds']:.2f} s on {report['device']}", f"created {report['created']}"]

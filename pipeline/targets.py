@@ -47,6 +47,8 @@ from pipeline.workspace import Workspace
 
 # d2l 4.10's recipe, reachable with flags (see the README): linear, raw prices, lr 5, 5 contiguous folds.
 D2L_LINEAR = {"lr": 5.0, "weight_decay": 0.0, "batch_size": 64, "epochs": 100, "log_target": False}
+# and d2l's features: every numeric column a number, every other one-hot on all its levels
+D2L_FEATURES = {"roles": False, "max_levels": 0, "min_count": 1}
 # The best recipe measured on house (README, "Recipes"): log prices, log1p of skewed columns,
 # winsorized numeric columns, and the geometric mean of a Lasso, an RBF support-vector machine and
 # boosted trees on random 30% feature subsets (averaged over 3 seeds), fit per fold.
@@ -90,7 +92,8 @@ class TabularTarget:
     archive: DataFile | Path | None = None
 
     stages = tabular_stages.STAGES
-    commands = frozenset({"download", "preprocess", "cv", "train", "submit", "predict", "sweep", "run", "status"})
+    commands = frozenset({"download", "preprocess", "columns", "cv", "train", "submit", "predict", "sweep", "run",
+                          "status"})
 
     def refuse(self, command: str) -> None:
         """A one-line error for a command this target does not take."""
@@ -201,12 +204,12 @@ class ImageTarget:
 
 HOUSE = TabularTarget("house", DATA_HUB["kaggle_house_train"], DATA_HUB["kaggle_house_test"],
                       TableSpec(id="Id", label="SalePrice", task="regression", metric="log_rmse"),
-                      {"model": "linear", "split": "contiguous"}, {**FAMILY_DEFAULTS, "linear": D2L_LINEAR},
+                      {"model": "linear", "split": "contiguous", **D2L_FEATURES}, {**FAMILY_DEFAULTS, "linear": D2L_LINEAR},
                       {"d2l": {}, "best": BEST_HOUSE, "auto": AUTO}, "best", {"mlp": HOUSE_MLP})
 FASHION = ImageTarget("fashion", tuple(DATA_HUB[n] for n in GROUPS["fashion"]),
                       {"model": "mlp", "valid_fraction": 0.1, "folds": 0, "seed": 0, "tta": False})
 BUILTIN = {"house": HOUSE, "fashion": FASHION}
-TARGET_KEYS = {"train", "test", "train_sha1", "test_sha1", "id", "label", "task", "metric",
+TARGET_KEYS = {"train", "test", "train_sha1", "test_sha1", "id", "label", "task", "metric", "columns", "group", "time",
                "archive", "archive_sha1", "positive"}
 
 
@@ -239,11 +242,22 @@ def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
         positive = table.get("positive")
         if positive is not None and metric.task.continuous:
             raise ConfigError(f"{where}: positive names a class; it is for task \"classification\"")
-        targets[name] = TabularTarget(
-            name, sources["train"], sources["test"], TableSpec(table["id"], table["label"], task.name, metric.name, positive),
-            {"model": "linear", "split": "shuffled"}, DECLARED_FAMILIES, {"auto": AUTO}, "auto", DECLARED_MODELS,
-            archive=archive)
+        spec = TableSpec(table["id"], table["label"], task.name, metric.name, positive,
+                         _columns(table.get("columns", {}), where), table.get("group"), table.get("time"))
+        targets[name] = TabularTarget(name, sources["train"], sources["test"], spec,
+                                      {"model": "linear", "split": "shuffled"}, DECLARED_FAMILIES, {"auto": AUTO},
+                                      "auto", DECLARED_MODELS, archive=archive)
     return targets
+
+
+def _columns(declared, where: str) -> dict:
+    """``columns = {date = ["arrival"], drop = ["flight"]}``: roles and their columns (checked
+    against the table's columns at preprocess)."""
+    if not isinstance(declared, dict) or not all(
+            isinstance(v, list) and all(isinstance(c, str) for c in v) for v in declared.values()):
+        raise ConfigError(f"{where}: columns must be a table of roles, each a list of column names "
+                          '(e.g. columns = {date = ["arrival"], drop = ["flight"]})')
+    return declared
 
 
 def _source(target: str, role: str, value: str, sha1: str | None, base: Path, where: str) -> DataFile | Path:

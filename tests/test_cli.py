@@ -172,7 +172,7 @@ def test_debug_prints_a_traceback_in_a_real_process(tmp_path):
 @pytest.mark.parametrize("args, expected, needles", [
     (["cv", "toy", "--epochs", "2"], 0, ()),
     (["cv", "toys"], 2, ("unknown target 'toys'; choose from house, fashion, toy",)),
-    (["cv", "toy", "--split", "sideways"], 2, ("--split 'sideways': not one of contiguous, shuffled for target toy",)),
+    (["cv", "toy", "--split", "sideways"], 2, ("--split 'sideways': not one of contiguous, shuffled, group, time for target toy",)),
     (["cv", "toy", "--folds", "1", "--epochs", "2"], 2, ("--folds 1: need between 2 and 12",)),
     (["cv", "toy", "--folds", "20", "--epochs", "2"], 2, ("--folds 20: need between 2 and 12",)),
     (["cv", "toy", "--lr", "1e30", "--epochs", "3"], 3, ()),

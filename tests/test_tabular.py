@@ -13,10 +13,16 @@ import torch
 
 from pipeline.errors import DataError
 from pipeline.errors import ParamError
-from pipeline.tabular.features import MISSING, FeatureParams, Features, build_features
+from pipeline.tabular.encoders import MISSING
+from pipeline.tabular.features import FeatureParams, Features, build_features
 from pipeline.tabular.tables import TableSpec, load_tables
 
 HOUSE = TableSpec(id="Id", label="SalePrice", task="regression", metric="log_rmse")
+
+
+def d2l(**params) -> FeatureParams:
+    """d2l 4.10's preprocessing (what these tests pin): numbers by dtype, every level one-hot."""
+    return FeatureParams(roles=False, max_levels=0, min_count=1, **params)
 
 
 # ----------------------------------------------------------------------------- the real house data
@@ -30,12 +36,12 @@ def house_tables(shared_datasets):
 
 @pytest.fixture(scope="module")
 def house(house_tables) -> Features:
-    return build_features(house_tables)
+    return build_features(house_tables, d2l())
 
 
 @pytest.fixture(scope="module")
 def house_on_train(house_tables) -> Features:
-    return build_features(house_tables, FeatureParams(fit_on="train"))
+    return build_features(house_tables, d2l(fit_on="train"))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +144,7 @@ def test_house_fit_on_train_uses_training_statistics(house, house_on_train, hous
 
 
 def test_house_log_skewed_changes_skewed_columns_only(house, house_tables, house_raw):
-    logged = build_features(house_tables, FeatureParams(log_skewed=0.75))
+    logged = build_features(house_tables, d2l(log_skewed=0.75))
     numeric = numeric_columns(house_tables)
     skew = house_raw[numeric].skew()
     skewed = [c for c in numeric if abs(skew[c]) > 0.75 and house_raw[c].min() >= 0]
@@ -161,7 +167,7 @@ def test_house_category_only_in_test_maps_to_zeros(house_tables, house_on_train)
     test.loc[test.index[0], "MSZoning"] = "Atlantis"
     changed = dataclasses.replace(house_tables, test=test)
     plain = house_on_train
-    features = build_features(changed, FeatureParams(fit_on="train"))
+    features = build_features(changed, d2l(fit_on="train"))
     assert features.names == plain.names and "MSZoning_Atlantis" not in features.names
     block = [i for i, n in enumerate(features.names) if n.startswith("MSZoning_")]
     assert plain.X_test[0, block].sum() == 1
@@ -170,7 +176,7 @@ def test_house_category_only_in_test_maps_to_zeros(house_tables, house_on_train)
     assert torch.equal(features.X_test[0, others], plain.X_test[0, others])
     assert torch.equal(features.X_test[1:], plain.X_test[1:]) and torch.equal(features.X, plain.X)
     # fit on train+test, the category is learned like any other
-    learned = build_features(changed, FeatureParams(fit_on="all"))
+    learned = build_features(changed, d2l(fit_on="all"))
     assert learned.X_test[0, learned.names.index("MSZoning_Atlantis")] == 1
 
 
@@ -185,7 +191,7 @@ def tables_from(tmp_path, train: str, test: str, spec: TableSpec = TableSpec("Id
 
 def test_numeric_nan_is_filled_with_the_mean_after_standardizing(tmp_path):
     tables = tables_from(tmp_path, "Id,a,y\n1,1,10\n2,,20\n3,3,30\n", "Id,a\n4,8\n5,\n")
-    features = build_features(tables)
+    features = build_features(tables, d2l())
     a = torch.cat([features.X, features.X_test])[:, 0].double()
     present = [0, 2, 3]
     mean, std = np.mean([1, 3, 8]), np.std([1, 3, 8])
@@ -196,14 +202,14 @@ def test_numeric_nan_is_filled_with_the_mean_after_standardizing(tmp_path):
 
 def test_categorical_nan_goes_to_the_missing_column(tmp_path):
     tables = tables_from(tmp_path, "Id,c,y\n1,x,1\n2,,2\n3,y,3\n", "Id,c\n4,y\n5,\n")
-    features = build_features(tables)
+    features = build_features(tables, d2l())
     assert features.names == ["c_x", "c_y", f"c_{MISSING}"]
     assert features.X.tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
     assert features.X_test.tolist() == [[0, 1, 0], [0, 0, 1]]
 
 
 def test_missing_column_exists_even_without_missing_values(tmp_path):
-    features = build_features(tables_from(tmp_path, "Id,c,y\n1,x,1\n2,y,2\n", "Id,c\n3,x\n"))
+    features = build_features(tables_from(tmp_path, "Id,c,y\n1,x,1\n2,y,2\n", "Id,c\n3,x\n"), d2l())
     assert features.names == ["c_x", "c_y", f"c_{MISSING}"]
     assert features.X[:, 2].tolist() == [0, 0]
 
@@ -211,21 +217,21 @@ def test_missing_column_exists_even_without_missing_values(tmp_path):
 def test_classification_labels_become_sorted_class_indices(tmp_path):
     spec = TableSpec("Id", "animal", "classification", "accuracy")
     tables = tables_from(tmp_path, "Id,a,animal\n1,1,dog\n2,2,cat\n3,3,emu\n4,4,cat\n", "Id,a\n5,1\n", spec)
-    features = build_features(tables)
+    features = build_features(tables, d2l())
     assert features.classes == ["cat", "dog", "emu"]
     assert features.y.dtype == torch.int64 and features.y.tolist() == [1, 0, 2, 0]
 
 
 def test_integer_class_labels_stay_plain_integers(tmp_path):
     spec = TableSpec("Id", "k", "classification", "accuracy")
-    features = build_features(tables_from(tmp_path, "Id,a,k\n1,1,7\n2,2,3\n3,3,7\n", "Id,a\n4,1\n", spec))
+    features = build_features(tables_from(tmp_path, "Id,a,k\n1,1,7\n2,2,3\n3,3,7\n", "Id,a\n4,1\n", spec), d2l())
     assert features.classes == [3, 7] and all(type(c) is int for c in features.classes)
     assert features.y.tolist() == [1, 0, 1]
 
 
 def test_features_survive_a_weights_only_round_trip(tmp_path):
     spec = TableSpec("Id", "animal", "classification", "accuracy")
-    features = build_features(tables_from(tmp_path, "Id,a,c,animal\n1,1,x,dog\n2,,y,cat\n", "Id,a,c\n3,2,\n", spec))
+    features = build_features(tables_from(tmp_path, "Id,a,c,animal\n1,1,x,dog\n2,,y,cat\n", "Id,a,c\n3,2,\n", spec), d2l())
     torch.save(features.to_state(), tmp_path / "features.pt")
     again = Features.from_state(torch.load(tmp_path / "features.pt", weights_only=True))
     assert torch.equal(again.X, features.X) and torch.equal(again.X_test, features.X_test)
@@ -239,7 +245,7 @@ def test_infinite_feature_is_treated_as_missing_with_a_warning(tmp_path, caplog)
     assert "train.csv: treating 2 infinite value(s) in a, b as missing" in caplog.text
     assert "test.csv: treating 1 infinite value(s) in a as missing" in caplog.text
     assert tables.train["a"].isna().tolist() == [True, False, False]
-    features = build_features(tables)
+    features = build_features(tables, d2l())
     assert torch.isfinite(features.X).all() and torch.isfinite(features.X_test).all()
     assert features.X[0, 0] == 0 and features.X_test[0, 0] == 0
 
@@ -247,22 +253,22 @@ def test_infinite_feature_is_treated_as_missing_with_a_warning(tmp_path, caplog)
 def test_values_too_large_for_float32_are_a_one_line_error(tmp_path):
     tables = tables_from(tmp_path, "Id,a,b,y\n1,1,1,1\n2,1,2,2\n", "Id,a,b\n3,1e39,1\n")
     with pytest.raises(DataError, match=r"test\.csv: column 'a' has values too large") as caught:
-        build_features(tables, FeatureParams(fit_on="train"))
+        build_features(tables, d2l(fit_on="train"))
     assert "\n" not in str(caught.value)
     tables = tables_from(tmp_path, "Id,a,b,y\n1,1e308,1,1\n2,1.5e308,2,2\n", "Id,a,b\n3,1,1\n")
     with pytest.raises(DataError, match=r"column 'a' has values too large"):
-        build_features(tables)
+        build_features(tables, d2l())
 
 
 def test_feature_name_clash_is_a_one_line_error(tmp_path):
     tables = tables_from(tmp_path, "Id,c,c_x,y\n1,x,1,1\n2,y,2,2\n", "Id,c,c_x\n3,x,1\n")
     with pytest.raises(DataError, match=r"two features get the same name \(\['c_x'\]\); rename the column"):
-        build_features(tables)
+        build_features(tables, d2l())
 
 
 def test_log_skewed_bool_column_keeps_float_precision(tmp_path):
     tables = tables_from(tmp_path, "Id,flag,y\n1,True,1\n2,False,2\n3,True,3\n", "Id,flag\n4,True\n")
-    features = build_features(tables, FeatureParams(log_skewed=0.1))
+    features = build_features(tables, d2l(log_skewed=0.1))
     expected = np.log1p(np.array([1, 0, 1, 1], dtype=np.float64))
     expected = (expected - expected.mean()) / expected.std()
     np.testing.assert_allclose(torch.cat([features.X, features.X_test])[:, 0], expected, rtol=1e-6)
@@ -273,10 +279,10 @@ def test_column_without_training_values_is_dropped(tmp_path, caplog, fit_on):
     with caplog.at_level(logging.WARNING, logger="pipeline.tabular"):
         tables = tables_from(tmp_path, "Id,a,b,y\n1,,1,1\n2,,2,2\n", "Id,a,b\n3,5,1\n")
     assert "dropping a: no values in train.csv" in caplog.text
-    features = build_features(tables, FeatureParams(fit_on=fit_on))
+    features = build_features(tables, d2l(fit_on=fit_on))
     assert features.names == ["b"]
 
 
 def test_bad_fit_on_is_a_param_error():
     with pytest.raises(ParamError, match="fit_on = 'test': not one of all, train"):
-        FeatureParams(fit_on="test")
+        d2l(fit_on="test")

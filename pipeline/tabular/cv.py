@@ -18,6 +18,7 @@ from pipeline.backends import Local, Task
 from pipeline.folds import fold_rows
 from pipeline.metrics import Metric
 from pipeline.progress import Progress
+from pipeline.tabular import infold
 from pipeline.tabular.ensemble import blend, fit_weights
 from pipeline.tabular.features import Features
 from pipeline.tabular.members import TrainingSet, score_groups
@@ -65,8 +66,8 @@ class CVResult:
 
 @dataclass
 class Shared:
-    """What every task of a CV or a sweep reads: the features and each fold's rows (on the CPU,
-    so that Ray's object store holds them once for every worker)."""
+    """What every task of a CV or a sweep reads: the features, each fold's rows and each fold's
+    in-fold columns (on the CPU, so that Ray's object store holds them once for every worker)."""
 
     features: Features
     train_rows: list[torch.Tensor]
@@ -75,15 +76,25 @@ class Shared:
     seed: int
     seeds: int = 1
     curves: bool = True
+    extra: torch.Tensor | None = None  # (folds, rows, k): see pipeline.tabular.infold
 
     def data(self) -> tuple[TrainingSet, list[torch.Tensor], list[torch.Tensor]]:
-        data = TrainingSet(self.features, torch.device(self.device))
+        data = TrainingSet(self.features, torch.device(self.device), self.extra)
         return data, [r.to(data.device) for r in self.train_rows], [r.to(data.device) for r in self.valid_rows]
 
 
 def _shared(features: Features, folds: FoldParams, device: torch.device, **options) -> Shared:
-    splits = fold_rows(features.y, folds.folds, folds.split, folds.seed, stratify=features.spec.scorer.task.stratify)
-    return Shared(features, [tr for tr, _ in splits], [va for _, va in splits], str(device), folds.seed, **options)
+    """The folds' rows and, when the table has high-cardinality categories or free text, the
+    in-fold columns of each fold, fit on its training rows only."""
+    splits = fold_rows(features.y, folds.folds, folds.split, folds.seed, stratify=features.spec.scorer.task.stratify,
+                       groups=None if features.groups is None else features.groups.numpy(),
+                       times=None if features.times is None else features.times.numpy())
+    train_rows = [tr for tr, _ in splits]
+    extra = None
+    if infold.width(features.codes, features.texts, len(features.classes)):
+        _, extra = infold.fit_infold(features.codes, features.texts, features.y, features.spec.scorer,
+                                     len(features.classes), train_rows, folds.seed)
+    return Shared(features, train_rows, [va for _, va in splits], str(device), folds.seed, extra=extra, **options)
 
 
 def configs_task(shared: Shared, configs: list[TrainParams], progress: Progress) -> list[FoldScores]:
@@ -206,8 +217,9 @@ def _member_scores(run: MemberRun, predictions: torch.Tensor, data: TrainingSet,
 
 
 def out_of_fold(predictions: torch.Tensor, valid_rows: list[torch.Tensor]) -> torch.Tensor:
-    """(rows, outputs): each row's prediction by the fold that did not train on it."""
-    oof = torch.empty_like(predictions[0])
+    """(rows, outputs): each row's prediction by the fold that did not train on it (NaN for a
+    row no fold validates: the first block of a time split)."""
+    oof = torch.full_like(predictions[0], float("nan"))
     for group, rows in zip(predictions, valid_rows):
         oof[rows] = group[rows]
     return oof
@@ -229,9 +241,12 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
     predictions = [run.predictions.to(device) for run in runs]
     member_scores = [_member_scores(r, p, data, train_rows, valid_rows) for r, p in zip(runs, predictions)]
     oof = torch.stack([out_of_fold(p, valid_rows) for p in predictions])
+    validated = torch.zeros(len(data.y), dtype=torch.bool, device=device)
+    for rows in valid_rows:
+        validated[rows] = True
     fold_weights = []
     for rows in valid_rows:
-        others = torch.ones(len(data.y), dtype=torch.bool, device=device)
+        others = validated.clone()
         others[rows] = False
         fold_weights.append(fit_weights(blend_with, oof[:, others], data.y[others], data.metric))
     blended = torch.stack([blend([p[g] for p in predictions], data.metric, w) for g, w in enumerate(fold_weights)])
@@ -244,6 +259,6 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
                   [np.mean(m.valid_curves, axis=0).tolist() for m in curved])
     score = FoldScores("blend", score_groups(blended, data.y, train_rows, data.metric),
                        score_groups(blended, data.y, valid_rows, data.metric), failed, *curves)
-    weights = fit_weights(blend_with, oof, data.y, data.metric)
+    weights = fit_weights(blend_with, oof[:, validated], data.y[validated], data.metric)
     return RecipeScore(score, member_scores, weights, fold_weights, oof.cpu(), [r.budget for r in runs],
                        out_of_fold(blended, valid_rows).cpu()), time.perf_counter() - started

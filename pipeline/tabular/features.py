@@ -1,8 +1,11 @@
 """Tabular features: checked tables -> float32 tensors, with scikit-learn's transformers.
 
-The transforms are scikit-learn's (ColumnTransformer, StandardScaler, SimpleImputer,
-OneHotEncoder); this module only decides which columns get which, and refuses values that
-cannot become finite float32 features with a one-line :class:`DataError`.
+Each column is given a role (:mod:`pipeline.tabular.columns`) and derives its features by it
+(:class:`pipeline.tabular.encoders.Derived`); scikit-learn scales and imputes the numbers and
+one-hot encodes the categories (ColumnTransformer, StandardScaler, SimpleImputer,
+OneHotEncoder). Values that cannot become finite float32 features are a one-line
+:class:`DataError`. The features use no labels: what does (a target encoding, a text model) is
+fit inside each fold (:mod:`pipeline.tabular.infold`).
 """
 
 from __future__ import annotations
@@ -12,18 +15,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler, SplineTransformer, StandardScaler
 
 from pipeline import checkpoints
 from pipeline.errors import DataError, ParamError, shown
+from pipeline.tabular.columns import Column, Columns, column_roles
+from pipeline.tabular.encoders import EPOCH, RARE, Derived, make_transformer, skewed_columns, transformed
 from pipeline.tabular.tables import TableSpec, Tables
 
-MISSING = "<missing>"  # the category that stands for NaN, as d2l's get_dummies(dummy_na=True)
 FIT_ON = ("all", "train")
 SCALINGS = ("standard", "robust")
 
@@ -43,6 +44,11 @@ class FeatureParams:
     ``numeric_bins``: also encode each numeric column piecewise-linearly between its quantiles
     (``numeric_bins`` + 1 knots; Gorishniy et al. 2022), plus a missing-value indicator, so that
     linear models and MLPs get non-linear effects of a number for free (0 turns it off).
+    ``roles``: infer each column's role from its values (dates, free text, booleans, ids...);
+    off, every numeric column is a number and every other a category (d2l's way).
+    ``max_levels``: one-hot a category's most frequent levels only (0: all), the rest merged
+    into a rare level, and give a category with more levels its frequency and an in-fold target
+    encoding. ``min_count``: merge levels seen fewer times than this into the rare level.
     """
 
     fit_on: str = "all"
@@ -50,6 +56,9 @@ class FeatureParams:
     clip_quantile: float = 0.0
     scaling: str = "standard"
     numeric_bins: int = 0
+    roles: bool = True
+    max_levels: int = 64
+    min_count: int = 5
 
     def __post_init__(self):
         if self.fit_on not in FIT_ON:
@@ -60,6 +69,22 @@ class FeatureParams:
             raise ParamError("clip_quantile", self.clip_quantile, "must be in [0, 0.5)")
         if self.numeric_bins < 0 or self.numeric_bins == 1:
             raise ParamError("numeric_bins", self.numeric_bins, "must be 0 (off) or at least 2")
+        if self.max_levels < 0:
+            raise ParamError("max_levels", self.max_levels, "must be 0 (every level) or more")
+        if self.min_count < 1:
+            raise ParamError("min_count", self.min_count, "must be at least 1")
+
+
+@dataclass
+class Encoded:
+    """One frame's features: ``dense`` (scaled numbers, one-hot categories) for torch and linear
+    models, ``native`` (numbers as they are, category codes; NaN missing) for trees, ``codes``
+    of the high-cardinality categories and ``texts`` (TF-IDF matrices) for the in-fold encoders."""
+
+    dense: np.ndarray
+    native: np.ndarray
+    codes: np.ndarray
+    texts: list
 
 
 @dataclass
@@ -69,7 +94,9 @@ class Features:
 
     ``X`` holds scaled numeric columns and one-hot categories, for torch and linear models;
     ``native`` the columns as they are, for trees: numbers with NaN where missing, categories as
-    codes (NaN missing) in the columns listed in ``native_categorical``.
+    codes (NaN missing) in the columns listed in ``native_categorical``. ``codes`` and ``texts``
+    (and their test rows') feed the encoders fit on labels inside each fold; ``columns`` says
+    what each column of the tables became.
     """
 
     X: torch.Tensor
@@ -84,174 +111,85 @@ class Features:
     native_names: list[str] = field(default_factory=list)
     native_categorical: list[int] = field(default_factory=list)
     builder: "FeatureBuilder | None" = None  # what made them, to make a later test file's
+    codes: torch.Tensor | None = None
+    codes_test: torch.Tensor | None = None
+    texts: list = field(default_factory=list)
+    texts_test: list = field(default_factory=list)
+    columns: list[dict] = field(default_factory=list)
+    groups: torch.Tensor | None = None  # each training row's group (the group split)
+    times: torch.Tensor | None = None  # each training row's time in days, NaN unknown (the time split)
 
     def to_state(self) -> dict:
         """A dict of tensors and plain values, loadable with ``torch.load(weights_only=True)``."""
-        return {
-            "X": self.X, "y": self.y, "X_test": self.X_test, "test_ids": list(self.test_ids),
-            "names": self.names, "spec": asdict(self.spec), "classes": list(self.classes),
-            "native": self.native, "native_test": self.native_test, "native_names": self.native_names,
-            "native_categorical": self.native_categorical, "builder": checkpoints.pack(self.builder),
-        }
+        state = {k: v for k, v in vars(self).items() if k not in ("spec", "builder", "texts", "texts_test")}
+        return {**state, "spec": asdict(self.spec), "builder": checkpoints.pack(self.builder),
+                "texts": [_csr_state(m) for m in self.texts], "texts_test": [_csr_state(m) for m in self.texts_test]}
 
     @classmethod
     def from_state(cls, state: dict) -> "Features":
         state = dict(state)
         state["spec"] = TableSpec(**state["spec"])
         state["builder"] = checkpoints.unpack(state["builder"])
+        state["texts"], state["texts_test"] = ([_csr(m) for m in state[k]] for k in ("texts", "texts_test"))
         return cls(**state)
 
 
-class _OneHotWithMissing(OneHotEncoder):
-    """One-hot with a missing-value column for every categorical column, present or not.
-
-    d2l's ``get_dummies(dummy_na=True)`` always adds that column; OneHotEncoder only learns
-    categories it sees, so the missing marker is appended to each column's categories here.
-    """
-
-    def fit(self, X, y=None):
-        frame = pd.DataFrame(X)
-        self.categories = [
-            sorted(set(frame[c]) - {MISSING}) + [MISSING] for c in frame.columns
-        ]
-        return super().fit(X, y)
+def _csr_state(matrix: sp.csr_matrix) -> dict:
+    return {"shape": list(matrix.shape), "indptr": torch.from_numpy(matrix.indptr.astype(np.int64)),
+            "indices": torch.from_numpy(matrix.indices.astype(np.int64)), "data": torch.from_numpy(matrix.data)}
 
 
-def _as_text(frame):
-    return pd.DataFrame(frame).astype(object).where(pd.DataFrame(frame).notna(), MISSING).astype(str)
+def _csr(state: dict) -> sp.csr_matrix:
+    return sp.csr_matrix((state["data"].numpy(), state["indices"].numpy(), state["indptr"].numpy()),
+                         shape=tuple(state["shape"]))
 
 
-def smooth_clip(x: np.ndarray) -> np.ndarray:
-    """x / sqrt(1 + x^2 / 9): about x near 0, tending to +-3 (finite for any finite input)."""
-    x = np.clip(x, -1e30, 1e30)
-    return 3 * x / np.hypot(3, x)
-
-
-def make_transformer(numeric: list[str], categorical: list[str], scaling: str = "standard",
-                     numeric_bins: int = 0) -> ColumnTransformer:
-    """Scale numeric columns then fill their NaN with 0 (the mean, or the median); one-hot
-    categoricals; with ``numeric_bins``, quantile splines of the numeric columns after them."""
-    scalers = [StandardScaler()] if scaling == "standard" else \
-        [RobustScaler(), FunctionTransformer(smooth_clip, feature_names_out="one-to-one")]
-    splines = [("splines", QuantileSplines(numeric_bins), numeric)] if numeric_bins and numeric else []
-    return ColumnTransformer(
-        [
-            ("numeric", make_pipeline(*scalers, SimpleImputer(strategy="constant", fill_value=0.0)), numeric),
-            ("categorical", make_pipeline(
-                FunctionTransformer(_as_text, feature_names_out="one-to-one"),
-                _OneHotWithMissing(handle_unknown="ignore", sparse_output=False, dtype=np.float32),
-            ), categorical),
-            *splines,
-        ],
-        verbose_feature_names_out=False,
-    )
-
-
-def _transformed(transformer: ColumnTransformer, frame: pd.DataFrame, path, names: list[str],
-                 numeric: list[str]) -> np.ndarray:
-    """``frame`` as finite float32 features. With fit_on="train", a test value far outside the
-    training range can overflow when standardized: float64 (the imputer then refuses it) or
-    float32; either is one line naming the column."""
-    too_large = "has values too large to standardize into float32; rescale it (e.g. take its log)"
-    with np.errstate(over="ignore", invalid="ignore"):
-        try:
-            values = transformer.transform(frame).astype(np.float32)
-        except ValueError as exc:
-            if "infinity" not in str(exc):
-                raise
-            scaler = transformer.named_transformers_["numeric"][0]
-            scaled = scaler.transform(frame[numeric].astype(np.float64))
-            column = numeric[int(np.flatnonzero(np.isinf(scaled).any(axis=0))[0])]
-            raise DataError(f"{path}: column {column!r} {too_large}") from None
-    bad = np.flatnonzero(~np.isfinite(values).all(axis=0))
-    if len(bad):
-        raise DataError(f"{path}: column {names[int(bad[0])]!r} {too_large}")
-    return values
-
-
-def skewed_columns(frame: pd.DataFrame, numeric: list[str], threshold: float) -> list[str]:
-    """Non-negative numeric columns whose absolute skewness exceeds ``threshold``."""
-    if threshold <= 0:
-        return []
-    values = frame[numeric]
-    skew = values.skew()
-    return [c for c in numeric if abs(skew[c]) > threshold and values[c].min() >= 0]
-
-
-class QuantileSplines(TransformerMixin, BaseEstimator):
-    """Each numeric column as degree-1 B-splines (piecewise-linear "hat" functions) on knots at
-    its quantiles, through scikit-learn's SplineTransformer, one per column so that each gets
-    its own knots (repeated quantiles of a column with few values collapse), plus an indicator
-    for each column with missing values (missing values sit at the median)."""
-
-    def __init__(self, bins: int = 16):
-        self.bins = bins
-
-    def fit(self, X, y=None):
-        self.columns_ = [str(c) for c in X.columns] if hasattr(X, "columns") else list(range(np.shape(X)[1]))
-        X = np.asarray(X, dtype=np.float64)
-        self.medians_ = np.nan_to_num(np.nanmedian(X, axis=0)) if len(X) else np.zeros(X.shape[1])
-        self.missing_ = np.flatnonzero(np.isnan(X).any(axis=0))
-        self.splines_ = {}
-        for j in range(X.shape[1]):
-            values = X[~np.isnan(X[:, j]), j]
-            knots = np.unique(np.quantile(values, np.linspace(0, 1, self.bins + 1))) if len(values) else []
-            if len(knots) >= 3:  # two knots make one linear piece: the scaled column has it already
-                self.splines_[j] = SplineTransformer(knots=knots[:, None], degree=1, extrapolation="constant").fit(
-                    knots[:, None])
-        return self
-
-    def transform(self, X):
-        X = np.asarray(X, dtype=np.float64)
-        filled = np.where(np.isnan(X), self.medians_, X)
-        parts = [spline.transform(filled[:, [j]]) for j, spline in self.splines_.items()]
-        parts.append(np.isnan(X[:, self.missing_]).astype(np.float64))
-        return np.concatenate(parts, axis=1) if parts else np.zeros((len(X), 0))
-
-    def get_feature_names_out(self, input_features=None):
-        names = [f"{self.columns_[j]}_knot{k}" for j, spline in self.splines_.items()
-                 for k in range(spline.n_features_out_)]
-        return np.array(names + [f"{self.columns_[j]}_missing" for j in self.missing_], dtype=object)
+def dtype_roles(train: pd.DataFrame, test: pd.DataFrame) -> Columns:
+    """d2l's roles: a column numeric in both tables is a number, any other a category."""
+    numeric = [pd.api.types.is_numeric_dtype(train[c]) and pd.api.types.is_numeric_dtype(test[c])
+               for c in train.columns]
+    both = pd.concat([train, test])
+    return Columns([Column(c, "number" if n else "category", int(both[c].nunique()), float(both[c].isna().mean()))
+                    for c, n in zip(train.columns, numeric)])
 
 
 class FeatureBuilder:
-    """The preprocessing fit on a competition's tables: which columns are numbers and which
-    categories, the winsorizing bounds, the log1p'd columns, scikit-learn's fitted transformer
-    and the category codes for trees. It turns any frame with the same columns (the training
-    rows, the test rows, a later test file) into features, so a saved model predicts new rows."""
+    """The preprocessing fit on a competition's tables: each column's role and derived columns,
+    the winsorizing bounds, the log1p'd columns and scikit-learn's fitted transformer. It turns
+    any frame with the same columns (the training rows, the test rows, a later test file) into
+    features, so a saved model predicts new rows."""
 
     def __init__(self, tables: Tables, params: FeatureParams):
         train, test = tables.train, tables.test
-        self.params, self.columns = params, list(train.columns)
-        self.numeric = [c for c in train.columns if pd.api.types.is_numeric_dtype(train[c])
-                        and pd.api.types.is_numeric_dtype(test[c])]
-        self.categorical = [c for c in train.columns if c not in self.numeric]
-        both = pd.concat([train, test])
-        self.categories = {c: sorted(both[c].dropna().astype(str).unique()) for c in self.categorical}
-        fit_frame = both if params.fit_on == "all" else train
+        self.params, self.source = params, list(train.columns)
+        self.roles = column_roles(train, test, tables.spec.columns, str(tables.train_path)) if params.roles \
+            else dtype_roles(train, test)
+        fit = pd.concat([train, test]) if params.fit_on == "all" else train
+        self.derived = Derived(self.roles.kept, fit, params.max_levels, params.min_count)
+        numbers, categories = self.derived.frames(fit)
+        self.numeric, self.categorical = list(numbers.columns), list(categories.columns)
         self.bounds = None
         if params.clip_quantile and self.numeric:
-            values = fit_frame[self.numeric].astype(np.float64)
-            self.bounds = tuple(values.quantile(q).to_dict() for q in (params.clip_quantile, 1 - params.clip_quantile))
-        fit_frame = self._clipped(fit_frame)
-        self.logged = skewed_columns(fit_frame, self.numeric, params.log_skewed)
-        self.transformer = self._fit_transformer(self._logged(fit_frame), tables)
+            self.bounds = tuple(numbers.quantile(q).to_dict() for q in (params.clip_quantile, 1 - params.clip_quantile))
+        numbers = self._clipped(numbers)
+        self.logged = skewed_columns(numbers, self.numeric, params.log_skewed)
+        self.transformer = self._fit_transformer(pd.concat([self._logged(numbers), categories], axis=1), tables)
         try:
             self.names = list(self.transformer.get_feature_names_out())
         except ValueError as exc:  # e.g. a numeric column "Color_red" beside a category Color == "red"
             raise DataError(f"{tables.train_path}: two features get the same name "
                             f"({str(exc).split(' are not unique')[0].removeprefix('Output feature names: ')}); "
                             "rename the column") from None
+        self.native_categories = {c: [*self.derived.levels[c], RARE] for c in self.categorical}
 
-    def _clipped(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _clipped(self, numbers: pd.DataFrame) -> pd.DataFrame:
         if self.bounds is None:
-            return frame
+            return numbers
         low, high = self.bounds
-        return frame.assign(**{c: frame[c].astype(np.float64).clip(low[c], high[c]) for c in self.numeric})
+        return numbers.assign(**{c: numbers[c].clip(low[c], high[c]) for c in self.numeric})
 
-    def _logged(self, frame: pd.DataFrame) -> pd.DataFrame:
-        # float64 first: log1p of a bool column would otherwise be float16.
-        return frame.assign(**{c: np.log1p(frame[c].astype(np.float64)) for c in self.logged}) if self.logged else frame
+    def _logged(self, numbers: pd.DataFrame) -> pd.DataFrame:
+        return numbers.assign(**{c: np.log1p(numbers[c]) for c in self.logged}) if self.logged else numbers
 
     def _fit_transformer(self, fit_frame: pd.DataFrame, tables: Tables) -> ColumnTransformer:
         with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
@@ -264,42 +202,87 @@ class FeatureBuilder:
             overflow = np.flatnonzero(~(np.isfinite(scaler.mean_) & np.isfinite(scaler.var_)))
             if len(overflow):
                 column = self.numeric[int(overflow[0])]
-                path = tables.test_path if tables.test[column].abs().max() > tables.train[column].abs().max() \
-                    else tables.train_path
+                path = tables.test_path if column in tables.test and \
+                    tables.test[column].abs().max() > tables.train[column].abs().max() else tables.train_path
                 raise DataError(f"{path}: column {column!r} has values too large to standardize; "
                                 "rescale it (e.g. take its log)")
         return transformer
 
-    def transform(self, frame: pd.DataFrame, path) -> tuple[np.ndarray, np.ndarray]:
-        """``frame``'s dense features (scaled numbers, one-hot categories) and native columns
-        (numbers as they are, category codes; NaN where missing), both float32."""
+    def transform(self, frame: pd.DataFrame, path) -> Encoded:
+        """``frame``'s features (see :class:`Encoded`)."""
         frame = frame.reset_index(drop=True)  # rows by position, whatever index the frame came with
-        dense = _transformed(self.transformer, self._logged(self._clipped(frame)), path, self.names, self.numeric)
-        return np.ascontiguousarray(dense), self._native(frame)
+        numbers, categories = self.derived.frames(frame)
+        scaled = pd.concat([self._logged(self._clipped(numbers)), categories], axis=1)
+        dense = transformed(self.transformer, scaled, path, self.names, self.numeric)
+        return Encoded(np.ascontiguousarray(dense), self._native(numbers, categories), self.derived.codes(frame),
+                       self.derived.texts(frame))
 
-    def _native(self, frame: pd.DataFrame) -> np.ndarray:
-        numbers = frame[self.numeric].astype(np.float64).to_numpy(dtype=np.float32) if self.numeric else \
-            np.zeros((len(frame), 0), np.float32)
-        codes = [pd.Categorical(frame[c].dropna().astype(str).reindex(frame.index),
-                                categories=self.categories[c]).codes for c in self.categorical]
-        codes = np.stack(codes, 1).astype(np.float32) if codes else np.zeros((len(frame), 0), np.float32)
+    def _native(self, numbers: pd.DataFrame, categories: pd.DataFrame) -> np.ndarray:
+        codes = [pd.Categorical(categories[c], categories=self.native_categories[c]).codes
+                 for c in self.categorical]
+        codes = np.stack(codes, 1).astype(np.float32) if codes else np.zeros((len(numbers), 0), np.float32)
         codes[codes < 0] = np.nan
-        return np.ascontiguousarray(np.concatenate([numbers, codes], 1))
+        return np.ascontiguousarray(np.concatenate([numbers.to_numpy(dtype=np.float32), codes], 1))
 
     @property
     def native_names(self) -> list[str]:
         return self.numeric + self.categorical
 
+    def column_rows(self) -> list[dict]:
+        """The columns table: each column's role, distinct values, missing share, and the dense
+        features it became."""
+        made = dict(zip(self.numeric + self.categorical, self._dense_counts()))
+        for column in self.roles:
+            column.features = sum(n for name, n in made.items() if name == column.name
+                                  or name.startswith(column.name + "."))
+            if column.name in self.derived.high:
+                column.note = "frequency and an in-fold target encoding" + (f"; {column.note}" if column.note else "")
+            if column.name in self.derived.vectorizers:
+                terms = len(self.derived.vectorizers[column.name].vocabulary_)
+                column.note = f"TF-IDF of {terms} terms -> an in-fold text model; {column.note}".rstrip("; ")
+        return self.roles.rows()
+
+    def _dense_counts(self) -> list[int]:
+        """Dense features per derived column: a scaled number and its splines, or a one-hot."""
+        counts = [1] * len(self.numeric)
+        if "splines" in self.transformer.named_transformers_:
+            splines = self.transformer.named_transformers_["splines"]
+            for j, spline in splines.splines_.items():
+                counts[j] += spline.n_features_out_
+            for j in splines.missing_:
+                counts[j] += 1
+        onehot = self.transformer.named_transformers_["categorical"][-1] if self.categorical else None
+        return counts + ([len(c) for c in onehot.categories_] if onehot is not None else [])
+
+
+def split_columns(tables: Tables, roles: Columns) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Each training row's group code (the declared group column) and time in days (the declared
+    time column, else the table's one date column), for the group and time splits."""
+    spec, groups, times = tables.spec, None, None
+    if spec.group is not None:
+        groups = torch.from_numpy(pd.factorize(tables.train[spec.group].astype(str))[0].astype(np.int64))
+    dates = [c for c in roles if c.role == "date"]
+    time = spec.time or (dates[0].name if len(dates) == 1 else None)
+    if time is not None:
+        column = next((c for c in dates if c.name == time), None) or Column(time, "date", 0, 0.0)
+        when = column.read(tables.train[time])
+        times = torch.from_numpy(np.array((when - EPOCH) / pd.Timedelta(days=1), dtype=np.float64))
+    return groups, times
+
 
 def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> Features:
     """Fit the preprocessing on train+test features (or train only) and return tensors."""
     builder = FeatureBuilder(tables, params)
-    (X, native), (X_test, native_test) = (builder.transform(frame, path) for frame, path in
-                                          ((tables.train, tables.train_path), (tables.test, tables.test_path)))
+    train, test = (builder.transform(frame, path) for frame, path in
+                   ((tables.train, tables.train_path), (tables.test, tables.test_path)))
     y, classes = tables.spec.scorer.task.encode(tables.labels, tables.spec.positive, str(tables.train_path))
+    groups, times = split_columns(tables, builder.roles)
     return Features(
-        X=torch.from_numpy(X), y=torch.from_numpy(y), X_test=torch.from_numpy(X_test),
+        X=torch.from_numpy(train.dense), y=torch.from_numpy(y), X_test=torch.from_numpy(test.dense),
         test_ids=[shown(i) for i in tables.test_ids], names=builder.names, spec=tables.spec, classes=classes,
-        native=torch.from_numpy(native), native_test=torch.from_numpy(native_test),
+        native=torch.from_numpy(train.native), native_test=torch.from_numpy(test.native),
         native_names=builder.native_names,
-        native_categorical=list(range(len(builder.numeric), len(builder.native_names))), builder=builder)
+        native_categorical=list(range(len(builder.numeric), len(builder.native_names))), builder=builder,
+        codes=torch.from_numpy(train.codes), codes_test=torch.from_numpy(test.codes),
+        texts=train.texts, texts_test=test.texts, columns=builder.column_rows(),
+        groups=groups, times=times)

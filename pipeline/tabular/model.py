@@ -17,7 +17,9 @@ from pipeline.errors import TrainingError
 from pipeline.metrics import Metric
 from pipeline.progress import Progress
 from pipeline.tabular.ensemble import blend
+from pipeline.tabular import infold
 from pipeline.tabular.features import FeatureBuilder, Features
+from pipeline.tabular.infold import InFold
 from pipeline.tabular.members import Fitted, Inputs, TrainingSet, load_fitted, score_groups
 from pipeline.tabular.recipe import Recipe
 
@@ -31,6 +33,7 @@ class TrainedModel:
     builder: FeatureBuilder
     metric: Metric
     classes: list
+    encoders: InFold | None = None  # the in-fold columns' encoders, fit on every training row
 
     def predict(self, inputs: Inputs) -> np.ndarray:
         """The blend's (rows, outputs) predictions: values, or class probabilities."""
@@ -38,14 +41,23 @@ class TrainedModel:
 
     def inputs(self, frame: pd.DataFrame, path, device: torch.device) -> Inputs:
         """A frame of the training table's feature columns as every member's inputs."""
-        dense, native = self.builder.transform(frame, path)
-        return Inputs(torch.from_numpy(dense).to(device), torch.from_numpy(native),
-                      list(range(len(self.builder.numeric), len(self.builder.native_names))))
+        encoded = self.builder.transform(frame, path)
+        extra = None if self.encoders is None else self.encoders.values(encoded.codes, encoded.texts)
+        return Inputs(torch.from_numpy(encoded.dense).to(device), torch.from_numpy(encoded.native),
+                      list(range(len(self.builder.numeric), len(self.builder.native_names))),
+                      None if extra is None else extra.to(device))
+
+    def test_inputs(self, features: Features, device: torch.device) -> Inputs:
+        """The competition's test rows (already featurized) as every member's inputs."""
+        extra = None if self.encoders is None else self.encoders.values(features.codes_test.numpy(),
+                                                                         features.texts_test)
+        return TrainingSet(features, device, test_extra=extra).test
 
     def save(self, path: Path, **extra) -> Path:
         return checkpoints.save(path, FORMAT, {
             **extra, "metric": self.metric.name, "members": [m.state() for m in self.members],
-            "weights": self.weights, "builder": checkpoints.pack(self.builder), "classes": list(self.classes)})
+            "weights": self.weights, "builder": checkpoints.pack(self.builder), "classes": list(self.classes),
+            "encoders": None if self.encoders is None else self.encoders.state()})
 
     @classmethod
     def load(cls, path: Path, metric: Metric, device: torch.device, remake: str) -> tuple["TrainedModel", dict]:
@@ -53,8 +65,9 @@ class TrainedModel:
         state = checkpoints.load(path, FORMAT, "tabular model", remake)
         with checkpoints.restoring(path, remake):
             members = [load_fitted(m, metric, device) for m in state["members"]]
+            encoders = None if state["encoders"] is None else InFold.from_state(state["encoders"])
             return cls(members, list(state["weights"]), checkpoints.unpack(state["builder"]), metric,
-                       list(state["classes"])), state
+                       list(state["classes"]), encoders), state
 
 
 def fit_final(features: Features, recipe: Recipe, weights: list[float], budgets: list[float | None], *,
@@ -62,13 +75,19 @@ def fit_final(features: Features, recipe: Recipe, weights: list[float], budgets:
     """Every member (``recipe.seeds`` copies each) on every training row, each trained as long as
     its CV chose; refused in one line when a member diverges or predicts test values the metric
     cannot take. Also the blend's score on the training rows."""
-    data = TrainingSet(features, device)
-    rows = [torch.arange(len(data.X), device=device)]
+    rows = [torch.arange(len(features.X))]
+    encoders, extra, test_extra = None, None, None
+    if infold.width(features.codes, features.texts, len(features.classes)):
+        encoders, extra = infold.fit_infold(features.codes, features.texts, features.y, features.spec.scorer,
+                                            len(features.classes), rows, recipe.folds.seed)
+        test_extra = encoders.values(features.codes_test.numpy(), features.texts_test)
+    data = TrainingSet(features, device, extra, test_extra)
+    rows = [r.to(device) for r in rows]
     fitted = [m.fit(data, rows, seeds=recipe.seeds, seed=recipe.folds.seed, progress=progress, budget=b)
               for m, b in zip(recipe.members, budgets)]
     for member in fitted:
         _check(member, data)
-    model = TrainedModel(fitted, weights, features.builder, data.metric, features.classes)
+    model = TrainedModel(fitted, weights, features.builder, data.metric, features.classes, encoders)
     blended = blend([m.predict(data.train) for m in fitted], data.metric, weights)
     [train_score] = score_groups(blended, data.y, rows, data.metric)
     return model, train_score

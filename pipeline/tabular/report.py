@@ -27,6 +27,7 @@ def cv_report(run_dir: Path, target: str, features: Features, recipe: Recipe, re
                   for tr, va, fe in zip(score.train, score.valid, score.failed_epoch)],
         "mean_valid": score.mean_valid, "std_valid": score.std_valid,
         "seconds": seconds, "device": str(device), "created": reports.now(), "plots": [p.name for p in pictures],
+        "columns": features.columns,
     }
     positive = metric.submits.positive_class(features.classes)
     if positive is not None:
@@ -53,7 +54,8 @@ def _pictures(run_dir: Path, target: str, features: Features, recipe: Recipe, re
              for label, tr, va in zip(labels, score.train_curves, score.valid_curves)],
             run_dir / "curves.png", ylabel=metric.name, log_scale=not metric.higher_is_better,
             title=f"{target}: {' + '.join(m.label for m in result.members if m.train_curves)}, {folds}"))
-    oof, y, label = result.blend_oof, features.y, features.spec.label
+    validated = ~result.blend_oof.isnan().any(1)  # a time split never validates its first block
+    oof, y, label = result.blend_oof[validated], features.y[validated], features.spec.label
     if metric.task.continuous:
         out.append(plots.predictions_png(metric.label_space(y).numpy(), metric.space(oof[:, 0]).numpy(),
                                          run_dir / "predictions.png",

@@ -191,23 +191,34 @@ class StackedModel:
             out.append(Block(groups, configs, weights, biases))
         return out
 
-    def forward_block(self, block: Block, xT: torch.Tensor, generator: Randomness = None):
-        """Outputs (Gb, Cb, n_out, rows) of a block's models for inputs ``xT``: (Gb, d, rows),
+    def first_layer(self, block: Block, xT: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The first layer's pre-activations (Gb, Cb * H, rows) for inputs ``xT``: (Gb, d, rows),
         or (d, rows) shared by all groups; with d + 1 rows, the last all ones, the bias rides in
-        the product. Dropout applies when a generator is given. Also returns, per hidden
-        layer, what :meth:`backward_block` needs."""
-        Gb, Cb = block.weights[0].shape[0], block.configs.stop - block.configs.start
-        act = ACTIVATIONS[self.arch.activation]
-        weight, rows = block.weights[0], xT.shape[-1]
-        plain = xT.shape[-2] < weight.shape[-1]
+        the product. ``extra`` (Gb, k, rows): each group's own further inputs (the in-fold
+        columns), whose weights follow the shared inputs'; ``xT`` then has no ones row."""
+        Gb, rows, d = block.weights[0].shape[0], xT.shape[-1], xT.shape[-2]
+        weight = block.weights[0]
+        plain = d + (0 if extra is None else extra.shape[-2]) < weight.shape[-1]
         if plain:
             weight = weight[..., :-1]
+        shared = weight if extra is None else weight[..., :d]
         if xT.dim() == 2:  # inputs shared by all groups: one product for all of them
-            z = torch.mm(weight.reshape(-1, xT.shape[0]), xT).view(Gb, -1, rows)
+            z = torch.mm(shared.reshape(-1, d), xT).view(Gb, -1, rows)
         else:
-            z = torch.bmm(weight, xT)
-        if plain:
-            z.add_(block.biases[0])
+            z = torch.bmm(shared, xT)
+        if extra is not None:
+            z.baddbmm_(weight[..., d:], extra)
+        return z.add_(block.biases[0]) if plain else z
+
+    def forward_block(self, block: Block, xT: torch.Tensor, generator: Randomness = None,
+                      extra: torch.Tensor | None = None):
+        """Outputs (Gb, Cb, n_out, rows) of a block's models for inputs ``xT`` (and ``extra``,
+        see :meth:`first_layer`). Dropout applies when a generator is given. Also returns, per
+        hidden layer, what :meth:`backward_block` needs."""
+        Gb, Cb = block.weights[0].shape[0], block.configs.stop - block.configs.start
+        act = ACTIVATIONS[self.arch.activation]
+        rows = xT.shape[-1]
+        z = self.first_layer(block, xT, extra)
         saved = []
         for layer, (weight, bias) in enumerate(zip(block.weights[1:], block.biases[1:]), 1):
             z = z.view(Gb * Cb, -1, rows)
@@ -250,16 +261,28 @@ class StackedModel:
         torch.bmm(dz.view(Gb, -1, rows), x, out=grads.weights[0])  # the ones column gives the bias's
 
     def forward(self, x: torch.Tensor, theta: torch.Tensor | None = None, *,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """``x`` (G or 1, B, d), or d + 1 with a ones column last -> raw outputs (G, B, C, n_out)
-        (the target transform takes them to the labels' scale). Dropout applies when a generator is given."""
+                generator: torch.Generator | None = None, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (G or 1, B, d), or d + 1 with a ones column last, and each group's ``extra``
+        inputs (G, B, k) -> raw outputs (G, B, C, n_out) (the target transform takes them to the
+        labels' scale). Dropout applies when a generator is given."""
         rows = x.shape[1]
         out = torch.empty(self.groups, rows, self.configs, self.arch.n_out, device=x.device)
         shared = x[0].T if x.shape[0] == 1 else None  # 2-D, so that matmul makes one product of all groups
         for block in self.blocks(rows, theta):
             xT = shared if shared is not None else x[block.groups].transpose(1, 2)
-            y, _ = self.forward_block(block, xT, generator)
+            own = None if extra is None else extra[block.groups].transpose(1, 2)
+            y, _ = self.forward_block(block, xT, generator, own)
             out[block.groups, :, block.configs] = y.permute(0, 3, 1, 2)
+        return out
+
+    @classmethod
+    def concat(cls, models: list["StackedModel"]) -> "StackedModel":
+        """Models of the same configs trained on different groups, as one model of all the groups."""
+        first = models[0]
+        out = cls(first.arch, sum(m.groups for m in models), first.hidden, first.dropout.tolist(), first.device,
+                  torch.Generator(first.device))  # its own draws, overwritten: the caller's RNG stays as it was
+        for stored, *parts in zip(out._stored(), *(m._stored() for m in models)):
+            torch.cat(parts, out=stored)
         return out
 
     def state(self, extra: dict) -> dict:

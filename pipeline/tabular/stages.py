@@ -20,7 +20,6 @@ from pipeline.make import Context, Stage
 from pipeline.submissions import write_copies
 from pipeline.tabular.cv import cross_validate_recipe
 from pipeline.tabular.features import Features, build_features
-from pipeline.tabular.members import TrainingSet
 from pipeline.tabular.model import TrainedModel, fit_final
 from pipeline.tabular.recipe import FEATURE_KEYS
 from pipeline.tabular.report import cv_report
@@ -52,7 +51,8 @@ def preprocess(ctx: Context) -> tuple[list[Path], dict]:
     tables = load_tables(*ctx.target.table_paths(ctx.workspace.data), ctx.target.spec)
     features = build_features(tables, ctx.config.features)
     path = checkpoints.save(features_path(ctx), FEATURES_FORMAT, features.to_state())
-    return [path], {"rows": len(features.X), "test_rows": len(features.X_test), "columns": len(features.names)}
+    return [path], {"rows": len(features.X), "test_rows": len(features.X_test), "features": len(features.names),
+                    "columns": features.columns}
 
 
 def load_features(ctx: Context) -> Features:
@@ -110,7 +110,7 @@ def submit(ctx: Context) -> tuple[list[Path], dict]:
     features = load_features(ctx)
     device = resolve_device(ctx.device)
     model = load_model(ctx, features, device)
-    predictions = model.predict(TrainingSet(features, device).test)
+    predictions = model.predict(model.test_inputs(features, device))
     frame, checks = submission(features, predictions)
     return write_copies(ctx.workspace.submissions / f"{ctx.section}.csv", ctx.out, frame, **checks)
 
@@ -121,7 +121,7 @@ def predict_file(ctx: Context, test: Path) -> dict:
     features = load_features(ctx)
     device = resolve_device(ctx.device)
     model = load_model(ctx, features, device)
-    ids, frame = read_test(test, features.spec, model.builder.columns)
+    ids, frame = read_test(test, features.spec, model.builder.source)
     predictions = model.predict(model.inputs(frame, test, device))
     submission_frame, checks = submission(features, predictions, ids)
     out = ctx.out or ctx.workspace.submissions / f"{ctx.section}-{Path(test).stem}.csv"

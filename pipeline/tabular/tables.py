@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +22,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TableSpec:
     """What a tabular competition's CSVs hold: the id column, the label column, the task and
-    the metric it is scored by."""
+    the metric it is scored by; optionally the columns whose roles are declared (see
+    :mod:`pipeline.tabular.columns`), the column whose groups must not straddle folds (the
+    ``group`` split) and the date column that orders the rows in time (the ``time`` split)."""
 
     id: str
     label: str
     task: str = "regression"
     metric: str = "log_rmse"
     positive: str | int | None = None  # binary classification: the class whose probability is submitted
+    columns: dict = field(default_factory=dict)
+    group: str | None = None
+    time: str | None = None
 
     @property
     def scorer(self) -> Metric:
@@ -125,6 +130,10 @@ def load_tables(train_path: str | Path, test_path: str | Path, spec: TableSpec) 
     _check_ids(train, spec, train_path)
     _check_ids(test, spec, test_path)
     labels = _check_labels(train, spec, train_path)
+    for role in ("group", "time"):
+        name = getattr(spec, role)
+        if name is not None and name not in train.columns:
+            raise DataError(f"{train_path} has no {role} column {name!r} (columns: {_preview(train.columns)})")
     train_features = _infinite_as_missing(train.drop(columns=[spec.id, spec.label]), train_path)
     test_features = _infinite_as_missing(test.drop(columns=[spec.id, spec.label], errors="ignore"), test_path)
 

@@ -71,6 +71,13 @@ class TargetTransform:
         values.clamp_(per_group(self.low), per_group(self.high))
         return self.metric.log[1](values) if self.log else values
 
+    @classmethod
+    def concat(cls, transforms: list["TargetTransform"]) -> "TargetTransform":
+        """The transforms of several row sets as one."""
+        first = transforms[0]
+        stats = {name: torch.cat([getattr(t, name) for t in transforms]) for name in ("shift", "scale", "low", "high")}
+        return cls(first.metric, first.log, standardized=first.standardized, **stats)
+
     def state(self) -> dict:
         return {"log": self.log, "shift": self.shift, "scale": self.scale, "low": self.low, "high": self.high,
                 "standardized": self.standardized}

@@ -13,6 +13,7 @@ losses, curves, the best epoch on an inner split).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -125,6 +126,17 @@ class FitResult:
             return None if curve is None else curve[-1]
         return np.take_along_axis(curve, self.best_epoch[None] - 1, 0)[0]
 
+    @classmethod
+    def concat(cls, parts: list["FitResult"]) -> "FitResult":
+        """The results of runs on one group each, as one run of all of them."""
+        first = parts[0]
+        joined = {name: None if getattr(first, name) is None else
+                  np.concatenate([getattr(p, name) for p in parts], axis=1 if name.endswith("curve") else 0)
+                  for name in ("train_curve", "valid_curve", "failed_epoch", "best_epoch")}
+        return cls(StackedModel.concat([p.model for p in parts]), first.configs,
+                   TargetTransform.concat([p.transform for p in parts]), seconds=sum(p.seconds for p in parts),
+                   **joined)
+
     @property
     def final_train(self) -> np.ndarray:
         return self.at_best(self.train_curve)
@@ -139,11 +151,13 @@ def _chunk_rows(model: StackedModel) -> int:
     return max(1, ACTIVATION_BUDGET // (max(model.sizes[1:]) * model.configs * model.groups))
 
 
-def predict_raw(model: StackedModel, X: torch.Tensor) -> torch.Tensor:
+def predict_raw(model: StackedModel, X: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
     """Raw outputs (G, N, C, n_out) for all rows of ``X``, in chunks that bound memory. ``X`` is
-    (N, d), or (N, d + 1) with a last column of ones (the first layer's bias then rides in its product)."""
+    (N, d), or (N, d + 1) with a last column of ones (the first layer's bias then rides in its
+    product); ``extra`` (G, N, k) each group's own further inputs."""
     step = _chunk_rows(model)
-    chunks = [model.forward(X[i:i + step].unsqueeze(0)) for i in range(0, len(X), step)]
+    chunks = [model.forward(X[i:i + step].unsqueeze(0), extra=None if extra is None else extra[:, i:i + step])
+              for i in range(0, len(X), step)]
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
@@ -176,14 +190,17 @@ class _Scorer:
     are scored (an MLP's held-out and valid rows: half the cost of all rows each epoch)."""
 
     def __init__(self, model: StackedModel, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                 transform: TargetTransform, submodels: int = 1):
+                 transform: TargetTransform, submodels: int = 1, extra: torch.Tensor | None = None):
         self.model, self.transform, self.submodels = model, transform, submodels
         metric = self.metric = transform.metric
         G, N = mask.shape[:2]
         scored = mask.any(2)
         counts = scored.sum(1)
+        own = None
         if bool((counts == N).all()):  # (d + 1, rows) chunks of X with its ones column, shared by all groups
             inputs, y, labels_axis = X.T, y, None
+            if extra is not None:  # the groups' own columns beside X without its ones
+                inputs, own = X[:, :-1].T, extra.transpose(1, 2)
         else:  # (G, d + 1, R) each group's own rows, padded with row 0 at mask weight zero
             R = int(counts.max())
             index = torch.zeros(G, R, dtype=torch.long, device=X.device)
@@ -192,11 +209,15 @@ class _Scorer:
                 index[g, :len(rows)] = rows
             real = (torch.arange(R, device=X.device) < counts[:, None]).float()
             mask = mask.gather(1, index[..., None].expand(-1, -1, mask.shape[2])) * real[..., None]
-            inputs, y, labels_axis = X[index].transpose(1, 2), y[index], 1
+            gathered = X[index] if extra is None else torch.cat(
+                [X[index][..., :-1], extra.gather(1, index[..., None].expand(-1, -1, extra.shape[2])),
+                 X[index][..., -1:]], dim=2)
+            inputs, y, labels_axis = gathered.transpose(1, 2), y[index], 1
         step = _chunk_rows(model)
         rows = inputs.shape[-1]
-        self.chunks = [(start, inputs[..., start:start + step]) for start in range(0, rows, step)]
-        self.blocks = {xT.shape[-1]: model.blocks(xT.shape[-1]) for _, xT in self.chunks}
+        self.chunks = [(start, inputs[..., start:start + step], None if own is None else own[..., start:start + step])
+                       for start in range(0, rows, step)]
+        self.blocks = {xT.shape[-1]: model.blocks(xT.shape[-1]) for _, xT, _ in self.chunks}
         self.out = torch.empty(model.groups, model.configs, model.arch.n_out, rows, device=X.device)
         labels = metric.label_space(y) if metric.term else y
         self.y = y
@@ -206,9 +227,10 @@ class _Scorer:
 
     def _predictions(self) -> torch.Tensor:
         """(G, configs, rows, outputs) predictions in the labels' scale, each config's submodels averaged."""
-        for start, xT in self.chunks:
+        for start, xT, own in self.chunks:
             for block in self.blocks[xT.shape[-1]]:
-                z, _ = self.model.forward_block(block, xT if xT.dim() == 2 else xT[block.groups])
+                z, _ = self.model.forward_block(block, xT if xT.dim() == 2 else xT[block.groups],
+                                                extra=None if own is None else own[block.groups])
                 self.out[block.groups, block.configs, :, start:start + xT.shape[-1]] = z
         values = self.transform.inverse(self.metric.task.predictions(self.out.transpose(2, 3)))
         return average_submodels(values, self.submodels, self.metric, 1)
@@ -320,7 +342,8 @@ def column_generators(seed: int, configs: list[TrainParams], device: torch.devic
 
 def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], configs: list[TrainParams], *,
         metric: str | Metric, valid_rows: list[torch.Tensor] | None = None, n_out: int = 1, seed: int = 0,
-        curves: bool = True, on_epoch: Callable[[int, int, Curves | None], None] | None = None) -> FitResult:
+        curves: bool = True, on_epoch: Callable[[int, int, Curves | None], None] | None = None,
+        extra: torch.Tensor | None = None) -> FitResult:
     """Train ``len(train_rows)`` groups x ``len(configs)`` models at once.
 
     Group g trains on rows ``train_rows[g]`` of ``X``/``y`` (already on the training device)
@@ -328,6 +351,7 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
     With ``curves`` the metrics are computed after every epoch, else only after the last.
     ``on_epoch(epoch, epochs, curves)`` hears each epoch's end; ``curves()`` reads that epoch's
     train and valid metric off the device (None when they are not computed every epoch).
+    ``extra`` (G, N, k): each group's own further input columns (the in-fold encodings).
     The loss is the task's: the mean squared error of (transformed) values, or cross-entropy
     over n_out classes. The batch orders and inner splits come from ``seed``; each config's
     initial weights and dropout masks from its own generator (see :func:`column_generators`).
@@ -338,9 +362,16 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
         raise UsageError("configs differing in model, depth, activation, epochs, batch size, log target, "
                          "optimizer, schedule, standardizing, label smoothing, submodels or inner split "
                          "cannot share one stacked model")
+    sizes = [len(rows) for rows in train_rows]
+    if max(sizes) > UNEQUAL * min(sizes):  # a time split's folds: each group in a stack of its own
+        each = _every(len(train_rows), on_epoch)
+        return FitResult.concat([
+            fit(X, y, [rows], configs, metric=metric, valid_rows=None if valid_rows is None else [valid_rows[g]],
+                n_out=n_out, seed=seed, curves=curves, extra=None if extra is None else extra[g:g + 1],
+                on_epoch=each) for g, rows in enumerate(train_rows)])
     with one_cpu_thread(X.device, enabled=_step_products(X, train_rows, configs, n_out) < MANY_THREADS):
         started = time.perf_counter()
-        plan = _Plan(X, y, train_rows, configs, metric, n_out, seed)
+        plan = _Plan(X, y, train_rows, configs, metric, n_out, seed, extra)
         books = _Books(plan, y, valid_rows, curves)
         with torch.inference_mode():  # skips autograd's bookkeeping, ~7% of a d2l step; tensors made above stay normal
             for epoch in range(plan.epochs):
@@ -349,6 +380,26 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
                 books.end_epoch(epoch, on_epoch)
             books.keep_best()
         return books.result(time.perf_counter() - started)
+
+
+# Groups stack when their sizes are within this ratio: BatchPlan's steps follow the smallest
+# group and its last batch takes every row left, fine for K folds (a row apart), not for a time
+# split's growing windows, whose groups then train one after another.
+UNEQUAL = 1.25
+
+
+def _every(groups: int, on_epoch):
+    """``on_epoch`` for ``groups`` runs one after another: every ``groups``-th epoch of theirs is
+    one epoch of the whole."""
+    if on_epoch is None:
+        return None
+    calls = itertools.count(1)
+
+    def each(epoch: int, epochs: int, curves) -> None:
+        call = next(calls)
+        if call % groups == 0:
+            on_epoch(call // groups, epochs, None)
+    return each
 
 
 # Multiply-adds per training step above which the CPU's threads share the work. Below it (a d2l
@@ -382,14 +433,16 @@ class _Plan:
     """What a run trains and how: the stacked model, its target transform, the batches and each
     step's views of them, the optimizer, and the inner split that picks the best epoch."""
 
-    def __init__(self, X, y, train_rows, configs, metric: Metric, n_out: int, seed: int):
+    def __init__(self, X, y, train_rows, configs, metric: Metric, n_out: int, seed: int, extra=None):
         first = self.first = configs[0]
         self.configs, self.metric, self.n_out, self.k = configs, metric, n_out, first.submodels
         columns = [c for c in configs for _ in range(self.k)]  # the stacked model's columns, config after config
         device = X.device
         self.generator = make_generator(seed, device)  # batch orders and inner splits: the same for every config
         self.own = column_generators(seed, configs, device)  # initial weights and dropout masks
-        arch = Architecture(first.model, len(first.widths), first.activation, X.shape[1], n_out)
+        self.extra = extra  # (G, N, k): each group's own columns, after X's
+        k = 0 if extra is None else extra.shape[2]
+        arch = Architecture(first.model, len(first.widths), first.activation, X.shape[1] + k, n_out)
         self.model = StackedModel(arch, len(train_rows), [c.widths for c in columns], [c.dropout for c in columns],
                                   device, self.own)
         self.held_out = None
@@ -408,10 +461,10 @@ class _Plan:
         # gather per step fetches all three. (index_select of whole rows: advanced indexing, table[idx],
         # costs per element on the CPU, about 5x more here.)
         self.table = torch.cat([X, torch.ones(len(X), 1, device=device), targets], dim=1)
-        self.steps = self._step_views(X.shape[1])
+        self.steps = self._step_views(X.shape[1], k)
 
-    def _step_views(self, d: int) -> list[tuple[torch.Tensor, list[_BlockStep]]]:
-        """Per step: the gather buffer and, per block of models, its views of the batch."""
+    def _step_views(self, d: int, k: int) -> list[tuple["_Gather", list[_BlockStep]]]:
+        """Per step: its gather and, per block of models, its views of the batch."""
         model, batches, device = self.model, self.batches, self.table.device
         G = model.groups
         width = max(b - a for a, b in batches.bounds)
@@ -422,28 +475,52 @@ class _Plan:
             scale, shift = (t.to(device, torch.float32).view(G, 1, 1, 1) for t in (self.transform.scale,
                                                                                    self.transform.shift))
             standard = (1 / scale, -shift / scale)
-        buffers, steps = {}, []
+        gathers, steps = {}, []
         for (start, stop), weight in zip(batches.bounds, batches.weights(self.metric.task.residual_scale)):
             rows = stop - start
-            if rows not in buffers:
-                buffers[rows] = torch.empty(G * rows, self.table.shape[1], device=device)
-            batch = buffers[rows].view(G, rows, -1)
+            if rows not in gathers:
+                gathers[rows] = _Gather(self.table, self.extra, d, G, rows)
+            batch = gathers[rows].buffer.view(G, rows, -1)
             views = []
             for block, grads in blocks:
-                x = batch[block.groups, :, :d + 1]
+                x = batch[block.groups, :, :d + k + 1]
                 views.append(_BlockStep(block, grads, x, x.transpose(1, 2),
-                                        batch[block.groups, :, d + 1:].transpose(1, 2).unsqueeze(1),
+                                        batch[block.groups, :, d + k + 1:].transpose(1, 2).unsqueeze(1),
                                         weight[block.groups], self.tracked[block.groups, block.configs, :, :rows],
                                         None if standard is None else tuple(s[block.groups] for s in standard)))
-            steps.append((buffers[rows], views))
+            steps.append((gathers[rows], views))
         return steps
 
 
-def _train_step(plan: _Plan, index: torch.Tensor, step: tuple[torch.Tensor, list[_BlockStep]]) -> None:
+class _Gather:
+    """A step's batch: each row's features, ones and targets from the shared table, and, with
+    in-fold columns, its group's own values of them after the features: [X | extra | 1 | y]."""
+
+    def __init__(self, table: torch.Tensor, extra: torch.Tensor | None, d: int, G: int, rows: int):
+        device, k = table.device, 0 if extra is None else extra.shape[2]
+        self.table, self.d = table, d
+        self.buffer = torch.empty(G * rows, table.shape[1] + k, device=device)
+        self.extra = None if extra is None else extra.reshape(-1, k)
+        if extra is not None:  # group g's row r is row g * N + r of the groups' stacked columns
+            self.shared = torch.empty(G * rows, table.shape[1], device=device)
+            self.own = torch.empty(G * rows, k, device=device)
+            self.offsets = torch.arange(G, device=device).repeat_interleave(rows) * extra.shape[1]
+            self.index = torch.empty(G * rows, dtype=torch.long, device=device)
+
+    def __call__(self, index: torch.Tensor) -> None:
+        if self.extra is None:
+            torch.index_select(self.table, 0, index, out=self.buffer)
+            return
+        torch.index_select(self.table, 0, index, out=self.shared)
+        torch.index_select(self.extra, 0, torch.add(index, self.offsets, out=self.index), out=self.own)
+        torch.cat([self.shared[:, :self.d], self.own, self.shared[:, self.d:]], dim=1, out=self.buffer)
+
+
+def _train_step(plan: _Plan, index: torch.Tensor, step: tuple[_Gather, list[_BlockStep]]) -> None:
     """One optimizer step of every model: gather the batch, forward and backward each block,
     then one update of the flat parameters."""
-    buffer, views = step
-    torch.index_select(plan.table, 0, index, out=buffer)
+    gather, views = step
+    gather(index)
     model, task = plan.model, plan.metric.task
     for view in views:
         out, saved = model.forward_block(view.block, view.xT, plan.dropout)
@@ -476,7 +553,7 @@ class _Books:
         self.names = list(masks)
         d = plan.table.shape[1] - plan.n_out - 1
         self.score = _Scorer(plan.model, plan.table[:, :d + 1], y, torch.stack(list(masks.values()), dim=2),
-                             plan.transform, plan.k)
+                             plan.transform, plan.k, plan.extra)
         self.per_epoch = curves or selecting
         self.history = torch.full((plan.epochs if self.per_epoch else 1, G, C, len(masks)), float("nan"), device=device)
         self.losses = torch.zeros(plan.epochs, G, C, device=device)  # per epoch, summed; only finiteness matters

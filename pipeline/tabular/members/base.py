@@ -30,11 +30,26 @@ from pipeline.tabular.features import Features
 class Inputs:
     """Rows as each family wants them: ``dense`` (scaled numbers and one-hot categories) for
     torch and linear models, ``native`` (raw numbers, category codes, NaN) for trees, whose
-    columns ``categorical`` are categories."""
+    columns ``categorical`` are categories, and ``extra`` (G, rows, k): each row set's own
+    in-fold columns (:mod:`pipeline.tabular.infold`), which every family takes after the others."""
 
     dense: torch.Tensor
     native: torch.Tensor | None = None
     categorical: list[int] = field(default_factory=list)
+    extra: torch.Tensor | None = None
+
+    def dense_of(self, group: int) -> np.ndarray:
+        """Row set ``group``'s dense columns and its in-fold ones, for scikit-learn."""
+        return self._with_extra(self.dense.cpu().numpy(), group)
+
+    def native_of(self, group: int) -> np.ndarray:
+        """Row set ``group``'s native columns and its in-fold ones, for trees."""
+        return self._with_extra(self.native.cpu().numpy(), group)
+
+    def _with_extra(self, values: np.ndarray, group: int) -> np.ndarray:
+        if self.extra is None:
+            return values
+        return np.concatenate([values, self.extra[group].cpu().numpy().astype(values.dtype)], axis=1)
 
     def __len__(self) -> int:
         return len(self.dense)
@@ -48,11 +63,14 @@ class TrainingSet:
     """A competition's features on the training device: the training rows' inputs and labels,
     the test rows' inputs, the metric and its task, and the model outputs they need."""
 
-    def __init__(self, features: Features, device: torch.device):
+    def __init__(self, features: Features, device: torch.device, extra: torch.Tensor | None = None,
+                 test_extra: torch.Tensor | None = None):
         self.features, self.device = features, device
         self.X, self.y = features.X.to(device), features.y.to(device)
-        self.train = Inputs(self.X, features.native, features.native_categorical)
-        self.test = Inputs(features.X_test.to(device), features.native_test, features.native_categorical)
+        self.extra = None if extra is None else extra.to(device)
+        self.train = Inputs(self.X, features.native, features.native_categorical, self.extra)
+        self.test = Inputs(features.X_test.to(device), features.native_test, features.native_categorical,
+                           None if test_extra is None else test_extra.to(device))
         self.metric: Metric = features.spec.scorer
         self.task = self.metric.task
         self.n_out = self.task.outputs(features.classes)

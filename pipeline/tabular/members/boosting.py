@@ -83,11 +83,11 @@ class LightGBMMember(Member):
         transform = TargetTransform.choose(data.metric, self.config.log_target, data.y)
         target = transform.learned(torch.from_numpy(data.labels).double()).numpy() if transform.log else data.labels
         transform.fit(torch.from_numpy(np.asarray(target, dtype=np.float64)), [r.cpu() for r in rows])
-        X, generator = data.train.native.numpy(), np.random.default_rng(seed)
+        generator = np.random.default_rng(seed)
         groups, chosen = [], []
         step = progress.step(self.label, len(rows) * seeds, "fit")
-        for group in rows:
-            boosters = []
+        for g, group in enumerate(rows):
+            boosters, X = [], data.train.native_of(g)
             for s in range(seeds):
                 booster, best = self._boost(X, target, group.cpu().numpy(), data, seed + s, generator, budget)
                 chosen.append(best)
@@ -128,9 +128,9 @@ class LightGBMFitted(Fitted):
         self.boosters = [[lightgbm.Booster(model_str=text) for text in group] for group in groups]
 
     def predict(self, inputs: Inputs) -> torch.Tensor:
-        X, task = inputs.native.cpu().numpy(), self.transform.metric.task
-        values = np.stack([task.boosted_predictions(np.mean([b.predict(X) for b in boosters], axis=0), self.n_out)
-                           for boosters in self.boosters])
+        task = self.transform.metric.task
+        values = np.stack([task.boosted_predictions(np.mean([b.predict(inputs.native_of(g)) for b in boosters], axis=0),
+                                                    self.n_out) for g, boosters in enumerate(self.boosters)])
         return self.transform.inverse(torch.from_numpy(values)).to(inputs.device, torch.float32)
 
     def state(self) -> dict:

@@ -52,7 +52,7 @@ class TorchMember(Member):
         step = progress.step(self.label, params.epochs, "epoch", data.metric.higher_is_better)
         result = fit(data.X, data.y, rows, [params], metric=data.metric, valid_rows=valid_rows,
                      n_out=data.n_out, seed=seed, curves=valid_rows is not None,
-                     on_epoch=lambda epoch, epochs, curves: step.advance(1, curves))
+                     on_epoch=lambda epoch, epochs, curves: step.advance(1, curves), extra=data.extra)
         step.close()
         report = FitReport(
             result.seconds, result.failed_epoch[:, 0],
@@ -67,7 +67,8 @@ class TorchFitted(Fitted):
         self.label = config.model
 
     def predict(self, inputs: Inputs) -> torch.Tensor:
-        raw = predict_raw(self.model, inputs.dense.to(self.model.device))  # (G, N, submodels, outputs)
+        extra = None if inputs.extra is None else inputs.extra.to(self.model.device)
+        raw = predict_raw(self.model, inputs.dense.to(self.model.device), extra)  # (G, N, submodels, outputs)
         return predictions(raw, self.transform, self.config.submodels)[:, :, 0].to(inputs.device)
 
     def state(self) -> dict:

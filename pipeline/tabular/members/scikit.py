@@ -125,11 +125,11 @@ class SklearnMember(Member):
             self.estimator(data.task, **options)
         started = time.perf_counter()
         transform = TargetTransform.choose(data.metric, self.log_target, data.y)
-        X = data.X.cpu().numpy()
         target = transform.learned(torch.from_numpy(data.labels).double()).numpy() if transform.log else data.labels
         transform.fit(torch.from_numpy(np.asarray(target, dtype=np.float64)), [r.cpu() for r in rows], clip=True)
         step = progress.step(self.label, len(rows) * len(self.runs(seeds)), "fit")
-        groups = [self.estimators(X[r.cpu()], target[r.cpu()], data.task, seeds, step) for r in rows]
+        groups = [self.estimators(data.train.dense_of(g)[r.cpu()], target[r.cpu()], data.task, seeds, step)
+                  for g, r in enumerate(rows)]
         step.close()
         report = FitReport(time.perf_counter() - started, np.zeros(len(groups), dtype=int))
         return SklearnFitted(self.label, groups, transform, data.n_out, report)
@@ -142,10 +142,9 @@ class SklearnFitted(Fitted):
         self.label, self.groups, self.transform, self.n_out, self.report = label, groups, transform, n_out, report
 
     def predict(self, inputs: Inputs) -> torch.Tensor:
-        X = inputs.dense.cpu().numpy()
         task = self.transform.metric.task
-        values = np.stack([np.mean([task.estimator_predictions(e, X, self.n_out) for e in estimators], axis=0)
-                           for estimators in self.groups])
+        values = np.stack([np.mean([task.estimator_predictions(e, inputs.dense_of(g), self.n_out) for e in estimators],
+                                   axis=0) for g, estimators in enumerate(self.groups)])
         out = self.transform.inverse(torch.from_numpy(values))  # the seeds' mean, back from the learned space
         return out.to(inputs.device, torch.float32)
 
