@@ -5,11 +5,12 @@ prints time ratios and both sides' quality numbers next to the targets of issue 
 times drift on these shared machines; the ratios are what to quote.
 
     python benchmarks/bench.py [--shared ../shared] [--device auto|cpu|cuda] [--skip-fashion] [--skip-commands]
-                               [--skip-recipes] [--skip-scale] [--scaling]
+                               [--skip-recipes] [--skip-tables] [--skip-scale] [--scaling]
 
 The recipes' rows (issue 14: our CV against scikit-learn's defaults on the same folds) come from
-benchmarks/recipes.py, and the Ray and TPE sweeps' (issue 16) from benchmarks/scale.py; both
-also run alone.
+benchmarks/recipes.py, real Kaggle tables' (issue 23: dates, text, high-cardinality columns)
+from benchmarks/tables.py, and the Ray and TPE sweeps' (issue 16) from benchmarks/scale.py;
+each also runs alone.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pipeline.tabular.trainer import TrainParams
 from convnets import bench_convnets  # benchmarks/convnets.py, beside this script
 from recipes import bench_recipes
 from scale import bench_scale  # benchmarks/scale.py
+from tables import bench_tables  # benchmarks/tables.py
 
 D2L = TrainParams(model="linear", epochs=100, lr=5.0, weight_decay=0.0, batch_size=64, log_target=False)
 GRID = {"lr": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0], "weight_decay": [0, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0]}
@@ -213,6 +215,8 @@ def main() -> None:
                         help="Skip `pipeline cv house` (best recipe's score) and the peak-memory runs (minutes).")
     parser.add_argument("--skip-recipes", action="store_true",
                         help="Skip the recipes against scikit-learn's defaults (benchmarks/recipes.py, minutes).")
+    parser.add_argument("--skip-tables", action="store_true",
+                        help="Skip hotel, strikes and the generated messy tables (benchmarks/tables.py, 4 minutes).")
     parser.add_argument("--skip-scale", action="store_true",
                         help="Skip the Ray and TPE sweeps (benchmarks/scale.py, about 5 minutes).")
     parser.add_argument("--scaling", action="store_true", help="Also time CV on 10k-300k synthetic rows.")
@@ -229,6 +233,9 @@ def main() -> None:
     if not args.skip_recipes:
         print("recipes against scikit-learn's defaults, on the same folds:", flush=True)
         results += bench_recipes(args.shared)
+    if not args.skip_tables:
+        print("real Kaggle tables: dates, text, high-cardinality columns (issue 23):", flush=True)
+        results += bench_tables(args.shared)
     if not args.skip_scale:
         print("sweeps on Ray, and TPE against the grid (house, 5 contiguous folds):", flush=True)
         results += bench_scale(args.shared)

@@ -238,7 +238,7 @@ class FeatureBuilder:
             if column.name in self.derived.high:
                 column.note = "frequency and an in-fold target encoding" + (f"; {column.note}" if column.note else "")
             if column.name in self.derived.vectorizers:
-                terms = len(self.derived.vectorizers[column.name].vocabulary_)
+                terms = self.derived.vectorizers[column.name].size
                 column.note = f"TF-IDF of {terms} terms -> an in-fold text model; {column.note}".rstrip("; ")
         return self.roles.rows()
 
