@@ -32,7 +32,7 @@ from pipeline.images import train as classifiers
 from pipeline.images.data import load_fashion
 from pipeline.params import expand_grid
 from pipeline.tabular.cv import cross_validate
-from pipeline.tabular.features import build_features
+from pipeline.tabular.features import FeatureParams, build_features
 from pipeline.tabular.recipe import FoldParams
 from pipeline.tabular.tables import TableSpec, Tables, load_tables
 from pipeline.tabular.trainer import TrainParams
@@ -42,6 +42,7 @@ from scale import bench_scale  # benchmarks/scale.py
 from tables import bench_tables  # benchmarks/tables.py
 
 D2L = TrainParams(model="linear", epochs=100, lr=5.0, weight_decay=0.0, batch_size=64, log_target=False)
+D2L_FEATURES = FeatureParams(roles=False, max_levels=0, min_count=1)  # d2l's: numbers by dtype, every level one-hot
 GRID = {"lr": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0], "weight_decay": [0, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0]}
 
 
@@ -94,7 +95,7 @@ def bench_house(shared: Path, device: torch.device) -> list[bool]:
     caches that process left cold (measured: 20-30% slower)."""
     data = shared / "datasets"
     train_csv, test_csv = data / "kaggle_house_pred_train.csv", data / "kaggle_house_pred_test.csv"
-    features = build_features(load_tables(train_csv, test_csv, TableSpec("Id", "SalePrice")))
+    features = build_features(load_tables(train_csv, test_csv, TableSpec("Id", "SalePrice")), D2L_FEATURES)
     cross_validate(features, [D2L.with_(epochs=2)], device=device)  # warm-up: first-call costs
     contiguous = FoldParams(5, "contiguous")
     anchors, runs = [], []
@@ -201,7 +202,7 @@ def bench_scaling(device: torch.device) -> None:
     params = TrainParams(model="linear", epochs=10, lr=0.01, batch_size=256, log_target=True)
     print(f"{'rows':>8} {'features':>9} {'5-fold CV s':>12} {'us/row':>8}", flush=True)
     for rows in (10_000, 30_000, 100_000, 300_000):
-        features = build_features(synthetic_tables(rows))
+        features = build_features(synthetic_tables(rows), D2L_FEATURES)
         _, seconds = timed(cross_validate, features, [params], FoldParams(5, "shuffled"), device=device)
         print(f"{rows:>8} {features.X.shape[1]:>9} {seconds:>12.2f} {1e6 * seconds / rows:>8.1f}", flush=True)
 

@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression, RidgeCV
 
 from pipeline.api import Pipeline
 from pipeline.folds import fold_rows
-from pipeline.tabular.features import build_features
+from pipeline.tabular.features import FeatureParams, build_features
 from pipeline.tabular.tables import load_tables
 
 COMPETITIONS = {  # as ../shared/competitions/README.md declares them
@@ -69,7 +69,8 @@ def declare(targets: dict[str, dict]) -> str:
 
 def scikit_learn_defaults(target, data_dir: Path, folds: int, split: str) -> dict:
     """CV scores of scikit-learn's default HistGradientBoosting and linear model on our folds."""
-    features = build_features(load_tables(*target.table_paths(data_dir), target.spec))
+    features = build_features(load_tables(*target.table_paths(data_dir), target.spec),
+                              FeatureParams(roles=False, max_levels=0, min_count=1))  # as a user would: dtypes
     metric = features.spec.scorer
     classify = not metric.task.continuous
     y = features.y.numpy()

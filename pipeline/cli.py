@@ -19,6 +19,7 @@ from pipeline.backends import BACKENDS
 from pipeline.devices import DEVICE_CHOICES
 from pipeline.errors import ParamError, PipelineError
 from pipeline.progress import Bars, Lines, Live, Progress
+from pipeline.results import Table
 from pipeline.targets import BUILTIN
 
 log = logging.getLogger("pipeline")
@@ -158,10 +159,18 @@ def hub_status(p: Pipeline):
 @click.option("--clip-quantile", "clip_quantile", type=float)
 @click.option("--scaling", "scaling", type=str)
 @click.option("--numeric-bins", "numeric_bins", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
-def preprocess(p: Pipeline, target, **flags):
-    """Turn the CSVs (or IDX files) into cached tensors under data/."""
-    click.echo(json.dumps(p.preprocess(target, **flags)))
+def preprocess(p: Pipeline, target, as_json, **flags):
+    """Turn the CSVs (or IDX files) into cached tensors under data/; a table's columns, their
+    roles and the features they became."""
+    summary = p.preprocess(target, **flags)
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(str(summary) or "up to date")
+    if summary.get("columns"):
+        click.echo(str(Table(summary["columns"], ["column", "role", "distinct", "missing", "features", "note"])))
 
 
 @cli.command()

@@ -166,8 +166,8 @@ def test_column_entirely_nan_is_dropped(tmp_path, caplog, capsys):
     assert list(tables.train.columns) == list(tables.test.columns) == ["Area", "Kind"]
     assert build_features(tables).names == ["Area", "Kind_a", "Kind_b", "Kind_<missing>"]
     caplog.clear()
-    code, out, _ = run_cli(ws, capsys, "preprocess", "toy", "--numeric-bins", "0")
-    assert code == 0 and '"columns": 4' in out
+    code, out, _ = run_cli(ws, capsys, "preprocess", "toy", "--numeric-bins", "0", "--json")
+    assert code == 0 and '"features": 4' in out
     assert "dropping Empty" in caplog.text
 
 

@@ -95,13 +95,17 @@ class _OneHotWithMissing(OneHotEncoder):
 
     d2l's ``get_dummies(dummy_na=True)`` always adds that column; OneHotEncoder only learns
     categories it sees, so the missing marker is appended to each column's categories here.
+    ``levels``: each column's levels, when it is fit on a sample of the rows that may lack some.
     """
+
+    def __init__(self, *, levels=None, handle_unknown="ignore", sparse_output=False, dtype=np.float32):
+        super().__init__(handle_unknown=handle_unknown, sparse_output=sparse_output, dtype=dtype)
+        self.levels = levels
 
     def fit(self, X, y=None):
         frame = pd.DataFrame(X)
-        self.categories = [
-            sorted(set(frame[c]) - {MISSING}) + [MISSING] for c in frame.columns
-        ]
+        seen = self.levels or [set(frame[c]) for c in frame.columns]
+        self.categories = [sorted(set(levels) - {MISSING}) + [MISSING] for levels in seen]
         return super().fit(X, y)
 
 
@@ -116,9 +120,10 @@ def smooth_clip(x: np.ndarray) -> np.ndarray:
 
 
 def make_transformer(numeric: list[str], categorical: list[str], scaling: str = "standard",
-                     numeric_bins: int = 0) -> ColumnTransformer:
+                     numeric_bins: int = 0, levels: list | None = None) -> ColumnTransformer:
     """Scale numeric columns then fill their NaN with 0 (the mean, or the median); one-hot
-    categoricals; with ``numeric_bins``, quantile splines of the numeric columns after them."""
+    categoricals (of ``levels``, else those it is fit on); with ``numeric_bins``, quantile
+    splines of the numeric columns after them."""
     scalers = [StandardScaler()] if scaling == "standard" else \
         [RobustScaler(), FunctionTransformer(smooth_clip, feature_names_out="one-to-one")]
     splines = [("splines", QuantileSplines(numeric_bins), numeric)] if numeric_bins and numeric else []
@@ -127,7 +132,7 @@ def make_transformer(numeric: list[str], categorical: list[str], scaling: str = 
             ("numeric", make_pipeline(*scalers, SimpleImputer(strategy="constant", fill_value=0.0)), numeric),
             ("categorical", make_pipeline(
                 FunctionTransformer(_as_text, feature_names_out="one-to-one"),
-                _OneHotWithMissing(handle_unknown="ignore", sparse_output=False, dtype=np.float32),
+                _OneHotWithMissing(levels=levels),
             ), categorical),
             *splines,
         ],

@@ -22,10 +22,12 @@ from sklearn.compose import ColumnTransformer
 from pipeline import checkpoints
 from pipeline.errors import DataError, ParamError, shown
 from pipeline.tabular.columns import Column, Columns, column_roles
-from pipeline.tabular.encoders import EPOCH, RARE, Derived, make_transformer, skewed_columns, transformed
+from pipeline.tabular.encoders import EPOCH, RARE, Derived, _as_text, make_transformer, skewed_columns, transformed
 from pipeline.tabular.tables import TableSpec, Tables
 
 FIT_ON = ("all", "train")
+CHUNK_ROWS = 50_000  # rows featurized at once
+FIT_ROWS = 50_000  # rows the scalers and splines are fit on, at most: their means and quantiles
 SCALINGS = ("standard", "robust")
 
 
@@ -192,11 +194,15 @@ class FeatureBuilder:
         return numbers.assign(**{c: np.log1p(numbers[c]) for c in self.logged}) if self.logged else numbers
 
     def _fit_transformer(self, fit_frame: pd.DataFrame, tables: Tables) -> ColumnTransformer:
+        """scikit-learn's transformer, fit on at most FIT_ROWS of the rows (a ColumnTransformer's
+        fit transforms every row it is given, in float64), with every category's levels."""
+        levels = [set(_as_text(fit_frame[[c]]).iloc[:, 0]) for c in self.categorical]
+        sample = fit_frame if len(fit_frame) <= FIT_ROWS else fit_frame.sample(FIT_ROWS, random_state=0)
         with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
             # Overflow is reported below, per column (the imputer would drop the scaler's NaN column).
             warnings.filterwarnings("ignore", message="Skipping features without any observed values")
             transformer = make_transformer(self.numeric, self.categorical, self.params.scaling,
-                                           self.params.numeric_bins).fit(fit_frame)
+                                           self.params.numeric_bins, levels).fit(sample)
         if self.numeric and self.params.scaling == "standard":  # a sum or a sum of squares beyond float64
             scaler = transformer.named_transformers_["numeric"][0]
             overflow = np.flatnonzero(~(np.isfinite(scaler.mean_) & np.isfinite(scaler.var_)))
@@ -209,13 +215,18 @@ class FeatureBuilder:
         return transformer
 
     def transform(self, frame: pd.DataFrame, path) -> Encoded:
-        """``frame``'s features (see :class:`Encoded`)."""
+        """``frame``'s features (see :class:`Encoded`), a chunk of rows at a time: scikit-learn's
+        transformers work in float64, and a whole 200,000-row table of 1,206 features took 5.2 GB."""
         frame = frame.reset_index(drop=True)  # rows by position, whatever index the frame came with
-        numbers, categories = self.derived.frames(frame)
-        scaled = pd.concat([self._logged(self._clipped(numbers)), categories], axis=1)
-        dense = transformed(self.transformer, scaled, path, self.names, self.numeric)
-        return Encoded(np.ascontiguousarray(dense), self._native(numbers, categories), self.derived.codes(frame),
-                       self.derived.texts(frame))
+        dense = np.empty((len(frame), len(self.names)), dtype=np.float32)
+        native = np.empty((len(frame), len(self.native_names)), dtype=np.float32)
+        for start in range(0, len(frame), CHUNK_ROWS):
+            part = frame.iloc[start:start + CHUNK_ROWS]
+            numbers, categories = self.derived.frames(part)
+            scaled = pd.concat([self._logged(self._clipped(numbers)), categories], axis=1)
+            dense[start:start + len(part)] = transformed(self.transformer, scaled, path, self.names, self.numeric)
+            native[start:start + len(part)] = self._native(numbers, categories)
+        return Encoded(dense, native, self.derived.codes(frame), self.derived.texts(frame))
 
     def _native(self, numbers: pd.DataFrame, categories: pd.DataFrame) -> np.ndarray:
         codes = [pd.Categorical(categories[c], categories=self.native_categories[c]).codes

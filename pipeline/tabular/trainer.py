@@ -186,38 +186,31 @@ class _Scorer:
     computed per group and mask.
 
     When every group's masks cover all rows (a CV's train and valid folds), one product of all
-    rows serves every group; otherwise each group's own rows are gathered once, and only they
-    are scored (an MLP's held-out and valid rows: half the cost of all rows each epoch)."""
+    rows serves every group; otherwise only each group's own rows are scored (an MLP's held-out
+    and valid rows: half the cost of all rows each epoch), gathered a chunk at a time so that no
+    copy of X is made (G copies of 88,000 rows of 1,206 features took 2.1 GB)."""
 
     def __init__(self, model: StackedModel, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
                  transform: TargetTransform, submodels: int = 1, extra: torch.Tensor | None = None):
-        self.model, self.transform, self.submodels = model, transform, submodels
+        self.model, self.transform, self.submodels, self.X, self.extra = model, transform, submodels, X, extra
         metric = self.metric = transform.metric
         G, N = mask.shape[:2]
         scored = mask.any(2)
         counts = scored.sum(1)
-        own = None
-        if bool((counts == N).all()):  # (d + 1, rows) chunks of X with its ones column, shared by all groups
-            inputs, y, labels_axis = X.T, y, None
-            if extra is not None:  # the groups' own columns beside X without its ones
-                inputs, own = X[:, :-1].T, extra.transpose(1, 2)
-        else:  # (G, d + 1, R) each group's own rows, padded with row 0 at mask weight zero
+        self.index, labels_axis = None, None
+        if not bool((counts == N).all()):  # each group's own rows, padded with row 0 at mask weight zero
             R = int(counts.max())
-            index = torch.zeros(G, R, dtype=torch.long, device=X.device)
+            self.index = torch.zeros(G, R, dtype=torch.long, device=X.device)
             for g in range(G):
                 rows = scored[g].nonzero().squeeze(1)
-                index[g, :len(rows)] = rows
+                self.index[g, :len(rows)] = rows
             real = (torch.arange(R, device=X.device) < counts[:, None]).float()
-            mask = mask.gather(1, index[..., None].expand(-1, -1, mask.shape[2])) * real[..., None]
-            gathered = X[index] if extra is None else torch.cat(
-                [X[index][..., :-1], extra.gather(1, index[..., None].expand(-1, -1, extra.shape[2])),
-                 X[index][..., -1:]], dim=2)
-            inputs, y, labels_axis = gathered.transpose(1, 2), y[index], 1
+            mask = mask.gather(1, self.index[..., None].expand(-1, -1, mask.shape[2])) * real[..., None]
+            y, labels_axis = y[self.index], 1
+        rows = N if self.index is None else self.index.shape[1]
         step = _chunk_rows(model)
-        rows = inputs.shape[-1]
-        self.chunks = [(start, inputs[..., start:start + step], None if own is None else own[..., start:start + step])
-                       for start in range(0, rows, step)]
-        self.blocks = {xT.shape[-1]: model.blocks(xT.shape[-1]) for _, xT, _ in self.chunks}
+        self.spans = [(start, min(start + step, rows)) for start in range(0, rows, step)]
+        self.blocks = {b - a: model.blocks(b - a) for a, b in self.spans}
         self.out = torch.empty(model.groups, model.configs, model.arch.n_out, rows, device=X.device)
         labels = metric.label_space(y) if metric.term else y
         self.y = y
@@ -225,13 +218,25 @@ class _Scorer:
         self.mask, self.counts = mask, mask.sum(1, keepdim=True)
         self.rows = [[m.nonzero().squeeze(1) for m in group.T] for group in mask]  # for whole-sample metrics
 
+    def _inputs(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A chunk's inputs: (d, rows) shared by all groups, or (G, d, rows) each group's own; and
+        the groups' in-fold columns (G, k, rows)."""
+        if self.index is None:
+            own = None if self.extra is None else self.extra[:, start:stop].transpose(1, 2)
+            return self.X[start:stop].T, own
+        index = self.index[:, start:stop]
+        own = None if self.extra is None else \
+            self.extra.gather(1, index[..., None].expand(-1, -1, self.extra.shape[2])).transpose(1, 2)
+        return self.X[index].transpose(1, 2), own
+
     def _predictions(self) -> torch.Tensor:
         """(G, configs, rows, outputs) predictions in the labels' scale, each config's submodels averaged."""
-        for start, xT, own in self.chunks:
-            for block in self.blocks[xT.shape[-1]]:
+        for start, stop in self.spans:
+            xT, own = self._inputs(start, stop)
+            for block in self.blocks[stop - start]:
                 z, _ = self.model.forward_block(block, xT if xT.dim() == 2 else xT[block.groups],
                                                 extra=None if own is None else own[block.groups])
-                self.out[block.groups, block.configs, :, start:start + xT.shape[-1]] = z
+                self.out[block.groups, block.configs, :, start:stop] = z
         values = self.transform.inverse(self.metric.task.predictions(self.out.transpose(2, 3)))
         return average_submodels(values, self.submodels, self.metric, 1)
 
@@ -382,6 +387,8 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
         return books.result(time.perf_counter() - started)
 
 
+SMALL_TABLE = 25_000_000  # elements of X (100 MB) up to which a run copies it into one table
+
 # Groups stack when their sizes are within this ratio: BatchPlan's steps follow the smallest
 # group and its last batch takes every row left, fine for K folds (a row apart), not for a time
 # split's growing windows, whose groups then train one after another.
@@ -457,15 +464,16 @@ class _Plan:
         self.transform = TargetTransform(metric, bool(first.log_target))
         targets = metric.task.train_targets(self.transform.learned(y), n_out, first.label_smoothing).to(X.dtype)
         self.transform.fit(targets[:, 0], train_rows, standardize=first.standardize, clip=first.standardize)
-        # Features, a ones column (the first layer's bias rides in its product) and the targets: one
-        # gather per step fetches all three. (index_select of whole rows: advanced indexing, table[idx],
-        # costs per element on the CPU, about 5x more here.)
-        self.table = torch.cat([X, torch.ones(len(X), 1, device=device), targets], dim=1)
+        self.X, self.targets = X, targets
+        # A small X is copied once into one table with the ones and targets: a step's batch is then
+        # one gather (the d2l CV: 0.135 s, against 0.168 s gathering X and targets apart)
+        self.table = torch.cat([X, torch.ones(len(X), 1, device=device), targets], dim=1) \
+            if extra is None and X.numel() <= SMALL_TABLE else None
         self.steps = self._step_views(X.shape[1], k)
 
     def _step_views(self, d: int, k: int) -> list[tuple["_Gather", list[_BlockStep]]]:
         """Per step: its gather and, per block of models, its views of the batch."""
-        model, batches, device = self.model, self.batches, self.table.device
+        model, batches, device = self.model, self.batches, self.X.device
         G = model.groups
         width = max(b - a for a, b in batches.bounds)
         blocks = list(zip(model.blocks(width), model.blocks(width, self.grad)))
@@ -479,7 +487,7 @@ class _Plan:
         for (start, stop), weight in zip(batches.bounds, batches.weights(self.metric.task.residual_scale)):
             rows = stop - start
             if rows not in gathers:
-                gathers[rows] = _Gather(self.table, self.extra, d, G, rows)
+                gathers[rows] = _Gather(self.X, self.targets, self.extra, G, rows, self.table)
             batch = gathers[rows].buffer.view(G, rows, -1)
             views = []
             for block, grads in blocks:
@@ -493,27 +501,38 @@ class _Plan:
 
 
 class _Gather:
-    """A step's batch: each row's features, ones and targets from the shared table, and, with
-    in-fold columns, its group's own values of them after the features: [X | extra | 1 | y]."""
+    """A step's batch, [X | extra | 1 | y]: each row's features, its group's own in-fold columns,
+    a ones column (the first layer's bias rides in its product) and the loss's targets. From a
+    small run's one ``table``, else from X and the targets as they are, so that a large X is never
+    copied whole (a 200,000 x 1,206 X is 965 MB). index_select of whole rows: advanced indexing,
+    X[idx], costs per element on the CPU, about 5x more here."""
 
-    def __init__(self, table: torch.Tensor, extra: torch.Tensor | None, d: int, G: int, rows: int):
-        device, k = table.device, 0 if extra is None else extra.shape[2]
-        self.table, self.d = table, d
-        self.buffer = torch.empty(G * rows, table.shape[1] + k, device=device)
+    def __init__(self, X: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor | None, G: int, rows: int,
+                 table: torch.Tensor | None = None):
+        device, k = X.device, 0 if extra is None else extra.shape[2]
+        self.X, self.targets, self.table = X, targets, table
+        self.buffer = torch.empty(G * rows, X.shape[1] + k + 1 + targets.shape[1], device=device)
+        if table is None:
+            self.x = torch.empty(G * rows, X.shape[1], device=device)
+            self.y = torch.empty(G * rows, targets.shape[1], device=device)
+            self.ones = torch.ones(G * rows, 1, device=device)
         self.extra = None if extra is None else extra.reshape(-1, k)
         if extra is not None:  # group g's row r is row g * N + r of the groups' stacked columns
-            self.shared = torch.empty(G * rows, table.shape[1], device=device)
             self.own = torch.empty(G * rows, k, device=device)
             self.offsets = torch.arange(G, device=device).repeat_interleave(rows) * extra.shape[1]
             self.index = torch.empty(G * rows, dtype=torch.long, device=device)
 
     def __call__(self, index: torch.Tensor) -> None:
-        if self.extra is None:
+        if self.table is not None:  # [X | 1 | y] in one table: one gather
             torch.index_select(self.table, 0, index, out=self.buffer)
             return
-        torch.index_select(self.table, 0, index, out=self.shared)
-        torch.index_select(self.extra, 0, torch.add(index, self.offsets, out=self.index), out=self.own)
-        torch.cat([self.shared[:, :self.d], self.own, self.shared[:, self.d:]], dim=1, out=self.buffer)
+        torch.index_select(self.X, 0, index, out=self.x)
+        torch.index_select(self.targets, 0, index, out=self.y)
+        own = []
+        if self.extra is not None:
+            torch.index_select(self.extra, 0, torch.add(index, self.offsets, out=self.index), out=self.own)
+            own = [self.own]
+        torch.cat([self.x, *own, self.ones, self.y], dim=1, out=self.buffer)
 
 
 def _train_step(plan: _Plan, index: torch.Tensor, step: tuple[_Gather, list[_BlockStep]]) -> None:
@@ -539,7 +558,7 @@ class _Books:
 
     def __init__(self, plan: _Plan, y: torch.Tensor, valid_rows: list[torch.Tensor] | None, curves: bool):
         self.plan = plan
-        G, C, device = plan.model.groups, len(plan.configs), plan.table.device
+        G, C, device = plan.model.groups, len(plan.configs), plan.X.device
         selecting = self.selecting = plan.held_out is not None
         # With an inner split the per-epoch train metric is for the curves only: a sample of the
         # fit rows as large as the held-out ones spares a pass over every row each epoch.
@@ -551,9 +570,9 @@ class _Books:
                 for g, rows in enumerate(rows_list):
                     masks[name][g, rows.to(device)] = 1.0
         self.names = list(masks)
-        d = plan.table.shape[1] - plan.n_out - 1
-        self.score = _Scorer(plan.model, plan.table[:, :d + 1], y, torch.stack(list(masks.values()), dim=2),
-                             plan.transform, plan.k, plan.extra)
+        X = plan.X if plan.table is None else plan.table[:, :plan.X.shape[1] + 1]  # with its ones column
+        self.score = _Scorer(plan.model, X, y, torch.stack(list(masks.values()), dim=2), plan.transform, plan.k,
+                             plan.extra)
         self.per_epoch = curves or selecting
         self.history = torch.full((plan.epochs if self.per_epoch else 1, G, C, len(masks)), float("nan"), device=device)
         self.losses = torch.zeros(plan.epochs, G, C, device=device)  # per epoch, summed; only finiteness matters

@@ -123,14 +123,30 @@ class Fitted(ABC):
     report: FitReport
 
     @abstractmethod
-    def predict(self, inputs: Inputs) -> torch.Tensor:
+    def predict(self, inputs: Inputs, rows: list[torch.Tensor] | None = None) -> torch.Tensor:
         """(G, rows, outputs) on the device of ``inputs``: values for regression, class
-        probabilities for classification."""
+        probabilities for classification. With ``rows``, only group g's ``rows[g]`` are needed:
+        the others may be NaN (a booster's prediction of every row per fold is costly)."""
 
     @abstractmethod
     def state(self) -> dict:
         """Plain tensors and values (``torch.load(weights_only=True)`` safe); :func:`load_fitted`
         rebuilds the member from it."""
+
+
+def predicted_rows(groups: int, length: int, rows: list[torch.Tensor] | None) -> list[np.ndarray]:
+    """Each group's rows to predict, as numpy indices: ``rows`` or every row."""
+    every = np.arange(length)
+    return [every if rows is None else rows[g].cpu().numpy() for g in range(groups)]
+
+
+def scatter(groups: list[np.ndarray], rows: list[np.ndarray], length: int) -> torch.Tensor:
+    """Per group, its (rows, outputs) predictions at its ``rows`` of a (G, length, outputs)
+    tensor, NaN elsewhere."""
+    out = np.full((len(groups), length, groups[0].shape[1]), np.nan)
+    for g, (values, index) in enumerate(zip(groups, rows)):
+        out[g, index] = values
+    return torch.from_numpy(out)
 
 
 def score_groups(predictions: torch.Tensor, y: torch.Tensor, rows: list[torch.Tensor], metric: Metric) -> list[float]:

@@ -14,7 +14,8 @@ import torch
 from pipeline.errors import UsageError
 from pipeline.metrics import Metric
 from pipeline.progress import Progress
-from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet, check, mean_budget
+from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet, check, mean_budget, \
+    predicted_rows, scatter
 from pipeline.tabular.target_transform import TargetTransform
 
 EARLY_STOPPING = 200  # boosting rounds without improvement on the inner split
@@ -127,11 +128,11 @@ class LightGBMFitted(Fitted):
         self.groups, self.transform, self.n_out, self.report = groups, transform, n_out, report
         self.boosters = [[lightgbm.Booster(model_str=text) for text in group] for group in groups]
 
-    def predict(self, inputs: Inputs) -> torch.Tensor:
-        task = self.transform.metric.task
-        values = np.stack([task.boosted_predictions(np.mean([b.predict(inputs.native_of(g)) for b in boosters], axis=0),
-                                                    self.n_out) for g, boosters in enumerate(self.boosters)])
-        return self.transform.inverse(torch.from_numpy(values)).to(inputs.device, torch.float32)
+    def predict(self, inputs: Inputs, rows: list[torch.Tensor] | None = None) -> torch.Tensor:
+        task, wanted = self.transform.metric.task, predicted_rows(len(self.boosters), len(inputs), rows)
+        values = [task.boosted_predictions(np.mean([b.predict(inputs.native_of(g)[index]) for b in boosters], axis=0),
+                                           self.n_out) for g, (boosters, index) in enumerate(zip(self.boosters, wanted))]
+        return self.transform.inverse(scatter(values, wanted, len(inputs))).to(inputs.device, torch.float32)
 
     def state(self) -> dict:
         return {"member": "lightgbm", "models": self.groups, "n_out": self.n_out, "transform": self.transform.state()}

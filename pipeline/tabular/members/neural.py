@@ -66,7 +66,7 @@ class TorchFitted(Fitted):
         self.model, self.config, self.transform, self.report = model, config, transform, report
         self.label = config.model
 
-    def predict(self, inputs: Inputs) -> torch.Tensor:
+    def predict(self, inputs: Inputs, rows: list[torch.Tensor] | None = None) -> torch.Tensor:
         extra = None if inputs.extra is None else inputs.extra.to(self.model.device)
         raw = predict_raw(self.model, inputs.dense.to(self.model.device), extra)  # (G, N, submodels, outputs)
         return predictions(raw, self.transform, self.config.submodels)[:, :, 0].to(inputs.device)

@@ -25,7 +25,7 @@ from pipeline import checkpoints
 from pipeline.errors import UsageError
 from pipeline.metrics import Metric
 from pipeline.progress import Progress, Step
-from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet
+from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet, predicted_rows, scatter
 from pipeline.tabular.target_transform import TargetTransform
 
 
@@ -141,11 +141,11 @@ class SklearnFitted(Fitted):
     def __init__(self, label: str, groups: list[list], transform: TargetTransform, n_out: int, report: FitReport):
         self.label, self.groups, self.transform, self.n_out, self.report = label, groups, transform, n_out, report
 
-    def predict(self, inputs: Inputs) -> torch.Tensor:
-        task = self.transform.metric.task
-        values = np.stack([np.mean([task.estimator_predictions(e, inputs.dense_of(g), self.n_out) for e in estimators],
-                                   axis=0) for g, estimators in enumerate(self.groups)])
-        out = self.transform.inverse(torch.from_numpy(values))  # the seeds' mean, back from the learned space
+    def predict(self, inputs: Inputs, rows: list[torch.Tensor] | None = None) -> torch.Tensor:
+        task, wanted = self.transform.metric.task, predicted_rows(len(self.groups), len(inputs), rows)
+        values = [np.mean([task.estimator_predictions(e, inputs.dense_of(g)[index], self.n_out) for e in estimators],
+                          axis=0) for g, (estimators, index) in enumerate(zip(self.groups, wanted))]
+        out = self.transform.inverse(scatter(values, wanted, len(inputs)))  # the seeds' mean, back from the learned space
         return out.to(inputs.device, torch.float32)
 
     def state(self) -> dict:
