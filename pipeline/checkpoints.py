@@ -56,7 +56,7 @@ def restoring(path: Path, remake: str) -> Iterator[None]:
 # shims a BSpline keeps (asarray), and this package's feature transformers and their functions.
 TRUSTED_CLASSES = ("sklearn.", "numpy.", "scipy.")
 TRUSTED_MODULES = ("pipeline.tabular.features.", "pipeline.tabular.encoders.", "pipeline.tabular.columns.",
-                   "scipy._lib.array_api_compat.")
+                   "pipeline.tabular.members.scikit.", "scipy._lib.array_api_compat.")
 
 
 def pack(obj) -> torch.Tensor:

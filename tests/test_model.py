@@ -99,7 +99,7 @@ def test_a_reports_params_are_those_each_member_uses(tmp_path, capsys):
     assert "label_smoothing" not in mlp  # a classifier's param, on a regression target
     assert trees["model"] == "lightgbm" and "learning_rate" in trees and not {"lr", "hidden", "epochs"} & set(trees)
     assert glm == {"model": "glm", "log_target": "auto"}
-    assert params["recipe"] == "auto" and params["numeric_bins"] == 32 and params["folds"] == 3
+    assert params["recipe"] == "auto" and params["numeric_bins"] == "auto" and params["folds"] == 3
     assert "lr" not in params and "hidden" not in params  # no base params that no member reads
 
 

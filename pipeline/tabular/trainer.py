@@ -28,6 +28,7 @@ from pipeline.metrics import Metric, metric_for
 from pipeline.progress import Curves
 from pipeline.tabular.optim import OPTIMIZERS, make_optimizer
 from pipeline.tabular.stacked import ACTIVATION_BUDGET, MODELS, Architecture, StackedModel, check_widths, widths_of
+from pipeline.tabular.budget import OutOfTime
 from pipeline.tabular.target_transform import TargetTransform
 
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -53,6 +54,8 @@ class TrainParams:
     label_smoothing: float = 0.0  # classification: targets (1 - s) one-hot + s / classes
     submodels: int = 1  # copies from different initialisations, trained in the stack and averaged
     inner_valid: float = 0.0  # share of each group's rows held out to pick the best epoch (0: the last)
+    patience: int = 0  # with inner_valid: stop once no model has improved for this many epochs (0: never)
+    max_steps: int = 0  # at most the epochs whose optimizer steps make about this many (0: every epoch)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -69,6 +72,8 @@ class TrainParams:
             ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
             ("submodels", self.submodels >= 1, "must be at least 1"),
             ("inner_valid", 0 <= self.inner_valid < 1, "must be in [0, 1)"),
+            ("patience", self.patience >= 0, "must be at least 0 (0: never stop early)"),
+            ("max_steps", self.max_steps >= 0, "must be at least 0 (0: every epoch)"),
         ]
         for param, ok, why in checks:
             if not ok:
@@ -83,7 +88,7 @@ class TrainParams:
         """Configs with equal keys can share one stacked model (and one batch order)."""
         return (self.model, len(self.widths), self.activation, self.epochs, self.batch_size, self.log_target,
                 self.optimizer, self.schedule, self.standardize, self.label_smoothing, self.submodels,
-                self.inner_valid)
+                self.inner_valid, self.patience, self.max_steps)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -119,6 +124,8 @@ class FitResult:
     seconds: float
     # (groups, configs): the epoch whose weights the model holds (the best on the inner split, else the last)
     best_epoch: np.ndarray | None = None
+    epochs_run: int = 0  # fewer than the configs' epochs when stopped early
+    stopped: str = ""  # why: "patience" (no model improved) or "time" (a deadline)
 
     def at_best(self, curve: np.ndarray | None) -> np.ndarray | None:
         """(groups, configs): ``curve`` at each model's kept epoch."""
@@ -135,7 +142,8 @@ class FitResult:
                   for name in ("train_curve", "valid_curve", "failed_epoch", "best_epoch")}
         return cls(StackedModel.concat([p.model for p in parts]), first.configs,
                    TargetTransform.concat([p.transform for p in parts]), seconds=sum(p.seconds for p in parts),
-                   **joined)
+                   epochs_run=max(p.epochs_run for p in parts),
+                   stopped="time" if any(p.stopped == "time" for p in parts) else first.stopped, **joined)
 
     @property
     def final_train(self) -> np.ndarray:
@@ -348,7 +356,7 @@ def column_generators(seed: int, configs: list[TrainParams], device: torch.devic
 def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], configs: list[TrainParams], *,
         metric: str | Metric, valid_rows: list[torch.Tensor] | None = None, n_out: int = 1, seed: int = 0,
         curves: bool = True, on_epoch: Callable[[int, int, Curves | None], None] | None = None,
-        extra: torch.Tensor | None = None) -> FitResult:
+        extra: torch.Tensor | None = None, deadline: float | None = None) -> FitResult:
     """Train ``len(train_rows)`` groups x ``len(configs)`` models at once.
 
     Group g trains on rows ``train_rows[g]`` of ``X``/``y`` (already on the training device)
@@ -357,6 +365,8 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
     ``on_epoch(epoch, epochs, curves)`` hears each epoch's end; ``curves()`` reads that epoch's
     train and valid metric off the device (None when they are not computed every epoch).
     ``extra`` (G, N, k): each group's own further input columns (the in-fold encodings).
+    ``deadline`` (``time.monotonic()``): train the epochs that fit before it; OutOfTime when
+    not even the first one would.
     The loss is the task's: the mean squared error of (transformed) values, or cross-entropy
     over n_out classes. The batch orders and inner splits come from ``seed``; each config's
     initial weights and dropout masks from its own generator (see :func:`column_generators`).
@@ -369,22 +379,47 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
                          "cannot share one stacked model")
     sizes = [len(rows) for rows in train_rows]
     if max(sizes) > UNEQUAL * min(sizes):  # a time split's folds: each group in a stack of its own
-        each = _every(len(train_rows), on_epoch)
+        each, G = _every(len(train_rows), on_epoch), len(train_rows)
         return FitResult.concat([
             fit(X, y, [rows], configs, metric=metric, valid_rows=None if valid_rows is None else [valid_rows[g]],
                 n_out=n_out, seed=seed, curves=curves, extra=None if extra is None else extra[g:g + 1],
-                on_epoch=each) for g, rows in enumerate(train_rows)])
+                on_epoch=each, deadline=_part(deadline, G - g)) for g, rows in enumerate(train_rows)])
     with one_cpu_thread(X.device, enabled=_step_products(X, train_rows, configs, n_out) < MANY_THREADS):
         started = time.perf_counter()
         plan = _Plan(X, y, train_rows, configs, metric, n_out, seed, extra)
         books = _Books(plan, y, valid_rows, curves)
         with torch.inference_mode():  # skips autograd's bookkeeping, ~7% of a d2l step; tensors made above stay normal
-            for epoch in range(plan.epochs):
-                for index, step in zip(plan.batches.epoch(plan.generator), plan.steps):
-                    _train_step(plan, index, step)
-                books.end_epoch(epoch, on_epoch)
+            books.epochs_run, books.stopped = _epochs(plan, books, on_epoch, deadline)
             books.keep_best()
         return books.result(time.perf_counter() - started)
+
+
+PROBE_STEPS = 10  # steps after which a first epoch's time is projected, under a deadline
+
+
+def _epochs(plan: "_Plan", books: "_Books", on_epoch, deadline: float | None) -> tuple[int, str]:
+    """Train epoch after epoch: all, or until no model improves ("patience") or the next epoch
+    would end past ``deadline`` ("time"); the epochs run and why they stopped."""
+    for epoch in range(plan.epochs):
+        started = time.monotonic()
+        for step_no, (index, step) in enumerate(zip(plan.batches.epoch(plan.generator), plan.steps), 1):
+            _train_step(plan, index, step)
+            if deadline is not None and epoch == 0 and step_no == min(PROBE_STEPS, plan.batches.steps):
+                projected = (time.monotonic() - started) * plan.batches.steps / step_no
+                if started + projected > deadline:
+                    raise OutOfTime(f"an epoch would take {projected:.0f} s; its share was "
+                                    f"{deadline - started:.0f} s")
+        books.end_epoch(epoch, on_epoch)
+        if books.stalled(epoch):
+            return epoch + 1, "patience"
+        if deadline is not None and epoch + 1 < plan.epochs and 2 * time.monotonic() - started > deadline:
+            return epoch + 1, "time"
+    return plan.epochs, ""
+
+
+def _part(deadline: float | None, parts_left: int) -> float | None:
+    """The deadline of the next of ``parts_left`` runs sharing ``deadline`` evenly."""
+    return None if deadline is None else time.monotonic() + max(0.0, deadline - time.monotonic()) / parts_left
 
 
 SMALL_TABLE = 25_000_000  # elements of X (100 MB) up to which a run copies it into one table
@@ -455,9 +490,11 @@ class _Plan:
         self.held_out = None
         if first.inner_valid > 0:
             train_rows, self.held_out = _inner_split(train_rows, first.inner_valid, self.generator)
-        self.train_rows, self.epochs = train_rows, first.epochs
         self.batches = BatchPlan(train_rows, first.batch_size, device)
-        self.total_steps, self.step_no = first.epochs * self.batches.steps, 0
+        self.train_rows, self.epochs = train_rows, first.epochs
+        if first.max_steps:  # more rows, fewer epochs: the schedule spans about max_steps steps
+            self.epochs = min(first.epochs, max(1, round(first.max_steps / self.batches.steps)))
+        self.total_steps, self.step_no = self.epochs * self.batches.steps, 0
         self.optimizer = make_optimizer(self.model, columns, self.total_steps)
         self.grad = torch.empty_like(self.model.theta)
         self.dropout = self.own if self.model.use_dropout else None
@@ -557,7 +594,7 @@ class _Books:
     best epoch on the held-out rows with its weights. Read off the device once, at the end."""
 
     def __init__(self, plan: _Plan, y: torch.Tensor, valid_rows: list[torch.Tensor] | None, curves: bool):
-        self.plan = plan
+        self.plan, self.epochs_run, self.stopped = plan, plan.epochs, ""
         G, C, device = plan.model.groups, len(plan.configs), plan.X.device
         selecting = self.selecting = plan.held_out is not None
         # With an inner split the per-epoch train metric is for the curves only: a sample of the
@@ -602,6 +639,12 @@ class _Books:
                 name: row[:, :, self.names.index(name)].cpu().numpy() for name in ("train", "valid")
                 if name in self.names}) if self.per_epoch else None)
 
+    def stalled(self, epoch: int) -> bool:
+        """Whether no model has improved on its held-out rows for ``patience`` epochs (one read
+        off the device per epoch, with patience)."""
+        patience = self.plan.first.patience
+        return bool(patience and self.selecting and epoch + 1 - int(self.best_epoch.max()) >= patience)
+
     def keep_best(self) -> None:
         if self.selecting:
             self.plan.model.theta.copy_(self.kept)
@@ -618,4 +661,5 @@ class _Books:
             train_curve=curves[..., names.index("train")],
             valid_curve=curves[..., names.index("valid")] if "valid" in names else None,
             failed_epoch=failed, seconds=seconds,
-            best_epoch=self.best_epoch.cpu().numpy() if self.selecting else None)
+            best_epoch=self.best_epoch.cpu().numpy() if self.selecting else None,
+            epochs_run=self.epochs_run, stopped=self.stopped)
