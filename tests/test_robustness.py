@@ -233,7 +233,7 @@ def test_cv_reports_diverged_folds_and_exits_3(tmp_path, capsys, caplog):
 def test_submit_after_divergence_writes_nothing(tmp_path, capsys):
     ws = workspace(tmp_path)
     code, _, err = run_cli(ws, capsys, "submit", "toy", "--lr", "1e30", "--epochs", "3")
-    assert_one_line_error(code, err, "training diverged", "at epoch", "no model was saved", "lower lr")
+    assert_one_line_error(code, err, "training diverged", "in the CV of mlp", "no model was saved", "lower lr")
     assert code == 3  # a training error
     assert not (ws / "submissions" / "toy.csv").exists()
     assert not (ws / "models" / "toy.pt").exists()
@@ -263,6 +263,11 @@ def trained_copy(trained, tmp_path) -> Path:
     return ws
 
 
+def loaded_weights(ws) -> list[float]:
+    """The blend's weights its CV fit, one per member of the recipe."""
+    return list(torch.load(ws / "data" / "toy" / "oof.pt", weights_only=True)["weights"])
+
+
 def test_saved_model_loads_weights_only(trained):
     state = torch.load(trained / "models" / "toy.pt", weights_only=True)
     assert state["format"] == FORMAT
@@ -270,7 +275,10 @@ def test_saved_model_loads_weights_only(trained):
     assert state["features"][4:] and all(name.startswith("Area_knot") for name in state["features"][4:])
     model, loaded = load_model(trained / "models" / "toy.pt", METRICS["log_rmse"], torch.device("cpu"))
     assert [m.get("epochs") for m in loaded["params"]["ensemble"]] == [2, None, None]
-    assert [m.label for m in model.members] == ["mlp", "lightgbm", "glm"]
+    # the members the blend weighs (a member of weight 0 is not refit), weights summing to 1
+    assert [m.label for m in model.members] == [m for m, w in zip(["mlp", "lightgbm", "glm"], loaded_weights(trained))
+                                                if w > 0]
+    assert sum(model.weights) == pytest.approx(1)
     lines = (trained / "submissions" / "toy.csv").read_text().splitlines()
     assert lines[0] == "Id,Price" and [line.split(",")[0] for line in lines[1:]] == ["13", "14", "15", "16"]
 
@@ -463,7 +471,7 @@ def test_random_frames_give_finite_features_or_a_data_error():
         assert features.X_test.shape == (len(test), len(features.names))
         assert len(features.y) == len(train) and features.test_ids == test["Id"].tolist()
         shared = set(train.columns) & set(test.columns) - {"Id", "y"}
-        assert all(any(n == c or n.startswith(f"{c}_") for c in shared) for n in features.names)
+        assert all(any(n == c or n.startswith((f"{c}_", f"{c}.")) for c in shared) for n in features.names)
         if not spec.scorer.task.continuous:
             assert features.y.dtype == torch.int64
             assert features.y.min() >= 0 and features.y.max() < len(features.classes)
