@@ -12,6 +12,7 @@ Params are keyword arguments named as in ``params.toml`` (``weight_decay``, not
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -59,8 +60,10 @@ class Pipeline:
             chosen.refuse(command)
         given = check_flags(chosen, {k: v for k, v in (params or {}).items() if v is not None})
         resolved, config = params_file.resolve(chosen, self.workspace, given, **options)
+        limit = getattr(config, "time_limit", None)
         return make.Context(self.workspace, chosen, resolved, config, self.mirrors, device, self.progress,
-                            Path(out) if out else None, backend or Local())
+                            Path(out) if out else None, backend or Local(),
+                            None if limit is None else time.monotonic() + limit)
 
     def _make(self, ctx: make.Context, until: str, **options) -> Result:
         options.setdefault("always", True)

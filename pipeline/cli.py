@@ -67,6 +67,8 @@ PARAM_OPTIONS = (
     ("scaling", str, lambda: f"Numeric columns' scaling ({_choices('scaling')})."),
     ("numeric_bins", int, "Also encode numeric columns piecewise-linearly between this many quantiles (0: off)."),
     ("blend", str, lambda: f"How members are weighed ({_choices('blend')}): equally, or by ensemble selection."),
+    ("time_limit", str, "Time for the whole command (90s, 10m, 1.5h): members share it, and what does not fit "
+                        "is cut (the report says what)."),
     ("augment", bool, "Images: random crop and flip."),
     ("valid_fraction", float, "Images: held-out share when --folds < 2."),
     ("tta", bool, "Images: evaluate and submit on each image and its mirror image, probabilities averaged."),

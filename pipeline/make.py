@@ -42,6 +42,8 @@ class Context:
     progress: Callable[[str], Progress] = Progress  # desc -> where the stage's long steps report
     out: Path | None = None  # submit: where to copy the submission as well
     backend: object = field(default_factory=Local)  # where a CV's or sweep's tasks run (pipeline.backends)
+    deadline: float | None = None  # time.monotonic() by which the command must be done (a time limit)
+    until: str = ""  # the last stage the command brings up to date
 
     @property
     def section(self) -> str:
@@ -220,6 +222,7 @@ def make(ctx: Context, until: str, *, force: bool = False, always: bool = False,
     Returns the last stage's summary (empty when it was up to date and skipped).
     """
     summary: dict = {}
+    ctx.until = until
     for stage in (_upto if in_order else _needed)(ctx.target, until):
         # Upstream stages already ran (or were fresh), so their recorded outputs tell the truth.
         state, reason = check(stage, ctx, read_lock(ctx.workspace), set())

@@ -107,6 +107,8 @@ def sections(report: dict) -> list[tuple[str, str, object]]:
         rows = [[str(rank), *[str(row["params"][k]) for k in report["grid"]], _fmt(row["mean_valid"]),
                  _fmt(row["std_valid"])] for rank, row in enumerate(report["leaderboard"][:30], 1)]
         out.append(("table", "Leaderboard", (columns, rows)))
+    if report.get("time_limit"):
+        out.append(("text", "", time_limit_line(report["time_limit"])))
     if report.get("columns"):
         columns = ["column", "role", "distinct", "missing", "features", "note"]
         out.append(("table", "Columns", (columns, [[str(row[c]) for c in columns] for row in report["columns"]])))
@@ -118,6 +120,13 @@ def sections(report: dict) -> list[tuple[str, str, object]]:
     out.append(("text", "", "; ".join(facts)))
     out.append(("code", "Params", json.dumps(report["params"], indent=2)))
     return out
+
+
+def time_limit_line(limit: dict) -> str:
+    """What a time limit left out or cut short, in one line."""
+    parts = [f"cut {c['member']} ({c['why']})" for c in limit["cut"]]
+    parts += [f"shortened {s['member']} ({s['how']})" for s in limit["shortened"]]
+    return f"time limit {limit['seconds']:.0f} s: " + ("; ".join(parts) or "everything fit")
 
 
 def render_markdown(report: dict) -> str:

@@ -59,7 +59,8 @@ def test_the_saved_model_predicts_as_the_same_recipe_fit_in_memory(trained, caps
     tables = load_tables(ws / "train.csv", ws / "test.csv", ctx.target.spec)
     features = build_features(tables, ctx.config.features)
     oof = torch.load(ws / "data" / "toy" / "oof.pt", weights_only=True)
-    model, _ = fit_final(features, ctx.config, list(oof["weights"]), list(oof["budgets"]), device=CPU)
+    members = [ctx.config.members[i] for i in oof["kept"]]
+    model, _ = fit_final(features, ctx.config, members, list(oof["weights"]), list(oof["budgets"]), device=CPU)
     expected = model.predict(model.inputs(other.drop(columns=["key"]), "other.csv", CPU))[:, 0]
     np.testing.assert_allclose(pd.read_csv(ws / "again.csv")["price"], expected, rtol=1e-5)
     assert not np.allclose(expected, expected.mean(), rtol=1e-3)  # the control: the rows really differ

@@ -60,27 +60,13 @@ class Budget:
         return max(0.0, self.deadline - time.monotonic())
 
     def share(self, members_left: int) -> float:
-        """The next member's share: an even part of what is left."""
-        return self.left() / max(1, members_left)
+        """The deadline of the next member: an even part of what is left is its share."""
+        return time.monotonic() + self.left() / max(1, members_left)
 
     def report(self, limit: float) -> dict:
         return {"seconds": limit, "cut": self.cut, "shortened": self.shortened}
 
 
-@dataclass
-class Allotment:
-    """One member's share of a budget: a deadline, and what the member says it did with it."""
-
-    deadline: float
-    shortened: str = ""  # e.g. "4 of 30 epochs"
-
-    @classmethod
-    def of(cls, seconds: float) -> "Allotment":
-        return cls(time.monotonic() + seconds)
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def split(self, parts: int) -> float:
-        """The deadline of the next of ``parts`` equal parts of what is left."""
-        return time.monotonic() + max(0.0, self.left()) / max(1, parts)
+def part(deadline: float | None, parts_left: int) -> float | None:
+    """The deadline of the next of ``parts_left`` pieces of work sharing ``deadline`` evenly."""
+    return None if deadline is None else time.monotonic() + max(0.0, deadline - time.monotonic()) / parts_left

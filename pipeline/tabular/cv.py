@@ -18,7 +18,9 @@ from pipeline.backends import Local, Task
 from pipeline.folds import fold_rows
 from pipeline.metrics import Metric
 from pipeline.progress import Progress
+from pipeline.errors import TrainingError
 from pipeline.tabular import infold
+from pipeline.tabular.budget import Budget, OutOfTime
 from pipeline.tabular.ensemble import blend, fit_weights
 from pipeline.tabular.features import Features
 from pipeline.tabular.members import TrainingSet, score_groups
@@ -186,31 +188,54 @@ class RecipeScore:
     oof: torch.Tensor
     budgets: list[float | None]
     blend_oof: torch.Tensor  # (rows, outputs): each row's blend by the fold that did not train on it
+    kept: list[int] = field(default_factory=list)  # the recipe's members these are (a time limit cuts some)
 
 
 @dataclass
 class MemberRun:
-    """What a CV needs of a member fit on every fold: its predictions of every row, per fold,
-    and how its training went (small enough to come back from a Ray worker)."""
+    """What a CV needs of a member fit on every fold: its predictions of the rows it is scored
+    on, per fold, and how its training went (small enough to come back from a Ray worker).
+    ``cut``: why a time limit left it out (nothing else is then set)."""
 
     label: str
-    predictions: torch.Tensor  # (folds, rows, outputs), on the CPU
-    curves: tuple | None
-    failed_epoch: np.ndarray
-    budget: float | None
-    seconds: float
+    predictions: torch.Tensor | None  # (folds, rows, outputs), on the CPU
+    curves: tuple | None = None
+    failed_epoch: np.ndarray | None = None
+    budget: float | None = None
+    seconds: float = 0.0
+    shortened: str = ""
+    cut: str = ""
 
 
-def member_task(shared: Shared, member, progress: Progress) -> MemberRun:
+def member_task(shared: Shared, member, deadline: float | None, progress: Progress) -> MemberRun:
     """A recipe CV's task: one member fit on every fold (a torch member: one stacked model),
     predicting each fold's validation rows and the training rows its train score is taken on."""
     data, train_rows, valid_rows = shared.data()
-    fitted = member.fit(data, train_rows, valid_rows=valid_rows, seeds=shared.seeds, seed=shared.seed,
-                        progress=progress)
+    try:
+        fitted = member.fit(data, train_rows, valid_rows=valid_rows, seeds=shared.seeds, seed=shared.seed,
+                            progress=progress, deadline=deadline)
+    except OutOfTime as exc:
+        return MemberRun(member.label, None, cut=exc.why)
     report = fitted.report
     wanted = [torch.cat([valid, train]) for valid, train in zip(valid_rows, scored(train_rows, shared.seed))]
     return MemberRun(fitted.label, fitted.predict(data.train, wanted).cpu(), report.curves, report.failed_epoch,
-                     report.budget, report.seconds)
+                     report.budget, report.seconds, report.shortened)
+
+
+def fit_members(shared: Shared, members: tuple, backend, progress: Progress,
+                budget: Budget | None = None) -> list[MemberRun]:
+    """Each member's CV, as tasks of ``backend``; under a ``budget`` one after another, each
+    given an even share of what is left (on a cluster, which runs them together: all of it)."""
+    backend = backend or Local()
+    if budget is None or backend.workers > 1:
+        deadline = None if budget is None else budget.deadline
+        return backend.map(member_task, shared, [Task(m.label, (m, deadline)) for m in members], progress)
+    runs = []
+    for i, member in enumerate(members):
+        [run] = backend.map(member_task, shared, [Task(member.label, (member, budget.share(len(members) - i)))],
+                            progress)
+        runs.append(run)
+    return runs
 
 
 def scored(train_rows: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
@@ -240,21 +265,35 @@ def out_of_fold(predictions: torch.Tensor, valid_rows: list[torch.Tensor]) -> to
 
 
 def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.device = torch.device("cpu"),
-                          progress: Progress = Progress(), backend=None) -> tuple[RecipeScore, float]:
+                          progress: Progress = Progress(), backend=None,
+                          budget: Budget | None = None) -> tuple[RecipeScore, float]:
     """K-fold CV of the blend of the recipe's members (each trained ``recipe.seeds`` times, all
-    folds at once; each member one task of ``backend``).
+    folds at once; each member one task of ``backend``), within ``budget`` if there is one
+    (members it cuts are left out, and noted in it).
 
     Every member is fit inside the folds, and the weights that blend fold k's predictions are
     fit on the other folds' out-of-fold predictions only, so the blend's fold scores are honest.
     """
     started = time.perf_counter()
     shared = _shared(features, recipe.folds, device, seeds=recipe.seeds)
+    runs = fit_members(shared, recipe.members, backend, progress, budget)
+    kept = [i for i, run in enumerate(runs) if not run.cut]
+    if budget is not None:
+        budget.cut += [{"member": run.label, "why": run.cut} for run in runs if run.cut]
+        budget.shortened += [{"member": run.label, "how": run.shortened} for run in runs if run.shortened]
+    if not kept:
+        raise TrainingError(f"no member fits in the time limit: {runs[0].label}: {runs[0].cut}; give more time")
+    result = _blended(shared, [runs[i] for i in kept], recipe.blend, device)
+    result.kept = kept
+    return result, time.perf_counter() - started
+
+
+def _blended(shared: Shared, runs: list[MemberRun], blend_with: str, device: torch.device) -> RecipeScore:
+    """The members' fold scores and the honest blend of their out-of-fold predictions."""
     data, train_rows, valid_rows = shared.data()
-    members, blend_with, folds = recipe.members, recipe.blend, recipe.folds.folds
-    runs = (backend or Local()).map(member_task, shared, [Task(m.label, (m,)) for m in members], progress)
     predictions = [run.predictions.to(device) for run in runs]
-    member_scores = [_member_scores(r, p, data, scored(train_rows, shared.seed), valid_rows)
-                     for r, p in zip(runs, predictions)]
+    train_scored = scored(train_rows, shared.seed)
+    member_scores = [_member_scores(r, p, data, train_scored, valid_rows) for r, p in zip(runs, predictions)]
     oof = torch.stack([out_of_fold(p, valid_rows) for p in predictions])
     validated = torch.zeros(len(data.y), dtype=torch.bool, device=device)
     for rows in valid_rows:
@@ -265,15 +304,15 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
         others[rows] = False
         fold_weights.append(fit_weights(blend_with, oof[:, others], data.y[others], data.metric))
     blended = torch.stack([blend([p[g] for p in predictions], data.metric, w) for g, w in enumerate(fold_weights)])
-    failed = [max(m.failed_epoch[g] for m in member_scores) for g in range(folds)]
-    if len(members) == 1:
+    failed = [max(m.failed_epoch[g] for m in member_scores) for g in range(len(valid_rows))]
+    if len(runs) == 1:
         curves = member_scores[0].train_curves, member_scores[0].valid_curves
     else:  # each member's fold-mean curves: one line per member in the plot
         curved = [m for m in member_scores if m.train_curves]
         curves = ([np.mean(m.train_curves, axis=0).tolist() for m in curved],
                   [np.mean(m.valid_curves, axis=0).tolist() for m in curved])
-    score = FoldScores("blend", score_groups(blended, data.y, scored(train_rows, shared.seed), data.metric),
+    score = FoldScores("blend", score_groups(blended, data.y, train_scored, data.metric),
                        score_groups(blended, data.y, valid_rows, data.metric), failed, *curves)
     weights = fit_weights(blend_with, oof[:, validated], data.y[validated], data.metric)
     return RecipeScore(score, member_scores, weights, fold_weights, oof.cpu(), [r.budget for r in runs],
-                       out_of_fold(blended, valid_rows).cpu()), time.perf_counter() - started
+                       out_of_fold(blended, valid_rows).cpu())

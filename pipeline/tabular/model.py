@@ -16,6 +16,7 @@ from pipeline import checkpoints
 from pipeline.errors import TrainingError
 from pipeline.metrics import Metric
 from pipeline.progress import Progress
+from pipeline.tabular.budget import Budget, OutOfTime
 from pipeline.tabular.ensemble import blend
 from pipeline.tabular import infold
 from pipeline.tabular.features import FeatureBuilder, Features
@@ -70,27 +71,48 @@ class TrainedModel:
                        list(state["classes"]), encoders), state
 
 
-def fit_final(features: Features, recipe: Recipe, weights: list[float], budgets: list[float | None], *,
-              device: torch.device = torch.device("cpu"), progress: Progress = Progress()) -> tuple[TrainedModel, float]:
-    """Every member (``recipe.seeds`` copies each) on every training row, each trained as long as
-    its CV chose; refused in one line when a member diverges or predicts test values the metric
-    cannot take. Also the blend's score on the training rows."""
-    rows = [torch.arange(len(features.X))]
-    encoders, extra, test_extra = None, None, None
-    if infold.width(features.codes, features.texts, len(features.classes)):
-        encoders, extra = infold.fit_infold(features.codes, features.texts, features.y, features.spec.scorer,
-                                            len(features.classes), rows, recipe.folds.seed)
-        test_extra = encoders.values(features.codes_test.numpy(), features.texts_test)
-    data = TrainingSet(features, device, extra, test_extra)
-    rows = [r.to(device) for r in rows]
-    fitted = [m.fit(data, rows, seeds=recipe.seeds, seed=recipe.folds.seed, progress=progress, budget=b)
-              for m, b in zip(recipe.members, budgets)]
-    for member in fitted:
+def fit_final(features: Features, recipe: Recipe, members: list, weights: list[float], budgets: list[float | None],
+              *, device: torch.device = torch.device("cpu"), progress: Progress = Progress(),
+              budget: Budget | None = None) -> tuple[TrainedModel, float]:
+    """The ``members`` the CV kept (``recipe.seeds`` copies each) on every training row, each
+    trained as long as its CV chose, but those the blend gives no weight; refused in one line when
+    a member diverges or predicts test values the metric cannot take. Also the blend's score on
+    the training rows. Under ``budget`` each member gets an even share of what is left; one that
+    cannot fit is left out of the blend, whose weights then sum to 1 again."""
+    data, encoders = _final_data(features, recipe, device)
+    rows = [torch.arange(len(features.X), device=device)]
+    used = [i for i, w in enumerate(weights) if w > 0]
+    fitted, kept = [], []
+    for n, i in enumerate(used):
+        try:
+            member = members[i].fit(data, rows, seeds=recipe.seeds, seed=recipe.folds.seed, progress=progress,
+                                    budget=budgets[i], deadline=None if budget is None else budget.share(len(used) - n))
+        except OutOfTime as exc:
+            budget.cut.append({"member": members[i].label, "why": exc.why})
+            continue
+        if budget is not None and member.report.shortened:
+            budget.shortened.append({"member": member.label, "how": member.report.shortened})
         _check(member, data)
+        fitted.append(member)
+        kept.append(weights[i])
+    if not fitted:
+        raise TrainingError("no member fits in the time limit's final fit; give more time")
+    weights = [w / sum(kept) for w in kept]
     model = TrainedModel(fitted, weights, features.builder, data.metric, features.classes, encoders)
     blended = blend([m.predict(data.train) for m in fitted], data.metric, weights)
     [train_score] = score_groups(blended, data.y, rows, data.metric)
     return model, train_score
+
+
+def _final_data(features: Features, recipe: Recipe, device: torch.device) -> tuple[TrainingSet, InFold | None]:
+    """Every training row as one row set, with the in-fold columns of encoders fit on all of
+    them (out of fold within them for the training rows), and the test rows' from those encoders."""
+    if not infold.width(features.codes, features.texts, len(features.classes)):
+        return TrainingSet(features, device), None
+    encoders, extra = infold.fit_infold(features.codes, features.texts, features.y, features.spec.scorer,
+                                        len(features.classes), [torch.arange(len(features.X))], recipe.folds.seed)
+    test_extra = encoders.values(features.codes_test.numpy(), features.texts_test)
+    return TrainingSet(features, device, extra, test_extra), encoders
 
 
 def _check(member: Fitted, data: TrainingSet) -> None:

@@ -16,6 +16,7 @@ from pipeline.errors import ParamError, UsageError
 from pipeline.folds import SPLITS
 from pipeline.make import plain
 from pipeline.tabular import members as families
+from pipeline.tabular.budget import seconds
 from pipeline.tabular.ensemble import BLENDS
 from pipeline.tabular.features import FeatureParams
 from pipeline.tabular.members import Member, TorchMember
@@ -36,7 +37,7 @@ class FoldParams:
             raise ParamError("split", self.split, f"not one of {', '.join(SPLITS)}")
 
 
-RECIPE_KEYS = ("recipe", "model", "ensemble", "seeds", "blend")
+RECIPE_KEYS = ("recipe", "model", "ensemble", "seeds", "blend", "time_limit")
 FEATURE_KEYS = tuple(f.name for f in fields(FeatureParams))
 FOLD_KEYS = tuple(f.name for f in fields(FoldParams))
 
@@ -45,7 +46,9 @@ FOLD_KEYS = tuple(f.name for f in fields(FoldParams))
 class Recipe:
     """``seeds``: each member is trained that many times and averaged (torch members from as
     many initialisations, scikit-learn members with a ``random_state`` from consecutive states;
-    the others are deterministic and fit once). ``blend``: ``mean`` or ``greedy`` (ensemble selection)."""
+    the others are deterministic and fit once). ``blend``: ``mean`` or ``greedy`` (ensemble
+    selection). ``time_limit``: the seconds a command may spend, planned as
+    :mod:`pipeline.tabular.budget` says."""
 
     name: str
     features: FeatureParams
@@ -53,6 +56,7 @@ class Recipe:
     members: tuple[Member, ...]
     blend: str = "mean"
     seeds: int = 1
+    time_limit: float | None = None  # seconds for a command's whole work (see pipeline.tabular.budget)
 
     def __post_init__(self):
         if self.blend not in BLENDS:
@@ -67,6 +71,8 @@ class Recipe:
         out.update(asdict(self.folds))
         out.update(asdict(self.features))
         out.update(seeds=self.seeds)
+        if self.time_limit is not None:
+            out.update(time_limit=self.time_limit)
         used = [{k: plain(v) for k, v in m.used_params(task).items()} for m in self.members]
         if len(used) == 1:
             out.update(used[0])
@@ -105,7 +111,7 @@ def resolve(target, stored: dict, flags: dict, *, single: bool = False) -> Recip
     try:
         return Recipe(name, FeatureParams(**{k: flat[k] for k in FEATURE_KEYS if k in flat}),
                       FoldParams(**{k: flat[k] for k in FOLD_KEYS if k in flat}), members,
-                      flat.get("blend", "mean"), int(flat.get("seeds", 1)))
+                      flat.get("blend", "mean"), int(flat.get("seeds", 1)), seconds(flat.get("time_limit")))
     except TypeError as exc:  # a value of the wrong type, e.g. folds = "five"
         raise UsageError(f"target {target.name}: {exc}") from None
 

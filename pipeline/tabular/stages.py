@@ -8,6 +8,7 @@ they train is ``ctx.config`` (:class:`~pipeline.tabular.recipe.Recipe`).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import torch
 
 from pipeline import checkpoints, reports
 from pipeline.devices import resolve_device
-from pipeline.errors import DataError
+from pipeline.errors import DataError, TrainingError
 from pipeline.make import Context, Stage
 from pipeline.submissions import write_copies
+from pipeline.tabular.budget import FINAL_FIT, Budget
 from pipeline.tabular.cv import cross_validate_recipe
 from pipeline.tabular.features import Features, build_features
 from pipeline.tabular.model import TrainedModel, fit_final
@@ -28,6 +30,7 @@ from pipeline.tabular.tables import load_tables, read_test
 log = logging.getLogger(__name__)
 
 FEATURES_FORMAT = "pipeline.features/2"  # /1 had no feature builder
+OOF_FORMAT = "pipeline.oof/2"  # /1 had no kept members
 
 
 def features_path(ctx: Context) -> Path:
@@ -65,17 +68,20 @@ def load_features(ctx: Context) -> Features:
 def cv(ctx: Context) -> tuple[list[Path], dict]:
     features = load_features(ctx)
     device = resolve_device(ctx.device)
-    recipe = ctx.config
-    result, seconds = cross_validate_recipe(features, recipe, device=device,
+    recipe, budget = ctx.config, _budget(ctx, "cv")
+    result, seconds = cross_validate_recipe(features, recipe, device=device, budget=budget,
                                             progress=ctx.progress(f"cv {ctx.target.name}"), backend=ctx.backend)
     run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "cv")
     report = cv_report(run_dir, ctx.target.name, features, recipe, result, seconds, device)
+    if budget is not None:
+        report["time_limit"] = budget.report(recipe.time_limit)
     if result.score.failed:
         bad = [f"fold {i + 1} at epoch {e}" for i, e in enumerate(result.score.failed_epoch) if e]
         log.warning("training diverged (non-finite loss): %s; lower lr", ", ".join(bad))
-    oof = checkpoints.save(_oof_path(ctx), "pipeline.oof/1", {
-        "members": [m.label for m in recipe.members], "predictions": result.oof, "weights": result.weights,
-        "budgets": result.budgets})
+    oof = checkpoints.save(_oof_path(ctx), OOF_FORMAT, {
+        "members": [m.label for m in recipe.members], "kept": result.kept, "predictions": result.oof,
+        "weights": result.weights, "budgets": result.budgets,
+        "diverged": [m.label for m in result.members if m.failed]})
     path = reports.save_report(run_dir, report, ctx.workspace)
     pictures = [run_dir / name for name in report["plots"]]
     return [path, run_dir / "report.md", run_dir / "report.html", *pictures, oof], report
@@ -85,18 +91,34 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
     """Every member on every row, with the blend weights and training lengths of its CV."""
     features = load_features(ctx)
     device = resolve_device(ctx.device)
-    recipe, remake = ctx.config, f"pipeline cv {ctx.target.name}"
-    oof = checkpoints.load(_oof_path(ctx), "pipeline.oof/1", "out-of-fold", remake)
+    recipe, remake, budget = ctx.config, f"pipeline cv {ctx.target.name}", _budget(ctx, "train")
+    oof = checkpoints.load(_oof_path(ctx), OOF_FORMAT, "out-of-fold", remake)
     with checkpoints.restoring(_oof_path(ctx), remake):
         if oof["members"] != [m.label for m in recipe.members]:
             raise ValueError(f"members {oof['members']} are not the recipe's")
-        weights, budgets = list(oof["weights"]), list(oof["budgets"])
-    model, train_score = fit_final(features, recipe, weights, budgets, device=device,
+        members = [recipe.members[i] for i in oof["kept"]]
+        weights, budgets, diverged = list(oof["weights"]), list(oof["budgets"]), list(oof["diverged"])
+    if diverged:  # whatever its weight: the recipe as asked for does not train
+        raise TrainingError(f"training diverged (non-finite loss) in the CV of {', '.join(diverged)}; "
+                            "no model was saved; lower lr")
+    model, train_score = fit_final(features, recipe, members, weights, budgets, device=device, budget=budget,
                                    progress=ctx.progress(f"train {ctx.target.name}"))
     path = model.save(model_path(ctx), target=ctx.target.name, params=ctx.params, features=features.names)
-    return [path], {"model": ctx.rel(path), "train": train_score,
-                    "seconds": sum(m.report.seconds for m in model.members), "device": str(device),
-                    "weights": weights}
+    summary = {"model": ctx.rel(path), "train": train_score, "seconds": sum(m.report.seconds for m in model.members),
+               "device": str(device), "weights": model.weights}
+    if budget is not None:
+        summary["time_limit"] = budget.report(recipe.time_limit)
+    return [path], summary
+
+
+def _budget(ctx: Context, stage: str) -> Budget | None:
+    """A stage's share of the command's time limit: all that is left, but for a CV that a final
+    fit follows, which keeps FINAL_FIT of it for that."""
+    if ctx.deadline is None:
+        return None
+    left = max(0.0, ctx.deadline - time.monotonic())
+    keep = FINAL_FIT if stage == "cv" and ctx.until != "cv" else 0.0
+    return Budget(time.monotonic() + left * (1 - keep))
 
 
 def load_model(ctx: Context, features: Features, device: torch.device) -> TrainedModel:

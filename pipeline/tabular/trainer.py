@@ -28,7 +28,7 @@ from pipeline.metrics import Metric, metric_for
 from pipeline.progress import Curves
 from pipeline.tabular.optim import OPTIMIZERS, make_optimizer
 from pipeline.tabular.stacked import ACTIVATION_BUDGET, MODELS, Architecture, StackedModel, check_widths, widths_of
-from pipeline.tabular.budget import OutOfTime
+from pipeline.tabular.budget import OutOfTime, part
 from pipeline.tabular.target_transform import TargetTransform
 
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -124,13 +124,16 @@ class FitResult:
     seconds: float
     # (groups, configs): the epoch whose weights the model holds (the best on the inner split, else the last)
     best_epoch: np.ndarray | None = None
-    epochs_run: int = 0  # fewer than the configs' epochs when stopped early
+    epochs_run: int = 0  # fewer than the planned epochs when stopped early
     stopped: str = ""  # why: "patience" (no model improved) or "time" (a deadline)
+    planned: int = 0  # the epochs it was to train (the configs', or fewer under max_steps)
 
     def at_best(self, curve: np.ndarray | None) -> np.ndarray | None:
-        """(groups, configs): ``curve`` at each model's kept epoch."""
-        if curve is None or len(curve) == 1 or self.best_epoch is None:
+        """(groups, configs): ``curve`` at each model's kept epoch (the last it trained)."""
+        if curve is None or len(curve) == 1:
             return None if curve is None else curve[-1]
+        if self.best_epoch is None:
+            return curve[self.epochs_run - 1]
         return np.take_along_axis(curve, self.best_epoch[None] - 1, 0)[0]
 
     @classmethod
@@ -142,7 +145,7 @@ class FitResult:
                   for name in ("train_curve", "valid_curve", "failed_epoch", "best_epoch")}
         return cls(StackedModel.concat([p.model for p in parts]), first.configs,
                    TargetTransform.concat([p.transform for p in parts]), seconds=sum(p.seconds for p in parts),
-                   epochs_run=max(p.epochs_run for p in parts),
+                   epochs_run=max(p.epochs_run for p in parts), planned=first.planned,
                    stopped="time" if any(p.stopped == "time" for p in parts) else first.stopped, **joined)
 
     @property
@@ -383,7 +386,7 @@ def fit(X: torch.Tensor, y: torch.Tensor, train_rows: list[torch.Tensor], config
         return FitResult.concat([
             fit(X, y, [rows], configs, metric=metric, valid_rows=None if valid_rows is None else [valid_rows[g]],
                 n_out=n_out, seed=seed, curves=curves, extra=None if extra is None else extra[g:g + 1],
-                on_epoch=each, deadline=_part(deadline, G - g)) for g, rows in enumerate(train_rows)])
+                on_epoch=each, deadline=part(deadline, G - g)) for g, rows in enumerate(train_rows)])
     with one_cpu_thread(X.device, enabled=_step_products(X, train_rows, configs, n_out) < MANY_THREADS):
         started = time.perf_counter()
         plan = _Plan(X, y, train_rows, configs, metric, n_out, seed, extra)
@@ -409,17 +412,14 @@ def _epochs(plan: "_Plan", books: "_Books", on_epoch, deadline: float | None) ->
                 if started + projected > deadline:
                     raise OutOfTime(f"an epoch would take {projected:.0f} s; its share was "
                                     f"{deadline - started:.0f} s")
-        books.end_epoch(epoch, on_epoch)
+        out_of_time = deadline is not None and epoch + 1 < plan.epochs and 2 * time.monotonic() - started > deadline
+        books.end_epoch(epoch, on_epoch, last=out_of_time)
         if books.stalled(epoch):
             return epoch + 1, "patience"
-        if deadline is not None and epoch + 1 < plan.epochs and 2 * time.monotonic() - started > deadline:
+        if out_of_time:
             return epoch + 1, "time"
     return plan.epochs, ""
 
-
-def _part(deadline: float | None, parts_left: int) -> float | None:
-    """The deadline of the next of ``parts_left`` runs sharing ``deadline`` evenly."""
-    return None if deadline is None else time.monotonic() + max(0.0, deadline - time.monotonic()) / parts_left
 
 
 SMALL_TABLE = 25_000_000  # elements of X (100 MB) up to which a run copies it into one table
@@ -621,11 +621,12 @@ class _Books:
             self.best = torch.full((G, C), -math.inf if plan.metric.higher_is_better else math.inf, device=device)
             self.best_epoch = torch.full((G, C), plan.epochs, device=device, dtype=torch.long)
 
-    def end_epoch(self, epoch: int, on_epoch) -> None:
+    def end_epoch(self, epoch: int, on_epoch, last: bool = False) -> None:
+        """Record an epoch: its losses, its scores (every epoch, or the last), its best weights."""
         plan = self.plan
         torch.sum(plan.tracked.view(*self.losses.shape[1:], -1), 2, out=self.losses[epoch])
         plan.tracked.zero_()
-        if self.per_epoch or epoch == plan.epochs - 1:
+        if self.per_epoch or last or epoch == plan.epochs - 1:
             self.history[epoch if self.per_epoch else 0] = self.score()
         if self.selecting:
             now = self.history[epoch, :, :, self.names.index("select")]
@@ -662,4 +663,4 @@ class _Books:
             valid_curve=curves[..., names.index("valid")] if "valid" in names else None,
             failed_epoch=failed, seconds=seconds,
             best_epoch=self.best_epoch.cpu().numpy() if self.selecting else None,
-            epochs_run=self.epochs_run, stopped=self.stopped)
+            epochs_run=self.epochs_run, stopped=self.stopped, planned=plan.epochs)

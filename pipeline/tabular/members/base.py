@@ -90,6 +90,7 @@ class FitReport:
     failed_epoch: np.ndarray
     budget: float | None = None
     curves: tuple[np.ndarray, np.ndarray | None] | None = None
+    shortened: str = ""  # how a time limit cut its training short ("3 of 30 epochs"), if it did
 
 
 class Member(ABC):
@@ -103,9 +104,12 @@ class Member(ABC):
 
     @abstractmethod
     def fit(self, data: TrainingSet, rows: list[torch.Tensor], *, valid_rows: list[torch.Tensor] | None = None,
-            seeds: int = 1, seed: int = 0, progress: Progress = Progress(), budget: float | None = None) -> "Fitted":
+            seeds: int = 1, seed: int = 0, progress: Progress = Progress(), budget: float | None = None,
+            deadline: float | None = None) -> "Fitted":
         """One model per row set in ``rows`` (``seeds`` of them each, averaged); a ``budget``
-        fixes the training length."""
+        fixes the training length. ``deadline`` (``time.monotonic()``): train what fits before
+        it, and say so in the report; raise :class:`~pipeline.tabular.budget.OutOfTime` when
+        nothing useful would."""
 
     @abstractmethod
     def params(self) -> dict:

@@ -16,6 +16,7 @@ from pipeline.metrics import Metric
 from pipeline.progress import Progress
 from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet, check, mean_budget, \
     predicted_rows, scatter
+from pipeline.tabular.budget import OutOfTime, part
 from pipeline.tabular.target_transform import TargetTransform
 
 EARLY_STOPPING = 200  # boosting rounds without improvement on the inner split
@@ -79,42 +80,62 @@ class LightGBMMember(Member):
         return asdict(self.config)
 
     def fit(self, data: TrainingSet, rows: list[torch.Tensor], *, valid_rows=None, seeds: int = 1, seed: int = 0,
-            progress: Progress = Progress(), budget: float | None = None) -> "LightGBMFitted":
+            progress: Progress = Progress(), budget: float | None = None,
+            deadline: float | None = None) -> "LightGBMFitted":
+        if deadline is not None and deadline <= time.monotonic():
+            raise OutOfTime("no time was left for it")
         started = time.perf_counter()
         transform = TargetTransform.choose(data.metric, self.config.log_target, data.y)
         target = transform.learned(torch.from_numpy(data.labels).double()).numpy() if transform.log else data.labels
         transform.fit(torch.from_numpy(np.asarray(target, dtype=np.float64)), [r.cpu() for r in rows])
         generator = np.random.default_rng(seed)
-        groups, chosen = [], []
+        groups, chosen, timed_out = [], [], 0
         step = progress.step(self.label, len(rows) * seeds, "fit")
         for g, group in enumerate(rows):
             boosters, X = [], data.train.native_of(g)
             for s in range(seeds):
-                booster, best = self._boost(X, target, group.cpu().numpy(), data, seed + s, generator, budget)
+                stop = part(deadline, (len(rows) - g) * seeds - s)
+                booster, best = self._boost(X, target, group.cpu().numpy(), data, seed + s, generator, budget, stop)
+                timed_out += stop is not None and time.monotonic() >= stop
                 chosen.append(best)
                 boosters.append(booster.model_to_string(num_iteration=booster.best_iteration or None))
                 step.advance()
             groups.append(boosters)
         step.close()
-        report = FitReport(time.perf_counter() - started, np.zeros(len(groups), dtype=int), mean_budget(chosen))
+        report = FitReport(time.perf_counter() - started, np.zeros(len(groups), dtype=int), mean_budget(chosen),
+                           shortened=f"boosting stopped for time in {timed_out} of {len(rows) * seeds} fits"
+                           if timed_out else "")
         return LightGBMFitted(groups, transform, data.n_out, report)
 
-    def _boost(self, X, target, group: np.ndarray, data: TrainingSet, seed: int, generator, budget):
-        """One booster on ``group``'s rows: early-stopped on its inner split, or ``budget`` rounds."""
+    def _boost(self, X, target, group: np.ndarray, data: TrainingSet, seed: int, generator, budget, deadline):
+        """One booster on ``group``'s rows: early-stopped on its inner split, or ``budget`` rounds;
+        stopped at ``deadline`` either way."""
         import lightgbm
 
         params, categorical = self.config.booster_params(data, seed), data.train.categorical
+        callbacks = [] if deadline is None else [_until(deadline)]
         if budget is not None:
             train = lightgbm.Dataset(X[group], target[group], categorical_feature=categorical)
-            return lightgbm.train(params, train, max(1, round(budget))), None
+            return lightgbm.train(params, train, max(1, round(budget)), callbacks=callbacks), None
         order = generator.permutation(group)
         cut = max(1, round(self.config.inner_valid * len(order)))
         held, kept = order[:cut], order[cut:]
         train = lightgbm.Dataset(X[kept], target[kept], categorical_feature=categorical)
         check_rows = lightgbm.Dataset(X[held], target[held], reference=train, categorical_feature=categorical)
         booster = lightgbm.train(params, train, self.config.n_estimators, valid_sets=[check_rows],
-                                 callbacks=[lightgbm.early_stopping(EARLY_STOPPING, verbose=False)])
+                                 callbacks=[lightgbm.early_stopping(EARLY_STOPPING, verbose=False), *callbacks])
         return booster, booster.best_iteration
+
+
+def _until(deadline: float):
+    """A LightGBM callback that ends boosting at ``deadline`` (keeping the rounds so far)."""
+    import lightgbm
+
+    def callback(env) -> None:
+        if time.monotonic() >= deadline:
+            raise lightgbm.callback.EarlyStopException(env.iteration, env.evaluation_result_list or [])
+    callback.order = 40  # after early stopping's own check
+    return callback
 
 
 class LightGBMFitted(Fitted):

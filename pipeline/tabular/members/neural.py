@@ -45,19 +45,21 @@ class TorchMember(Member):
 
     def fit(self, data: TrainingSet, rows: list[torch.Tensor], *, valid_rows: list[torch.Tensor] | None = None,
             seeds: int = 1, seed: int = 0, progress: Progress = Progress(),
-            budget: float | None = None) -> "TorchFitted":
+            budget: float | None = None, deadline: float | None = None) -> "TorchFitted":
         params = self.config.with_(submodels=self.config.submodels * seeds)
         if budget is not None:  # the epochs the folds chose on their inner splits, for every row
             params = params.with_(epochs=max(1, round(budget)), inner_valid=0.0)
         step = progress.step(self.label, params.epochs, "epoch", data.metric.higher_is_better)
         result = fit(data.X, data.y, rows, [params], metric=data.metric, valid_rows=valid_rows,
                      n_out=data.n_out, seed=seed, curves=valid_rows is not None,
-                     on_epoch=lambda epoch, epochs, curves: step.advance(1, curves), extra=data.extra)
+                     on_epoch=lambda epoch, epochs, curves: step.advance(1, curves), extra=data.extra,
+                     deadline=deadline)
         step.close()
         report = FitReport(
             result.seconds, result.failed_epoch[:, 0],
             None if result.best_epoch is None else mean_budget(result.best_epoch[:, 0]),
-            (result.train_curve[:, :, 0], None if result.valid_curve is None else result.valid_curve[:, :, 0]))
+            (result.train_curve[:, :, 0], None if result.valid_curve is None else result.valid_curve[:, :, 0]),
+            f"{result.epochs_run} of {result.planned} epochs" if result.stopped == "time" else "")
         return TorchFitted(result.model, result.configs[0], result.transform, report)
 
 

@@ -27,6 +27,7 @@ from pipeline.errors import UsageError
 from pipeline.metrics import Metric
 from pipeline.progress import Progress, Step
 from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet, predicted_rows, scatter
+from pipeline.tabular.budget import OutOfTime
 from pipeline.tabular.target_transform import TargetTransform
 
 
@@ -157,7 +158,7 @@ class SklearnMember(Member):
         return fitted
 
     def fit(self, data: TrainingSet, rows: list[torch.Tensor], *, valid_rows=None, seeds: int = 1, seed: int = 0,
-            progress: Progress = Progress(), budget=None) -> "SklearnFitted":
+            progress: Progress = Progress(), budget=None, deadline: float | None = None) -> "SklearnFitted":
         for options in self.runs(seeds):  # a bad param is refused before any fit
             self.estimator(data.task, **options)
         started = time.perf_counter()
@@ -165,8 +166,15 @@ class SklearnMember(Member):
         target = transform.learned(torch.from_numpy(data.labels).double()).numpy() if transform.log else data.labels
         transform.fit(torch.from_numpy(np.asarray(target, dtype=np.float64)), [r.cpu() for r in rows], clip=True)
         step = progress.step(self.label, len(rows) * len(self.runs(seeds)), "fit")
-        groups = [self.estimators(data.train.dense_of(g)[r.cpu()], target[r.cpu()], data.task, seeds, step)
-                  for g, r in enumerate(rows)]
+        groups, share = [], None if deadline is None else deadline - time.monotonic()
+        for g, r in enumerate(rows):
+            fold_started = time.monotonic()
+            groups.append(self.estimators(data.train.dense_of(g)[r.cpu()], target[r.cpu()], data.task, seeds, step))
+            fold = time.monotonic() - fold_started
+            if deadline is not None and time.monotonic() + fold * (len(rows) - g - 1) > deadline:
+                step.close()  # its solvers cannot stop early: the rest of its fits would end too late
+                raise OutOfTime(f"its {len(rows)} fits would take about {fold * len(rows):.0f} s; "
+                                f"its share was {share:.0f} s")
         step.close()
         report = FitReport(time.perf_counter() - started, np.zeros(len(groups), dtype=int))
         return SklearnFitted(self.label, groups, transform, data.n_out, report)
