@@ -5,12 +5,13 @@ prints time ratios and both sides' quality numbers next to the targets of issue 
 times drift on these shared machines; the ratios are what to quote.
 
     python benchmarks/bench.py [--shared ../shared] [--device auto|cpu|cuda] [--skip-fashion] [--skip-commands]
-                               [--skip-recipes] [--skip-tables] [--skip-scale] [--scaling]
+                               [--skip-recipes] [--skip-tables] [--skip-scale] [--skip-rows] [--million]
 
 The recipes' rows (issue 14: our CV against scikit-learn's defaults on the same folds) come from
 benchmarks/recipes.py, real Kaggle tables' (issue 23: dates, text, high-cardinality columns)
-from benchmarks/tables.py, and the Ray and TPE sweeps' (issue 16) from benchmarks/scale.py;
-each also runs alone.
+from benchmarks/tables.py, the Ray and TPE sweeps' (issue 16) from benchmarks/scale.py, and
+the default recipe's time and memory against rows (issue 24) from benchmarks/rows.py; each
+also runs alone.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from pipeline.params import expand_grid
 from pipeline.tabular.cv import cross_validate
 from pipeline.tabular.features import FeatureParams, build_features
 from pipeline.tabular.recipe import FoldParams
-from pipeline.tabular.tables import TableSpec, Tables, load_tables
+from pipeline.tabular.tables import TableSpec, load_tables
 from pipeline.tabular.trainer import TrainParams
 from convnets import bench_convnets  # benchmarks/convnets.py, beside this script
 from recipes import bench_recipes
 from scale import bench_scale  # benchmarks/scale.py
+from rows import bench_rows  # benchmarks/rows.py
 from tables import bench_tables  # benchmarks/tables.py
 
 D2L = TrainParams(model="linear", epochs=100, lr=5.0, weight_decay=0.0, batch_size=64, log_target=False)
@@ -181,30 +183,18 @@ def bench_commands(shared: Path) -> list[bool]:
     return results
 
 
-def synthetic_tables(rows: int, seed: int = 0):
-    """A regression competition of ``rows`` training rows: 20 numeric and 5 categorical columns."""
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    n = rows + rows // 4
-    frame = pd.DataFrame(rng.normal(size=(n, 20)), columns=[f"x{i}" for i in range(20)])
-    for j in range(5):
-        frame[f"c{j}"] = rng.choice(list("abcdefgh"), n)
-    label = np.exp(10 + frame.iloc[:, :20].to_numpy() @ rng.normal(0.05, 0.05, 20) + rng.normal(0, 0.1, n))
-    spec = TableSpec("id", "y")
-    return Tables(frame.iloc[:rows], frame.iloc[rows:], pd.Series(label[:rows]), pd.Series(range(rows, n)),
-                  spec, Path("synthetic-train.csv"), Path("synthetic-test.csv"))
-
-
-def bench_scaling(device: torch.device) -> None:
-    """CV time against rows (issue 7): it should grow about linearly."""
-    params = TrainParams(model="linear", epochs=10, lr=0.01, batch_size=256, log_target=True)
-    print(f"{'rows':>8} {'features':>9} {'5-fold CV s':>12} {'us/row':>8}", flush=True)
-    for rows in (10_000, 30_000, 100_000, 300_000):
-        features = build_features(synthetic_tables(rows), D2L_FEATURES)
-        _, seconds = timed(cross_validate, features, [params], FoldParams(5, "shuffled"), device=device)
-        print(f"{rows:>8} {features.X.shape[1]:>9} {seconds:>12.2f} {1e6 * seconds / rows:>8.1f}", flush=True)
+def bench_cli() -> list[bool]:
+    """`pipeline --help` (issue 25: under 1 s) and `pipeline status house` as a user starts them:
+    the best of three runs each, in a fresh interpreter. status is timed, not judged: it still
+    loads torch and scikit-learn to resolve the recipe."""
+    seconds = {}
+    with tempfile.TemporaryDirectory() as ws:
+        for args in (["--help"], ["status", "house"]):
+            seconds[args[0]] = min(timed(subprocess.run, [sys.executable, "-m", "pipeline", "--workdir", ws, *args],
+                                         check=True, capture_output=True)[1] for _ in range(3))
+    row("`pipeline --help` (s)", f"{seconds['--help']:.2f}", "", "", "< 1", seconds["--help"] < 1)
+    print(f"{'`pipeline status house` (s)':<44} {seconds['status']:>14.2f}", flush=True)
+    return [seconds["--help"] < 1]
 
 
 def main() -> None:
@@ -220,7 +210,11 @@ def main() -> None:
                         help="Skip hotel, strikes and the generated messy tables (benchmarks/tables.py, 4 minutes).")
     parser.add_argument("--skip-scale", action="store_true",
                         help="Skip the Ray and TPE sweeps (benchmarks/scale.py, about 5 minutes).")
-    parser.add_argument("--scaling", action="store_true", help="Also time CV on 10k-300k synthetic rows.")
+    parser.add_argument("--skip-rows", action="store_true",
+                        help="Skip the default recipe on 10k-300k generated rows, 200k against LightGBM and "
+                             "--time-limit 2m on the competitions (benchmarks/rows.py, about 40 minutes).")
+    parser.add_argument("--million", action="store_true",
+                        help="Also `pipeline submit --time-limit 15m` on 1,000,000 rows (about 20 minutes).")
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(f"pipeline benchmarks on {device} ({os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -240,8 +234,10 @@ def main() -> None:
     if not args.skip_scale:
         print("sweeps on Ray, and TPE against the grid (house, 5 contiguous folds):", flush=True)
         results += bench_scale(args.shared)
-    if args.scaling:
-        bench_scaling(device)
+    if not args.skip_rows:
+        print("100,000 to 1,000,000 rows, and time limits (issue 24):", flush=True)
+        results += bench_rows(args.shared, args.million)
+    results += bench_cli()
     print(json.dumps({"passed": sum(results), "failed": len(results) - sum(results)}))
     sys.exit(0 if all(results) else 1)
 
