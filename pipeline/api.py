@@ -12,19 +12,20 @@ Params are keyword arguments named as in ``params.toml`` (``weight_decay``, not
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
 
 from pipeline import backends, hub, make, params as params_file, reports
 from pipeline.backends import Local
-from pipeline.errors import ParamError
+from pipeline.errors import ParamError, UsageError
 from pipeline.progress import Progress
 from pipeline.results import Diff, Result, RunReport, Table
 from pipeline.tabular import stages as tabular_stages, sweep as tabular_sweep
 from pipeline.tabular.search import parse_ranges
 from pipeline.tabular.trainer import TrainParams
-from pipeline.targets import all_targets, check_flags, get_target
+from pipeline.targets import all_targets, check_flags, declared_targets, get_target
 from pipeline.workspace import Workspace, mirrors_from_env
 
 
@@ -82,6 +83,16 @@ class Pipeline:
         with self.workspace.exclusive(self.wait):
             return [str(p) for p in hub.download_group(name, self.workspace.data, self.mirrors).values()]
 
+    def init(self, path: str | Path, name: str | None = None) -> Result:
+        """Declare the competition whose files (train.csv, test.csv, sample_submission.csv) are
+        in the folder or zip at ``path``: a commented ``[target.NAME]`` added to pipeline.toml."""
+        from pipeline.tabular import declare
+
+        with self.workspace.exclusive(self.wait):
+            declaration = declare.declare(Path(path), self.workspace.root, name)
+            text = declare.write(declaration, self.workspace.config_file)
+        return Result({"target": declaration.name, "config": str(self.workspace.config_file), "declaration": text})
+
     def hub(self) -> Table:
         return Table(hub.status(self.workspace.data), ["name", "cached", "verified", "url"])
 
@@ -113,29 +124,89 @@ class Pipeline:
         return self._make(self.context(target, params, device, command="evaluate"), "evaluate")
 
     def submit(self, target: str, out: str | Path | None = None, device: str = "auto", test: str | Path | None = None,
-               **params) -> dict:
+               to_kaggle: str | None = None, **params) -> dict:
         """A checked submission in ``submissions/`` (and at ``out``): its path and row count.
         ``test``: another test file with the training table's columns, predicted by the trained
-        model (trained first if it is not up to date)."""
+        model (trained first if it is not up to date). ``to_kaggle``: a message; the checked CSV
+        is then uploaded to the target's competition on Kaggle."""
+        competition = None if to_kaggle is None else self._competition(target)  # credentials before any work
         if test is None:
-            return self._make(self.context(target, params, device, out), "submit")
-        ctx = self.context(target, params, device, out, command="predict")
-        with self.workspace.exclusive(self.wait):
-            make.make(ctx, "train", report=self.announce)
-            return Result(tabular_stages.predict_file(ctx, Path(test)))
+            summary = self._make(self.context(target, params, device, out), "submit")
+        else:
+            ctx = self.context(target, params, device, out, command="predict")
+            with self.workspace.exclusive(self.wait):
+                make.make(ctx, "train", report=self.announce)
+                summary = Result(tabular_stages.predict_file(ctx, Path(test)))
+        if competition is not None:
+            competition.submit(Path(summary["submission"]), to_kaggle)
+            summary["kaggle"] = f"submitted to {competition.slug}: `pipeline leaderboard {target}` shows its score"
+        return summary
 
-    def run(self, target: str, until: str | None = None, force: bool = False, device: str = "auto") -> dict:
-        """Every stage in order through ``until``, skipping those that are up to date."""
-        ctx = self.context(target, {}, device)
-        return self._make(ctx, until or ctx.target.stages[-1].name, always=False, force=force, in_order=True)
+    def leaderboard(self, target: str) -> Table:
+        """The user's submissions to the target's competition on Kaggle, newest first."""
+        return Table(self._competition(target).submissions(), ["date", "description", "status", "public", "private"])
+
+    def _competition(self, target: str):
+        from pipeline import kaggle_client
+
+        slug = getattr(get_target(target, self.workspace), "kaggle", None)
+        if slug is None:
+            raise UsageError(f"target {target} is not a Kaggle competition: set kaggle = \"SLUG\" in its "
+                             f"[target.{target}] of {self.workspace.config_file.name}")
+        return kaggle_client.Competition(slug)
+
+    def run(self, target: str, until: str | None = None, force: bool = False, device: str = "auto",
+            **params) -> Result:
+        """Every stage in order through ``until``, skipping those that are up to date; what they
+        left: the score of the latest report, and where that report and the submission are."""
+        ctx = self.context(target, params, device)
+        with self.workspace.exclusive(self.wait):
+            make.make(ctx, until or ctx.target.stages[-1].name, force=force, in_order=True, report=self.announce)
+            return Result(self._outcome(ctx))
+
+    def _outcome(self, ctx: make.Context) -> dict:
+        """The stages' recorded outputs: the last report's score and the report and submission paths."""
+        outs = [Path(self.workspace.root / out) for stage in make.read_lock(self.workspace).get(ctx.section, {}).values()
+                for out in stage["outs"]]
+        outcome = {"target": ctx.target.name}
+        reports_json = [p for p in outs if p.name == "report.json" and p.exists()]
+        if reports_json:
+            report = json.loads(reports_json[-1].read_text())
+            score = report.get("mean_valid", report.get("score"))
+            outcome.update({"metric": report.get("metric"), "score": score,
+                            "report": str(reports_json[-1].with_name("report.html"))})
+        submissions = [p for p in outs if p.parent == self.workspace.submissions]
+        if submissions:
+            outcome["submission"] = str(submissions[-1])
+        return outcome
 
     def status(self, target: str, device: str = "auto", **params) -> Table:
         return Table(make.status(self.context(target, params, device)), ["stage", "state", "reason"])
 
+    def blend(self, run_names: list[str], out: str | Path | None = None, how: str = "greedy") -> Result:
+        """Blend CV runs of one target (see :mod:`pipeline.tabular.runs`): each run's CV and the
+        blend's, honestly scored, and the blended submission (``out``, else
+        ``submissions/TARGET-blend.csv``)."""
+        run_dirs = [self.workspace.reports / "runs" / name for name in run_names]
+        for run_dir in run_dirs:
+            if not (run_dir / "report.json").exists():
+                raise UsageError(f"no run {run_dir.name} in {self.workspace.reports / 'runs'}; `pipeline runs` lists them")
+        targets = {json.loads((d / "report.json").read_text())["target"] for d in run_dirs}
+        if len(targets) > 1:
+            raise UsageError(f"runs of several targets ({', '.join(sorted(targets))}); blend runs of one target")
+        ctx = self.context(targets.pop(), {}, out=out, command="blend")
+        with self.workspace.exclusive(self.wait):
+            return Result(tabular_stages.blend_runs(ctx, run_dirs, how))
+
+    def first_target(self) -> str:
+        """The first target declared in pipeline.toml, else house: what to try first."""
+        return next(iter(declared_targets(self.workspace)), "house")
+
     def runs(self, target: str | None = None) -> Table:
         """Every run's score, best first per target and metric; ``best`` marks the best."""
         return Table(reports.leaderboard(self.workspace, target),
-                     ["best", "target", "command", "metric", "score", "model", "seconds", "device", "run"])
+                     ["best", "target", "command", "metric", "score", "model", "seconds", "device", "run"],
+                     {"seconds": 1})
 
     def diff(self, first: str, second: str) -> Diff:
         """What differs between two runs: their params and the change in score."""

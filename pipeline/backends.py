@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "ray")
 RETRIES = 3  # a task whose worker process dies is run again this many times
+CONNECT_SECONDS = 10  # how long a cluster's address may take to accept a connection
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Ray:
         self.quiet_stdout.enter_context(contextlib.redirect_stdout(sys.stderr))
         if not self.ray.is_initialized():
             if self.address:
+                _answers(self.address)
                 self.ray.init(address=self.address, log_to_driver=False)
             else:
                 self.ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
@@ -119,6 +122,20 @@ class Ray:
             raise TrainingError(f"{len(failed)} of {len(tasks)} Ray tasks failed after {self.retries} retries "
                                 f"(their workers died): {'; '.join(failed)}; nothing was saved")
         return results
+
+
+def _answers(address: str) -> None:
+    """Refuse, in one line, a cluster address where nothing listens: Ray itself retries such an
+    address for minutes, repeating its warnings. ``auto`` (Ray finds a local cluster) passes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or type(exc).__name__
+        raise ParamError("address", address, f"no Ray cluster answers there ({reason} within "
+                         f"{CONNECT_SECONDS} s); start one with `ray start --head` or leave --address out") from None
 
 
 def backend(name: str, address: str | None = None) -> Local | Ray:

@@ -9,19 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import click
 
-from pipeline import __version__, plots
-from pipeline.api import Pipeline
+from pipeline import __version__
 from pipeline.backends import BACKENDS
-from pipeline.devices import DEVICE_CHOICES
 from pipeline.errors import ParamError, PipelineError
 from pipeline.progress import Bars, Lines, Live, Progress
-from pipeline.results import Table
-from pipeline.targets import BUILTIN
 
+if TYPE_CHECKING:
+    from pipeline.api import Pipeline
+
+# torch, scikit-learn, LightGBM and matplotlib load only in the commands that use them, so that
+# `pipeline --help` answers at once (it took 7-8 s and 384 MB when everything loaded up front)
 log = logging.getLogger("pipeline")
 
 
@@ -37,36 +38,42 @@ def _widths(value: str | None):
 CHOICE_LABELS = {"house": "house and declared targets"}
 
 
-def _choices(param: str) -> str:
-    """Each built-in target's choices for ``param``, from the library: "house: a|b; fashion: c"."""
-    parts = [f"{CHOICE_LABELS.get(name, name)}: {'|'.join(t.choices[param])}"
+def _choices(param: str, target=None) -> str:
+    """``target``'s choices for ``param`` ("a, b"), or without one, each built-in target's, from
+    the library: "house: a, b; fashion: c" (commas, so that help wraps between choices)."""
+    if target is not None:
+        return ", ".join(map(str, target.choices.get(param, ())))
+    from pipeline.targets import BUILTIN
+
+    parts = [f"{CHOICE_LABELS.get(name, name)}: {', '.join(t.choices[param])}"
              for name, t in BUILTIN.items() if t.choices.get(param)]
     return "; ".join(parts)
 
 
 # (param, click type, help): every training flag, named as its param (--weight-decay is weight_decay).
+# A callable help takes the target whose help is shown (None: the built-in targets).
 PARAM_OPTIONS = (
-    ("recipe", str, lambda: f"A preset recipe ({_choices('recipe')})."),
-    ("model", str, lambda: f"A single model ({_choices('model')})."),
+    ("recipe", str, lambda t: f"A preset recipe ({_choices('recipe', t)})."),
+    ("model", str, lambda t: f"A single model ({_choices('model', t)})."),
     ("hidden", str, "Hidden widths, e.g. 256 or 128,64."),
-    ("activation", str, lambda: _choices("activation")),
+    ("activation", str, lambda t: _choices("activation", t)),
     ("dropout", float, None),
     ("epochs", int, None),
     ("lr", float, "Learning rate."),
     ("weight_decay", float, None),
     ("batch_size", int, None),
     ("log_target", bool, "Train on log(label)."),
-    ("optimizer", str, lambda: _choices("optimizer")),
-    ("schedule", str, lambda: _choices("schedule")),
+    ("optimizer", str, lambda t: _choices("optimizer", t)),
+    ("schedule", str, lambda t: _choices("schedule", t)),
     ("folds", int, "K for K-fold cross-validation."),
-    ("split", str, lambda: f"Fold assignment ({_choices('split')})."),
+    ("split", str, lambda t: f"Fold assignment ({_choices('split', t)})."),
     ("seed", int, None),
-    ("fit_on", str, lambda: f"Fit preprocessing on train+test or train ({_choices('fit_on')})."),
+    ("fit_on", str, lambda t: f"Fit preprocessing on train+test or train ({_choices('fit_on', t)})."),
     ("log_skewed", float, "log1p numeric columns with |skew| above this (0: off)."),
     ("clip_quantile", float, "Clip numeric columns to their [q, 1-q] quantiles (0: off)."),
-    ("scaling", str, lambda: f"Numeric columns' scaling ({_choices('scaling')})."),
+    ("scaling", str, lambda t: f"Numeric columns' scaling ({_choices('scaling', t)})."),
     ("numeric_bins", int, "Also encode numeric columns piecewise-linearly between this many quantiles (0: off)."),
-    ("blend", str, lambda: f"How members are weighed ({_choices('blend')}): equally, or by ensemble selection."),
+    ("blend", str, lambda t: f"How members are weighed ({_choices('blend', t)}): equally, or by ensemble selection."),
     ("time_limit", str, "Time for the whole command (90s, 10m, 1.5h): members share it, and what does not fit "
                         "is cut (the report says what)."),
     ("augment", bool, "Images: random crop and flip."),
@@ -76,18 +83,71 @@ PARAM_OPTIONS = (
 PARAM_NAMES = tuple(name for name, _, _ in PARAM_OPTIONS)
 
 
+class ParamOption(click.Option):
+    """A param's flag: its help (and choices) are those of the target named on the command line,
+    worked out only when the help is shown."""
+
+    def __init__(self, *args, lazy_help=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_help = lazy_help
+
+    def get_help_record(self, ctx: click.Context):
+        if callable(self.lazy_help):
+            self.help = self.lazy_help(ctx.meta.get("target"))
+        return super().get_help_record(ctx)
+
+
+class TargetCommand(click.Command):
+    """A command on a target: ``pipeline cv NAME --help`` lists only the params NAME takes."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        named = next((a for a in args if not a.startswith("-")), None)
+        wants_help = any(a in ctx.help_option_names for a in args)
+        ctx.meta["target"] = _target(ctx, named) if named and wants_help else None
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter) -> None:
+        target = ctx.meta.get("target")
+        self.epilog = None if target else "The params a target takes differ: `pipeline COMMAND TARGET --help` lists them."
+        others = [p for p in self.params if p.name in PARAM_NAMES and target and p.name not in target.flags]
+        for p in others:
+            p.hidden = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:  # the command object outlives this help (tests, notebooks call the CLI in-process)
+            for p in others:
+                p.hidden = False
+
+
+def _target(ctx: click.Context, name: str):
+    """The target called ``name`` in the workspace, or None when there is none (the command then
+    says so when it runs)."""
+    from pipeline.targets import get_target
+
+    try:
+        return get_target(name, ctx.obj.workspace)
+    except (PipelineError, AttributeError):
+        return None
+
+
 def _option(name: str, value_type, help_text) -> Callable:
     flag = name.replace("_", "-")
-    help_text = help_text() if callable(help_text) else help_text
+    options = {"cls": ParamOption, "lazy_help": help_text} if callable(help_text) else {"help": help_text}
     if value_type is bool:
-        return click.option(f"--{flag}/--no-{flag}", name, default=None, help=help_text)
+        return click.option(f"--{flag}/--no-{flag}", name, default=None, **options)
     if name == "hidden":
-        return click.option(f"--{flag}", name, callback=lambda c, p, v: _widths(v), help=help_text)
-    return click.option(f"--{flag}", name, type=value_type, help=help_text)
+        return click.option(f"--{flag}", name, callback=lambda c, p, v: _widths(v), **options)
+    return click.option(f"--{flag}", name, type=value_type, **options)
+
+
+def _devices(target) -> str:
+    from pipeline.devices import DEVICE_CHOICES
+
+    return "|".join(DEVICE_CHOICES)
 
 
 def training_options(func):
-    func = click.option("--device", default="auto", show_default=True, help="|".join(DEVICE_CHOICES))(func)
+    func = click.option("--device", default="auto", show_default=True, cls=ParamOption, lazy_help=_devices)(func)
     for name, value_type, help_text in reversed(PARAM_OPTIONS):
         func = _option(name, value_type, help_text)(func)
     return func
@@ -134,6 +194,8 @@ def _params(flags: dict) -> dict:
 @click.pass_context
 def cli(click_ctx, workdir, mirrors, wait, debug, verbose):
     """A Kaggle competition pipeline: download, preprocess, cv, train, evaluate, submit, report."""
+    from pipeline.api import Pipeline
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="pipeline: %(message)s")
     click_ctx.obj = Pipeline(workdir, mirrors, wait=wait, progress=_progress(False), announce=_announce)
 
@@ -145,6 +207,18 @@ def download(p: Pipeline, name):
     """Download and verify a target's data (house, fashion, a declared target, a dataset or all)."""
     for path in p.download(name):
         click.echo(path)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--name", help="The target's name (default: the folder's or the zip's).")
+@click.pass_obj
+def init(p: Pipeline, path, name):
+    """Declare a competition from its files: a folder or a zip with train.csv, test.csv and
+    sample_submission.csv (each may be zipped). Writes a commented [target.NAME] to pipeline.toml."""
+    done = p.init(path, name)
+    click.echo(done["declaration"])
+    click.echo(f"\nadded to {done['config']}: check the guesses, then `pipeline run {done['target']}`")
 
 
 @cli.command("hub")
@@ -172,6 +246,8 @@ def preprocess(p: Pipeline, target, as_json, **flags):
         return
     click.echo(str(summary) or "up to date")
     if summary.get("columns"):
+        from pipeline.results import Table
+
         click.echo(str(Table(summary["columns"], ["column", "role", "distinct", "missing", "features", "note"])))
 
 
@@ -186,7 +262,7 @@ def columns(p: Pipeline, target, as_json):
     click.echo(json.dumps(table, indent=2) if as_json else str(table))
 
 
-@cli.command()
+@cli.command(cls=TargetCommand)
 @click.argument("target")
 @training_options
 @live_option
@@ -202,7 +278,7 @@ def cv(p: Pipeline, target, device, live, backend, address, as_json, **flags):
         sys.exit(3)
 
 
-@cli.command()
+@cli.command(cls=TargetCommand)
 @click.argument("target")
 @training_options
 @live_option
@@ -215,7 +291,7 @@ def train(p: Pipeline, target, device, live, as_json, **flags):
     click.echo(json.dumps(summary, indent=2) if as_json else str(summary))
 
 
-@cli.command()
+@cli.command(cls=TargetCommand)
 @click.argument("target")
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -227,34 +303,81 @@ def evaluate(p: Pipeline, target, device, as_json, **flags):
     report = p.evaluate(target, device, **_params(flags))
     click.echo(json.dumps(report, indent=2) if as_json else str(report))
     if not as_json and sys.stdout.isatty():  # d2l's predict_ch3 grid, in the terminal itself
+        from pipeline import plots
+
         plots.show_in_terminal(report.run_dir / "predictions.png")
 
 
-@cli.command()
+@cli.command(cls=TargetCommand)
 @click.argument("target")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the CSV here.")
 @click.option("--test", type=click.Path(dir_okay=False), metavar="CSV",
               help="Predict this test file (the training table's columns) with the trained model.")
+@click.option("--to-kaggle", "to_kaggle", is_flag=True, help="Also upload it to the target's competition on Kaggle "
+              "(pip install -e '.[kaggle]', and your Kaggle credentials).")
+@click.option("-m", "--message", help="The upload's description (with --to-kaggle).")
 @training_options
 @click.pass_obj
-def submit(p: Pipeline, target, out, test, device, **flags):
+def submit(p: Pipeline, target, out, test, to_kaggle, message, device, **flags):
     """Write a checked Kaggle submission CSV (training the model first if needed)."""
-    summary = p.submit(target, out, device, test, **_params(flags))
+    if message and not to_kaggle:
+        raise click.UsageError("-m/--message describes an upload: add --to-kaggle")
+    summary = p.submit(target, out, device, test, (message or "pipeline submit") if to_kaggle else None,
+                       **_params(flags))
     click.echo(f"wrote {summary['rows']} rows to {summary['submission']}")
+    if summary.get("kaggle"):
+        click.echo(summary["kaggle"])
 
 
 @cli.command()
 @click.argument("target")
-@click.option("--until", help="Stop after this stage.")
-@click.option("--force", is_flag=True, help="Run every stage even when up to date.")
-@click.option("--device", default="auto", show_default=True, help="|".join(DEVICE_CHOICES))
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def run(p: Pipeline, target, until, force, device):
-    """Run the stages in order, skipping those whose inputs, params and code are unchanged."""
-    p.run(target, until, force, device)
+def leaderboard(p: Pipeline, target, as_json):
+    """Your submissions to the target's competition on Kaggle, with their scores, newest first."""
+    board = p.leaderboard(target)
+    click.echo(json.dumps(board, indent=2) if as_json else str(board) if board else "no submissions yet")
 
 
 @cli.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the blended submission "
+              "(default: submissions/TARGET-blend.csv).")
+@click.option("--blend", "how", default="greedy", show_default=True, metavar="greedy|mean",
+              help="Ensemble selection on the out-of-fold predictions, or equal weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout.")
+@click.pass_obj
+def blend(p: Pipeline, runs, out, how, as_json):
+    """Blend CV runs of one target (run names from `pipeline runs`; after `pipeline submit` for
+    each): their CV and the blend's, with weights fit without the scored fold, and the blended
+    submission."""
+    done = p.blend(list(runs), out, how)
+    if as_json:
+        click.echo(json.dumps(done, indent=2))
+        return
+    from pipeline.results import Table
+
+    click.echo(str(Table(done["rows"], done["columns"])))
+    click.echo(f"{done['metric']}: blend {done['blend']:.5f}; wrote {done['submission']}")
+
+
+@cli.command(cls=TargetCommand)
+@click.argument("target")
+@click.option("--until", help="Stop after this stage.")
+@click.option("--force", is_flag=True, help="Run every stage even when up to date.")
+@training_options
+@live_option
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout.")
+@click.pass_obj
+def run(p: Pipeline, target, until, force, device, live, as_json, **flags):
+    """Run the stages in order, skipping those whose inputs, params and code are unchanged; print
+    the CV score and where the report and the submission are."""
+    p.progress = _progress(live)
+    outcome = p.run(target, until, force, device, **_params(flags))
+    click.echo(json.dumps(outcome, indent=2) if as_json else str(outcome))
+
+
+@cli.command(cls=TargetCommand)
 @click.argument("target")
 @training_options
 @click.pass_obj
@@ -275,12 +398,12 @@ def runs(p: Pipeline, target, diff, as_json):
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif not result:
-        click.echo("no runs yet: try `pipeline cv house`")
+        click.echo(f"no runs yet: try `pipeline cv {target or p.first_target()}`")
     else:
         click.echo(str(result))
 
 
-@cli.command()
+@cli.command(cls=TargetCommand)
 @click.argument("target")
 @click.option("--grid", "grid", multiple=True, metavar="NAME=V1,V2,…",
               help="A param and its values, e.g. lr=0.01,0.03 (repeatable; hidden=256,128x64).")

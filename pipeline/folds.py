@@ -29,6 +29,9 @@ def fold_rows(labels: torch.Tensor, folds: int, split: str, seed: int, stratify:
     if not 2 <= folds <= n:
         raise ParamError("folds", folds, f"need between 2 and {n} (the number of training rows)")
     y = labels.cpu().numpy() if stratify else np.zeros(n)
+    largest = int(np.bincount(y).max()) if stratify else n
+    if split in ("contiguous", "shuffled") and folds > largest:
+        raise ParamError("folds", folds, f"the largest class has {largest} rows: give at most {largest} folds")
     if split == "time":
         return _by_time(times, folds)
     if split == "group":

@@ -208,7 +208,7 @@ def leaderboard(workspace: Workspace, target: str | None = None) -> list[dict]:
         params = report.get("params", {})
         rows.append({"run": report["run"], "target": report["target"], "command": report.get("command", ""),
                      "metric": report["metric"], "score": score,
-                     "model": params.get("recipe") or params.get("model", ""), "seconds": report["seconds"],
+                     "model": params.get("recipe") or params.get("model", ""), "seconds": round(report["seconds"], 1),
                      "device": report["device"]})
 
     def key(row):
@@ -254,9 +254,10 @@ def diff(workspace: Workspace, first: str, second: str) -> dict:
     return {"params": params, "score": score}
 
 
-def format_table(rows: list[dict], columns: list[str]) -> str:
-    """Plain aligned columns for the terminal."""
-    cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
+def format_table(rows: list[dict], columns: list[str], digits: dict[str, int] | None = None) -> str:
+    """Plain aligned columns for the terminal; floats with 5 digits, or a column's ``digits``."""
+    digits = digits or {}
+    cells = [[_fmt(row.get(c, ""), digits.get(c, 5)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]

@@ -53,12 +53,12 @@ class RunReport(Result):
 class Table(list):
     """Rows of dicts (status, leaderboard): aligned columns in a terminal, an HTML table in Jupyter."""
 
-    def __init__(self, rows: list[dict], columns: list[str]):
+    def __init__(self, rows: list[dict], columns: list[str], digits: dict[str, int] | None = None):
         super().__init__(rows)
-        self.columns = columns
+        self.columns, self.digits = columns, digits
 
     def __str__(self) -> str:
-        return reports.format_table(self, self.columns)
+        return reports.format_table(self, self.columns, self.digits)
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)

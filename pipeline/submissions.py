@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 from pipeline.errors import DataError, shown
 from pipeline.workspace import atomic_path
 
+log = logging.getLogger(__name__)
 
 PROBABILITY_SUM_TOLERANCE = 1e-4  # float32 probabilities of a few classes sum to 1 within this
 
@@ -58,6 +60,28 @@ def check_submission(frame: pd.DataFrame, *, id_column: str, label_column: str |
                             f"sum to {values[sums][0].sum():.6f}, not 1")
 
 
+def like_sample(frame: pd.DataFrame, checks: dict, sample: pd.DataFrame, where: str) -> tuple[pd.DataFrame, dict]:
+    """``frame`` in the sample submission's exact format: its columns in its order, its rows in
+    its order, its id dtype; the checks then compare against the sample."""
+    id_column = checks["id_column"]
+    if {str(c) for c in sample.columns} != {str(c) for c in frame.columns}:
+        raise DataError(f"{where}: its columns ({','.join(map(str, sample.columns))}) are not this target's "
+                        f"({','.join(map(str, frame.columns))}); fix id or label, or drop sample")
+    keys = sample[id_column].astype(str)
+    by_id = frame.set_axis(frame[id_column].astype(str), axis=0)
+    missing = keys[~keys.isin(by_id.index)]
+    if len(missing) or len(keys) != len(by_id):
+        first = f" ({id_column} {missing.iloc[0]!r} is not a test id)" if len(missing) else ""
+        raise DataError(f"{where}: its {len(keys)} rows are not the test file's {len(by_id)} ids{first}")
+    columns = {str(c): c for c in frame.columns}
+    out = by_id.loc[keys.to_numpy(), [columns[str(c)] for c in sample.columns]].set_axis(sample.columns, axis=1)
+    out = out.reset_index(drop=True)
+    out[id_column] = sample[id_column].to_numpy()
+    labels = [c for c in sample.columns if c != id_column]
+    return out, dict(checks, label_column=labels[0] if len(labels) == 1 else labels,
+                     expected_ids=sample[id_column].tolist())
+
+
 def write_submission(path: str | Path, frame: pd.DataFrame, **checks) -> Path:
     """Check ``frame`` (see :func:`check_submission`) and write it to ``path`` atomically."""
     check_submission(frame, **checks)
@@ -70,5 +94,7 @@ def write_copies(path: Path, out: Path | None, frame: pd.DataFrame, **checks) ->
     """A submit stage's outputs: the workspace's copy at ``path`` and, when asked, the user's at ``out``."""
     write_submission(path, frame, **checks)
     if out:
+        if not out.parent.exists():
+            log.warning("creating the folder %s for %s", out.parent, out.name)
         write_submission(out, frame, **checks)
     return [path], {"submission": str(out or path), "rows": len(frame)}

@@ -20,6 +20,7 @@ params' defaults and choices; a tabular target's params resolve into a typed rec
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -90,10 +91,12 @@ class TabularTarget:
     default_preset: str | None = None
     model_presets: dict = field(default_factory=dict)
     archive: DataFile | Path | None = None
+    sample: DataFile | Path | str | None = None  # the sample submission, whose format submissions take
+    kaggle: str | None = None  # the competition's slug on Kaggle: its files come from the official client
 
     stages = tabular_stages.STAGES
     commands = frozenset({"download", "preprocess", "columns", "cv", "train", "submit", "predict", "sweep", "run",
-                          "status"})
+                          "status", "blend"})
 
     def refuse(self, command: str) -> None:
         """A one-line error for a command this target does not take."""
@@ -132,29 +135,51 @@ class TabularTarget:
 
     def table_paths(self, data_dir: Path) -> tuple[Path, Path]:
         """Where the train and test CSVs are once :meth:`fetch` has run."""
-        if self.archive is not None:
-            return tuple(self._archive_dir(data_dir) / member for member in (self.train, self.test))
-        return tuple(p if isinstance(p, Path) else data_dir / p.path for p in (self.train, self.test))
+        return tuple(self._where(source, data_dir) for source in (self.train, self.test))
+
+    def sample_path(self, data_dir: Path) -> Path | None:
+        """Where the sample submission is once :meth:`fetch` has run (None: the target has none)."""
+        return None if self.sample is None else self._where(self.sample, data_dir)
+
+    def _where(self, source, data_dir: Path) -> Path:
+        if self.archive is not None or self.kaggle is not None:
+            return self._archive_dir(data_dir) / source
+        return source if isinstance(source, Path) else data_dir / source.path
 
     def fetch(self, data_dir: Path, mirrors: list[str]) -> list[Path]:
         """Download (and verify) what is remote, unpack an archive; the CSVs' paths."""
-        if isinstance(self.archive, DataFile):
+        if self.kaggle is not None:
+            hub.extract_archive(self._kaggle_zip(data_dir), self._archive_dir(data_dir))
+        elif isinstance(self.archive, DataFile):
             hub.download_extract(self.archive, data_dir, mirrors, folder=self._archive_dir(data_dir))
         elif self.archive is not None:
             hub.extract_archive(self.archive, self._archive_dir(data_dir))
         else:
-            for source in (self.train, self.test):
+            for source in (self.train, self.test, self.sample):
                 if isinstance(source, DataFile):
                     hub.download(source, data_dir, mirrors)
-        paths = self.table_paths(data_dir)
-        for path, member in zip(paths, (self.train, self.test)):
-            if self.archive is not None and not path.is_file():
+        sources = [s for s in (self.train, self.test, self.sample) if s is not None]
+        paths = [self._where(source, data_dir) for source in sources]
+        for path, member in zip(paths, sources):
+            if (self.archive is not None or self.kaggle is not None) and not path.is_file():
                 raise DataError(f"archive {self.archive_name} has no member {member!r}; "
-                                f"fix train/test in [target.{self.name}]")
-        return list(paths)
+                                f"fix train/test/sample in [target.{self.name}]")
+        return paths if self.kaggle is None else [self._kaggle_zip(data_dir), *paths]
+
+    def _kaggle_zip(self, data_dir: Path) -> Path:
+        """The competition's zip from Kaggle's client, fetched once: the lock records its SHA-1,
+        so a changed zip makes every later stage stale."""
+        path = data_dir / self.name / f"{self.kaggle}.zip"
+        if not path.is_file():
+            from pipeline import kaggle_client
+
+            kaggle_client.Competition(self.kaggle).download(path.parent)
+        return path
 
     @property
     def archive_name(self) -> str:
+        if self.kaggle is not None:
+            return f"Kaggle's {self.kaggle}.zip"
         return self.archive.url if isinstance(self.archive, DataFile) else str(self.archive)
 
 
@@ -210,7 +235,7 @@ FASHION = ImageTarget("fashion", tuple(DATA_HUB[n] for n in GROUPS["fashion"]),
                       {"model": "mlp", "valid_fraction": 0.1, "folds": 0, "seed": 0, "tta": False})
 BUILTIN = {"house": HOUSE, "fashion": FASHION}
 TARGET_KEYS = {"train", "test", "train_sha1", "test_sha1", "id", "label", "task", "metric", "columns", "group", "time",
-               "archive", "archive_sha1", "positive"}
+               "archive", "archive_sha1", "positive", "sample", "sample_sha1", "kaggle"}
 
 
 def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
@@ -233,12 +258,19 @@ def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
         task = task_for(table.get("task", "regression"), where)
         metric = metric_for(table.get("metric", task.default_metric), task.name, where=where)
         archive = None
-        if "archive" in table:
+        if "kaggle" in table and "archive" in table:
+            raise ConfigError(f"{where}: kaggle and archive both say where the files come from; keep one")
+        if "kaggle" in table:
+            if not isinstance(table["kaggle"], str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", table["kaggle"]):
+                raise ConfigError(f"{where}: kaggle must be a competition's slug, e.g. \"house-prices-advanced-"
+                                  "regression-techniques\"")
+            sources = {role: _member(table[role], role, where) for role in ("train", "test", "sample") if role in table}
+        elif "archive" in table:
             archive = _source(name, "archive", table["archive"], table.get("archive_sha1"), path.parent, where)
-            sources = {role: _member(table[role], role, where) for role in ("train", "test")}
+            sources = {role: _member(table[role], role, where) for role in ("train", "test", "sample") if role in table}
         else:
             sources = {role: _source(name, role, table[role], table.get(f"{role}_sha1"), path.parent, where)
-                       for role in ("train", "test")}
+                       for role in ("train", "test", "sample") if role in table}
         positive = table.get("positive")
         if positive is not None and metric.task.continuous:
             raise ConfigError(f"{where}: positive names a class; it is for task \"classification\"")
@@ -246,7 +278,8 @@ def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
                          _columns(table.get("columns", {}), where), table.get("group"), table.get("time"))
         targets[name] = TabularTarget(name, sources["train"], sources["test"], spec,
                                       {"model": "linear", "split": "shuffled"}, DECLARED_FAMILIES, {"auto": AUTO},
-                                      "auto", DECLARED_MODELS, archive=archive)
+                                      "auto", DECLARED_MODELS, archive=archive, sample=sources.get("sample"),
+                                      kaggle=table.get("kaggle"))
     return targets
 
 

@@ -162,6 +162,9 @@ class Classification(Task):
 
     def checked(self, labels: pd.Series, metric, where: str) -> pd.Series:
         classes = labels.unique()
+        if len(classes) < 2:
+            raise DataError(f"{where} holds one class ({shown(classes[0])!r}): there is nothing to learn; "
+                            "a classifier needs rows of two classes or more")
         if metric.binary and len(classes) != 2:
             shown_classes = ", ".join(sorted(map(str, classes))[:6])
             raise DataError(f"{where} has {len(classes)} classes ({shown_classes}); metric {metric.name} is for "

@@ -95,6 +95,14 @@ def test_unknown_backend_is_refused_before_any_work(competition, capsys):
     assert not (competition / "data").exists()
 
 
+def test_a_cluster_address_where_nothing_listens_is_one_line_naming_it(competition, capsys):
+    """Issue 25: Ray itself retried such an address for over 300 s, repeating its warnings."""
+    _required("ray")
+    code, _, err = run_cli(competition, capsys, "cv", "toy", "--backend", "ray", "--address", "127.0.0.1:1")
+    assert_one_line_error(code, err, "--address '127.0.0.1:1'", "no Ray cluster answers there")
+    assert not (competition / "data").exists()
+
+
 def test_sweep_tasks_split_a_group_over_the_workers_and_keep_groups_apart():
     from pipeline.tabular.cv import sweep_tasks
     from pipeline.tabular.trainer import TrainParams

@@ -112,7 +112,7 @@ def test_hub_lists_the_six_datasets_and_shows_what_is_cached(shared_datasets, tm
 def test_runs_lists_each_run_best_first(tmp_path, capsys):
     ws = make_competition(tmp_path / "ws")
     code, out, _ = run_cli(ws, capsys, "runs")
-    assert code == 0 and out.strip() == "no runs yet: try `pipeline cv house`"
+    assert code == 0 and out.strip() == "no runs yet: try `pipeline cv toy`"  # the workspace's own target
     code, out, _ = run_cli(ws, capsys, "runs", "--json")
     assert code == 0 and json.loads(out) == []
 
@@ -140,6 +140,38 @@ def test_runs_lists_each_run_best_first(tmp_path, capsys):
     assert all(line.split()[-8:-5] == ["toy", "cv", "log_rmse"] for line in lines[1:])
     code, out, _ = run_cli(ws, capsys, "runs", "--target", "house")
     assert out.strip() == "no runs yet: try `pipeline cv house`"
+
+
+def test_run_takes_model_options_and_prints_the_score_and_where_things_went(tmp_path, capsys):
+    """Issue 25: `pipeline run` printed nothing on stdout, and refused --model."""
+    ws = make_competition(tmp_path / "ws")
+    code, out, err = run_cli(ws, capsys, "run", "toy", "--model", "linear", "--epochs", "3", "--json")
+    assert code == 0, err
+    outcome = json.loads(out)
+    report = json.loads(Path(outcome["report"]).with_name("report.json").read_text())
+    assert report["params"]["model"] == "linear" and outcome["score"] == report["mean_valid"]
+    assert outcome["metric"] == "log_rmse" and Path(outcome["submission"]) == ws / "submissions" / "toy.csv"
+    assert Path(outcome["submission"]).exists()
+    code, out, _ = run_cli(ws, capsys, "run", "toy", "--model", "linear", "--epochs", "3")  # all up to date
+    printed = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert code == 0 and float(printed["score"]) == pytest.approx(outcome["score"], abs=1e-5)
+    assert printed["submission"] == outcome["submission"] and printed["report"] == outcome["report"]
+
+
+def test_submissions_obey_the_umask_and_a_missing_out_folder_is_announced(tmp_path, capsys, caplog):
+    """Issue 25: submissions were written 0600 (unreadable by others on a shared machine), and
+    --out created a missing folder without a word."""
+    ws = make_competition(tmp_path / "ws")
+    out = tmp_path / "missing" / "dir" / "s.csv"
+    old = os.umask(0o022)
+    try:
+        code, _, err = run_cli(ws, capsys, "submit", "toy", "--model", "linear", "--epochs", "2", "--out", str(out))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (ws / "submissions" / "toy.csv").stat().st_mode & 0o777 == 0o644
+    assert out.stat().st_mode & 0o777 == 0o644
+    assert f"creating the folder {out.parent} for s.csv" in caplog.text
 
 
 # ----------------------------------------------------------------------------- --debug and exit codes

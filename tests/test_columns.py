@@ -4,9 +4,12 @@ statistics and an in-fold text model, categories of any cardinality, ids and con
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.tabular.columns import column_roles, infer
@@ -54,8 +57,40 @@ def test_a_column_numeric_in_train_and_text_in_a_few_test_cells_is_numbers():
     train = pd.Series(np.arange(N, dtype=float) % 17)
     test = pd.Series([str(v) for v in range(95)] + ["unknown"] * 5)
     column = infer("amount", train, test)
-    assert column.role == "number" and "5 cells are not numbers ('unknown')" in column.note
+    assert column.role == "number" and column.note == "5 test values are not numbers ('unknown'); read as missing"
     assert column.read(test).isna().sum() == 5
+
+
+def _amounts(test_amounts: list) -> Tables:
+    """A regression on ``amount``, whose train cells are all numbers."""
+    r = np.random.default_rng(0)
+    amount = r.normal(size=N)
+    train = pd.DataFrame({"amount": amount, "size": r.choice(["S", "M", "L"], N)})
+    test = pd.DataFrame({"amount": test_amounts, "size": r.choice(["S", "M", "L"], len(test_amounts))})
+    return Tables(train, test, pd.Series(2 * amount), pd.Series(range(len(test))),
+                  TableSpec("id", "y", metric="rmse"), Path("train.csv"), Path("test.csv"))
+
+
+def test_a_few_stray_strings_in_a_numeric_column_are_read_as_missing_with_a_warning(caplog):
+    """Issue 25: five 'unknown' test cells once turned the column into one one-hot per value."""
+    amounts = [f"{v:.3f}" for v in np.random.default_rng(1).normal(size=N)]
+    amounts[:5] = ["unknown"] * 5
+    features = build_features(_amounts(amounts), FeatureParams(numeric_bins=0))
+    assert [n for n in features.names if n.startswith("amount")] == ["amount"]
+    assert "amount: 5 test values are not numbers ('unknown'); read as missing" in caplog.text
+
+
+def test_a_numeric_column_with_many_strings_stays_text_and_says_how_to_read_it_as_numbers(caplog, tmp_path):
+    """Over 5% of the cells not numbers: kept as text, with a warning whose advice works."""
+    amounts = [f"{v:.1f} kg" for v in np.random.default_rng(1).normal(size=N // 4)]
+    tables = _amounts(amounts)
+    assert build_features(tables, FeatureParams()).names != ["amount"]
+    assert f"amount: {N // 4} test values are not numbers ('" in caplog.text
+    assert "kept as text (over 5% of the cells): declare columns.number" in caplog.text
+    declared = Tables(**{**tables.__dict__, "spec": TableSpec("id", "y", metric="rmse", columns={"number": ["amount"]})})
+    features = build_features(declared, FeatureParams(numeric_bins=0))
+    assert [n for n in features.names if n.startswith("amount")] == ["amount"]
+    assert torch.isfinite(features.X_test).all()
 
 
 def test_a_duplicate_column_is_dropped_and_names_the_original():
@@ -120,3 +155,17 @@ def test_each_role_becomes_its_features():
     assert features.codes.shape == (500, 1) and len(features.texts) == 1 and features.texts[0].shape[0] == 500
     assert table["shop"]["features"] == 19 and table["ref"]["features"] == 0
     assert "in-fold target encoding" in table["shop"]["note"] and "in-fold text model" in table["remarks"]["note"]
+
+
+def test_test_dates_after_the_train_dates_are_warned_about_with_the_split_that_fits(caplog):
+    """Issue 25: shuffled folds gave CV RMSE 1.27 on such a table, the test 7.08, without a word."""
+    train = pd.DataFrame({"day": pd.date_range("2020-01-01", periods=N).strftime("%Y-%m-%d"), "x": np.arange(N)})
+    test = pd.DataFrame({"day": pd.date_range("2021-03-01", periods=50).strftime("%Y-%m-%d"), "x": np.arange(50)})
+    [day, _] = column_roles(train, test)
+    assert day.role == "date" and "100% of test dates (2021-03-01 to 2021-04-19) come after train's" in day.note
+    assert 'declare time = "day" and split = "time"' in day.note and day.note.split("; ", 1)[1] in caplog.text
+    caplog.clear()
+    [day, _] = column_roles(train, test, time="day")  # already the time key: nothing to suggest
+    assert day.note == "format %Y-%m-%d" and not caplog.text
+    overlapping = pd.DataFrame({"day": train["day"].iloc[::8].to_numpy(), "x": np.arange(50)})
+    assert next(iter(column_roles(train, overlapping))).note == "format %Y-%m-%d"

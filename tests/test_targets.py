@@ -180,7 +180,7 @@ def test_missing_archive_member_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(ws, capsys, "run", "comp")
     assert code == 1
     assert_one_line_error(code, err, f"archive {ws / 'comp.zip'} has no member 'comp/training.csv'",
-                          "fix train/test in [target.comp]")
+                          "fix train/test/sample in [target.comp]")
     assert not (ws / "data" / "comp" / "features.pt").exists()
 
 

@@ -31,6 +31,7 @@ DROPPED_ROLES = ("id", "constant", "duplicate", "empty", "dropped")
 DECLARABLE = (*FEATURE_ROLES, "drop")
 
 NUMERIC_SHARE = 0.95  # a text column whose cells are numbers in at least this share is numbers
+MOSTLY_NUMERIC = 0.5  # ... in less, but at least this share, it stays text, with a warning
 DATE_SHARE = 0.9  # ... whose cells parse as dates in one format, in at least this share, is dates
 ID_SHARE = 0.99  # distinct values per non-missing cell from which single words are an id
 TEXT_WORDS = 2.0  # mean words per distinct value from which rarely repeated strings are text ...
@@ -42,6 +43,7 @@ TRUTHS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0, "y": 1.0, "n": 0.0, 
 DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%m/%d/%Y", "%d/%m/%Y", "%m/%d/%Y %H:%M:%S",
                 "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%d.%m.%Y", "%Y/%m/%d", "%Y%m%d", "ISO8601")
 SAMPLE = 2000  # distinct values a date format is tried on
+DRIFT_SHARE = 0.5  # from this share of test dates after the last train date, the split should follow time
 
 
 @dataclass
@@ -146,7 +148,7 @@ def infer(name: str, train: pd.Series, test: pd.Series) -> Column:
     elif pd.api.types.is_bool_dtype(both) or pd.api.types.is_numeric_dtype(both):
         _infer_numeric(column, present)
     else:
-        _infer_strings(column, _strings(present))
+        _infer_strings(column, _strings(present), len(train))
     return column
 
 
@@ -161,7 +163,8 @@ def _infer_numeric(column: Column, present: pd.Series) -> None:
         column.role = "number"
 
 
-def _infer_strings(column: Column, present: pd.Series) -> None:
+def _infer_strings(column: Column, present: pd.Series, train_rows: int) -> None:
+    """``present``: the column's non-missing cells, indexed as train's rows then test's."""
     stripped = present.str.strip()
     numbers = pd.to_numeric(stripped, errors="coerce")
     lowered = set(stripped.str.lower().unique())
@@ -169,14 +172,26 @@ def _infer_strings(column: Column, present: pd.Series) -> None:
         column.role = "boolean"
     elif numbers.notna().mean() >= NUMERIC_SHARE:
         column.role = "number"
-        bad = present[numbers.isna()]
-        if len(bad):
-            column.note = f"{len(bad)} cells are not numbers ({', '.join(map(repr, bad.unique()[:3]))}): read as missing"
+        if numbers.isna().any():
+            column.note = f"{_not_numbers(present[numbers.isna()], train_rows)}; read as missing"
+            log.warning("%s: %s", column.name, column.note)
+    elif numbers.notna().mean() >= MOSTLY_NUMERIC:
+        _infer_words(column, present)
+        column.note = (f"{_not_numbers(present[numbers.isna()], train_rows)}; kept as text "
+                       f"(over {1 - NUMERIC_SHARE:.0%} of the cells): declare columns.number to read them as numbers")
+        log.warning("%s: %s", column.name, column.note)
     elif (found := _date_format(stripped))[1] >= DATE_SHARE:
         column.role, column.date_format = "date", found[0]
         column.note = f"format {found[0]}" + (f"; {1 - found[1]:.1%} of cells are not dates" if found[1] < 1 else "")
     else:
         _infer_words(column, present)
+
+
+def _not_numbers(bad: pd.Series, train_rows: int) -> str:
+    """"5 test values are not numbers ('unknown')": the cells of a numeric column that are not."""
+    in_test = int((bad.index >= train_rows).sum())
+    sides = " and ".join(f"{n} {side}" for n, side in ((len(bad) - in_test, "train"), (in_test, "test")) if n)
+    return f"{sides} values are not numbers ({', '.join(map(repr, bad.unique()[:3]))})"
 
 
 def _infer_words(column: Column, present: pd.Series) -> None:
@@ -208,9 +223,10 @@ class Columns:
 
 
 def column_roles(train: pd.DataFrame, test: pd.DataFrame, declared: dict | None = None,
-                 where: str = "columns") -> Columns:
+                 where: str = "columns", time: str | None = None) -> Columns:
     """Every column's role: declared ones as declared, others inferred; a column identical to an
-    earlier kept one is a duplicate. A declared role that does not fit is a one-line error."""
+    earlier kept one is a duplicate. A declared role that does not fit is a one-line error. A
+    date column whose test lies after its train gets a warning, unless it is the ``time`` key."""
     declared = _check_declared(declared or {}, list(train.columns), where)
     columns, seen = [], {}
     for name in train.columns:
@@ -221,11 +237,29 @@ def column_roles(train: pd.DataFrame, test: pd.DataFrame, declared: dict | None 
             if key in seen:
                 column.role, column.note = "duplicate", f"the same values as {seen[key]!r}"
             seen.setdefault(key, name)
+        if column.role == "date" and name != time:
+            _check_drift(column, column.read(train[name].dropna()), column.read(test[name].dropna()))
         columns.append(column)
-    for column in columns:
-        if column.note and column.role == "number" and "not numbers" in column.note:
-            log.warning("%s: %s", column.name, column.note)
     return Columns(columns)
+
+
+def _span(dates: pd.Series) -> str:
+    return f"{dates.min():%Y-%m-%d} to {dates.max():%Y-%m-%d}"
+
+
+def _check_drift(column: Column, train: pd.Series, test: pd.Series) -> None:
+    """Warn when most test dates come after the last train date: shuffled folds then validate
+    on the past's neighbours, not on the future the test asks about, and their score flatters."""
+    train, test = train.dropna(), test.dropna()
+    if train.empty or test.empty:
+        return
+    later = float((test > train.max()).mean())
+    if later < DRIFT_SHARE:
+        return
+    drift = (f"{later:.0%} of test dates ({_span(test)}) come after train's ({_span(train)}): "
+             f"shuffled folds flatter; declare time = \"{column.name}\" and split = \"time\" to validate on the future")
+    column.note = f"{column.note}; {drift}" if column.note else drift
+    log.warning("%s: %s", column.name, drift)
 
 
 def _check_declared(declared: dict, names: list[str], where: str) -> dict[str, str]:
@@ -259,7 +293,10 @@ def _declared(name: str, role: str, train: pd.Series, test: pd.Series, where: st
         column.note = f"format {column.date_format}"
     elif role in ("number", "boolean"):
         read = column.read(present)
-        if read.notna().mean() < NUMERIC_SHARE:
+        if read.notna().mean() < MOSTLY_NUMERIC:
             raise DataError(f"{where}: column {name!r} is declared a {role}, but "
                             f"{read.isna().mean():.0%} of its values are not")
+        if read.isna().any():
+            column.note = f"{int(read.isna().sum())} values are not a {role} ({', '.join(map(repr, present[read.isna()].unique()[:3]))}); read as missing"
+            log.warning("%s: %s", name, column.note)
     return column

@@ -18,7 +18,7 @@ from pipeline.backends import Local, Task
 from pipeline.folds import fold_rows
 from pipeline.metrics import Metric
 from pipeline.progress import Progress
-from pipeline.errors import TrainingError
+from pipeline.errors import DataError, ParamError, TrainingError
 from pipeline.tabular import infold
 from pipeline.tabular.budget import Budget, OutOfTime
 from pipeline.tabular.ensemble import blend, fit_weights
@@ -90,12 +90,30 @@ class Shared:
         return data, [r.to(data.device) for r in self.train_rows], [r.to(data.device) for r in self.valid_rows]
 
 
+def _check_classes(features: Features, splits: list, folds: int) -> None:
+    """Refused up front, not deep in a library: a fold whose training rows hold one class (a
+    classifier learns nothing), and for a metric of two classes (AUC), a fold whose rows do."""
+    if features.spec.scorer.task.continuous:
+        return
+    counts = torch.bincount(features.y)
+    rarest = int(counts.argmin())
+    for k, (train, valid) in enumerate(splits):
+        if features.y[train].unique().numel() < 2:
+            raise DataError(f"fold {k + 1}'s training rows hold one class: class {features.classes[rarest]!r} has "
+                            f"only {int(counts[rarest])} row(s); add rows of it or drop them")
+        if features.spec.scorer.binary and features.y[valid].unique().numel() < 2:
+            raise ParamError("folds", folds, f"fold {k + 1}'s rows hold one class, and metric "
+                             f"{features.spec.scorer.name} needs both; the smaller class has "
+                             f"{int(counts[rarest])} rows: give at most {int(counts[rarest])} folds")
+
+
 def _shared(features: Features, folds: FoldParams, device: torch.device, **options) -> Shared:
     """The folds' rows and, when the table has high-cardinality categories or free text, the
     in-fold columns of each fold, fit on its training rows only."""
     splits = fold_rows(features.y, folds.folds, folds.split, folds.seed, stratify=features.spec.scorer.task.stratify,
                        groups=None if features.groups is None else features.groups.numpy(),
                        times=None if features.times is None else features.times.numpy())
+    _check_classes(features, splits, folds.folds)
     train_rows = [tr for tr, _ in splits]
     extra = None
     if infold.width(features.codes, features.texts, len(features.classes)):
@@ -189,6 +207,7 @@ class RecipeScore:
     budgets: list[float | None]
     blend_oof: torch.Tensor  # (rows, outputs): each row's blend by the fold that did not train on it
     kept: list[int] = field(default_factory=list)  # the recipe's members these are (a time limit cuts some)
+    fold_of: torch.Tensor | None = None  # (rows,) the fold that validates each row; -1: none (a time split)
 
 
 @dataclass
@@ -295,9 +314,10 @@ def _blended(shared: Shared, runs: list[MemberRun], blend_with: str, device: tor
     train_scored = scored(train_rows, shared.seed)
     member_scores = [_member_scores(r, p, data, train_scored, valid_rows) for r, p in zip(runs, predictions)]
     oof = torch.stack([out_of_fold(p, valid_rows) for p in predictions])
-    validated = torch.zeros(len(data.y), dtype=torch.bool, device=device)
-    for rows in valid_rows:
-        validated[rows] = True
+    fold_of = torch.full((len(data.y),), -1, dtype=torch.int64, device=device)
+    for k, rows in enumerate(valid_rows):
+        fold_of[rows] = k
+    validated = fold_of >= 0
     fold_weights = []
     for rows in valid_rows:
         others = validated.clone()
@@ -315,4 +335,4 @@ def _blended(shared: Shared, runs: list[MemberRun], blend_with: str, device: tor
                        score_groups(blended, data.y, valid_rows, data.metric), failed, *curves)
     weights = fit_weights(blend_with, oof[:, validated], data.y[validated], data.metric)
     return RecipeScore(score, member_scores, weights, fold_weights, oof.cpu(), [r.budget for r in runs],
-                       out_of_fold(blended, valid_rows).cpu())
+                       out_of_fold(blended, valid_rows).cpu(), fold_of=fold_of.cpu())

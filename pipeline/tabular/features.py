@@ -122,6 +122,7 @@ class Features:
     columns: list[dict] = field(default_factory=list)
     groups: torch.Tensor | None = None  # each training row's group (the group split)
     times: torch.Tensor | None = None  # each training row's time in days, NaN unknown (the time split)
+    train_ids: list = field(default_factory=list)  # what a run's out-of-fold predictions are keyed by
 
     def to_state(self) -> dict:
         """A dict of tensors and plain values, loadable with ``torch.load(weights_only=True)``."""
@@ -175,8 +176,8 @@ class FeatureBuilder:
     def __init__(self, tables: Tables, params: FeatureParams):
         train, test = tables.train, tables.test
         self.params, self.source = params, list(train.columns)
-        self.roles = column_roles(train, test, tables.spec.columns, str(tables.train_path)) if params.roles \
-            else dtype_roles(train, test)
+        self.roles = column_roles(train, test, tables.spec.columns, str(tables.train_path), tables.spec.time) \
+            if params.roles else dtype_roles(train, test)
         fit = pd.concat([train, test]) if params.fit_on == "all" else train
         self.derived = Derived(self.roles.kept, fit, params.max_levels, params.min_count)
         numbers, categories = self.derived.frames(fit)
@@ -308,4 +309,4 @@ def build_features(tables: Tables, params: FeatureParams = FeatureParams()) -> F
         native_categorical=list(range(len(builder.numeric), len(builder.native_names))), builder=builder,
         codes=torch.from_numpy(train.codes), codes_test=torch.from_numpy(test.codes),
         texts=train.texts, texts_test=test.texts, columns=builder.column_rows(),
-        groups=groups, times=times)
+        groups=groups, times=times, train_ids=[] if tables.train_ids is None else [shown(i) for i in tables.train_ids])

@@ -12,20 +12,22 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline import checkpoints, reports
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, TrainingError
-from pipeline.make import Context, Stage
-from pipeline.submissions import write_copies
+from pipeline.make import Context, Stage, read_lock
+from pipeline.submissions import like_sample, write_copies
+from pipeline.tabular import runs
 from pipeline.tabular.budget import FINAL_FIT, Budget
 from pipeline.tabular.cv import cross_validate_recipe
 from pipeline.tabular.features import Features, build_features
 from pipeline.tabular.model import TrainedModel, fit_final
 from pipeline.tabular.recipe import FEATURE_KEYS
 from pipeline.tabular.report import cv_report
-from pipeline.tabular.tables import load_tables, read_test
+from pipeline.tabular.tables import load_tables, read_csv, read_test
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +84,11 @@ def cv(ctx: Context) -> tuple[list[Path], dict]:
         "members": [m.label for m in recipe.members], "kept": result.kept, "predictions": result.oof,
         "weights": result.weights, "budgets": result.budgets,
         "diverged": [m.label for m in result.members if m.failed]})
+    kept = runs.write(run_dir / "oof.csv", features.spec.id, features.train_ids or list(range(len(features.y))),
+                      result.blend_oof, runs.columns(features.spec, features.classes), result.fold_of)
     path = reports.save_report(run_dir, report, ctx.workspace)
     pictures = [run_dir / name for name in report["plots"]]
-    return [path, run_dir / "report.md", run_dir / "report.html", *pictures, oof], report
+    return [path, run_dir / "report.md", run_dir / "report.html", *pictures, oof, kept], report
 
 
 def train(ctx: Context) -> tuple[list[Path], dict]:
@@ -133,8 +137,20 @@ def submit(ctx: Context) -> tuple[list[Path], dict]:
     device = resolve_device(ctx.device)
     model = load_model(ctx, features, device)
     predictions = model.predict(model.test_inputs(features, device))
-    frame, checks = submission(features, predictions)
-    return write_copies(ctx.workspace.submissions / f"{ctx.section}.csv", ctx.out, frame, **checks)
+    frame, checks = submission(features, predictions, sample=ctx.target.sample_path(ctx.workspace.data))
+    outs, summary = write_copies(ctx.workspace.submissions / f"{ctx.section}.csv", ctx.out, frame, **checks)
+    run_dir = _cv_run_dir(ctx)
+    if run_dir is not None:  # beside the out-of-fold predictions of the CV the model was trained from
+        outs.append(runs.write(run_dir / "test.csv", features.spec.id, features.test_ids, torch.from_numpy(
+            np.asarray(predictions, dtype=np.float64)), runs.columns(features.spec, features.classes)))
+    return outs, summary
+
+
+def _cv_run_dir(ctx: Context) -> Path | None:
+    """The folder of the CV run whose weights and training lengths the final model took."""
+    outs = read_lock(ctx.workspace).get(ctx.section, {}).get("cv", {}).get("outs", {})
+    report = next((ctx.workspace.root / p for p in outs if p.endswith("report.json")), None)
+    return report.parent if report is not None and report.parent.is_dir() else None
 
 
 def predict_file(ctx: Context, test: Path) -> dict:
@@ -150,11 +166,33 @@ def predict_file(ctx: Context, test: Path) -> dict:
     return write_copies(out, None, submission_frame, **checks)[1]
 
 
-def submission(features: Features, predictions, ids: list | None = None):
-    """The submission frame of ``predictions`` for the test ids (or ``ids``), and its checks."""
+def submission(features: Features, predictions, ids: list | None = None, sample: Path | None = None):
+    """The submission frame of ``predictions`` for the test ids (or ``ids``), in the format of
+    the ``sample`` submission if there is one, and its checks."""
     spec, ids = features.spec, features.test_ids if ids is None else ids
     frame, checks = spec.scorer.submits.frame({spec.id: ids}, spec.label, predictions, features.classes, spec.scorer)
-    return frame, dict(checks, id_column=spec.id, expected_ids=ids)
+    checks = dict(checks, id_column=spec.id, expected_ids=ids)
+    return (frame, checks) if sample is None else like_sample(frame, checks, read_csv(sample), str(sample))
+
+
+def blend_runs(ctx: Context, run_dirs: list[Path], how: str) -> dict:
+    """Runs of this target blended on their out-of-fold predictions (honestly scored) and their
+    test predictions blended with the same weights, as a checked submission at ``ctx.out``."""
+    features = load_features(ctx)
+    spec = features.spec
+    done = runs.blend_runs(run_dirs, features.y, spec.scorer, spec.id, runs.columns(spec, features.classes), how,
+                           ctx.target.name)
+    frame, checks = submission(features, done["test"].numpy(), done["test_ids"],
+                               sample=ctx.target.sample_path(ctx.workspace.data))
+    out = ctx.out or ctx.workspace.submissions / f"{ctx.target.name}-blend.csv"
+    write_copies(out, None, frame, **checks)
+    folds = [f"fold {k + 1}" for k in range(len(done["blend"]))]
+    rows = [{"run": d.name, "weight": w, "mean valid": float(np.mean(s)), **dict(zip(folds, s))}
+            for d, w, s in zip(run_dirs, done["weights"], done["runs"])]
+    rows.append({"run": "blend (weights fit without the scored fold)", "weight": "",
+                 "mean valid": float(np.mean(done["blend"])), **dict(zip(folds, done["blend"]))})
+    return {"metric": spec.scorer.name, "blend": float(np.mean(done["blend"])), "submission": str(out),
+            "rows": rows, "columns": ["run", "weight", "mean valid", *folds]}
 
 
 def _cv_params(ctx: Context) -> dict:
@@ -174,8 +212,9 @@ STAGES = (
     Stage("preprocess", ("download",), lambda ctx: asdict(ctx.config.features),
           ("pipeline.tabular.tables", "pipeline.tabular.features", "pipeline.metrics", "pipeline.tasks",
            "pipeline.checkpoints"), preprocess),
-    Stage("cv", ("preprocess",), _cv_params, _TRAINING + ("pipeline.plots", "pipeline.reports", "pipeline.tabular.report"),
-          cv),
+    Stage("cv", ("preprocess",), _cv_params,
+          _TRAINING + ("pipeline.plots", "pipeline.reports", "pipeline.tabular.report", "pipeline.tabular.runs"), cv),
     Stage("train", ("preprocess", "cv"), _cv_params, _TRAINING + ("pipeline.tabular.tables",), train),
-    Stage("submit", ("preprocess", "train"), lambda ctx: {}, _TRAINING + ("pipeline.submissions",), submit),
+    Stage("submit", ("preprocess", "train"), lambda ctx: {},
+          _TRAINING + ("pipeline.submissions", "pipeline.tabular.runs"), submit),
 )

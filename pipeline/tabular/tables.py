@@ -51,6 +51,7 @@ class Tables:
     spec: TableSpec
     train_path: Path
     test_path: Path
+    train_ids: pd.Series | None = None
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
@@ -154,7 +155,8 @@ def load_tables(train_path: str | Path, test_path: str | Path, spec: TableSpec) 
     keep = [c for c in common if c not in empty]
     if not keep:
         raise DataError(f"{train_path} and {test_path} share no feature column with values")
-    return Tables(train_features[keep], test_features[keep], labels, test[spec.id], spec, train_path, test_path)
+    return Tables(train_features[keep], test_features[keep], labels, test[spec.id], spec, train_path, test_path,
+                  train[spec.id])
 
 
 def read_test(path: str | Path, spec: TableSpec, columns: list[str]) -> tuple[list, pd.DataFrame]:
