@@ -33,6 +33,7 @@ from recipes import COMPETITIONS  # benchmarks/recipes.py
 from tables import COMPETITIONS as WITH_DATES, command, declare, row  # benchmarks/tables.py
 
 SIZES = (10_000, 100_000, 300_000)
+TIGHT = "10s"  # a limit below every competition's CV time, to show what the budget gives up
 
 
 def binary_table(folder: Path, rows: int, seed: int = 0, numbers: int = 25, levels=(3, 8, 20, 100, 1000)) -> dict:
@@ -143,15 +144,25 @@ def bench_limits(shared: Path, root: Path) -> list[bool]:
     (root / "pipeline.toml").write_text(declare(targets))
     pipe, results = Pipeline(root), []
     for name in targets:
-        unlimited = pipe.cv(name)["mean_valid"]
+        pipe.preprocess(name)
         started = time.perf_counter()
-        limited = pipe.cv(name, time_limit="2m")
-        seconds = time.perf_counter() - started
+        unlimited = pipe.cv(name)["mean_valid"]
+        free = time.perf_counter() - started
         metric = pipe.context(name).target.spec.scorer
-        worse = (unlimited - limited["mean_valid"]) if metric.higher_is_better else (limited["mean_valid"] - unlimited)
-        results.append(seconds <= 120 and worse <= 0.02 * abs(unlimited))
-        row(f"{name}: cv --time-limit 2m against no limit", f"{limited['mean_valid']:.4f} vs {unlimited:.4f}",
-            f"{seconds:.0f} s", results[-1])
+        for limit in ("2m", TIGHT):
+            started = time.perf_counter()
+            limited = pipe.cv(name, time_limit=limit)
+            seconds = time.perf_counter() - started
+            worse = (unlimited - limited["mean_valid"]) if metric.higher_is_better else \
+                (limited["mean_valid"] - unlimited)
+            if limit == TIGHT:  # shown, not judged: what a limit shorter than the CV gives up
+                spent = limited["time_limit"]
+                row(f"  --time-limit {TIGHT}: cut {[c['member'] for c in spent['cut']]}, shortened "
+                    f"{[c['member'] for c in spent['shortened']]}", f"{limited['mean_valid']:.4f}", f"{seconds:.0f} s")
+                continue
+            results.append(seconds <= 120 and worse <= 0.02 * abs(unlimited))
+            row(f"{name}: cv --time-limit 2m against no limit ({free:.0f} s)",
+                f"{limited['mean_valid']:.4f} vs {unlimited:.4f}", f"{seconds:.0f} s", results[-1])
     return results
 
 
