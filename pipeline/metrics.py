@@ -185,8 +185,16 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 
 
 
-def metric_for(name: str, task: str | None = None, *, where: str = "metric") -> Metric:
-    """The metric called ``name``, checked against ``task``; a bad choice is a one-line error."""
+SUBMITS = {kind.name: kind for kind in (VALUES, LABELS, PROBABILITIES)}
+
+
+def metric_for(name: str, task: str | None = None, *, where: str = "metric", higher_is_better: bool | None = None,
+               submits: str | None = None) -> Metric:
+    """The metric called ``name``, checked against ``task``; a bad choice is a one-line error.
+    ``module:function`` (or ``path/file.py:function``) is a custom metric of that task, whose
+    direction ``higher_is_better`` must be given (see :func:`custom_metric`)."""
+    if ":" in name:
+        return custom_metric(name, task or "regression", higher_is_better, submits, where)
     metric = METRICS.get(name)
     if metric is None:
         raise ConfigError(f"{where}: unknown metric {name!r} (choose from {', '.join(METRICS)})")
@@ -195,3 +203,63 @@ def metric_for(name: str, task: str | None = None, *, where: str = "metric") -> 
         raise ConfigError(f"{where}: metric {name!r} does not fit task {task!r} (choose from {fits})")
     return metric
 
+
+
+def custom_metric(reference: str, task: str, higher_is_better: bool | None, submits: str | None,
+                  where: str = "metric") -> Metric:
+    """A competition's own metric: ``function(y_true, y_pred) -> float`` in a module
+    (``package.module:function``) or a file (``path/file.py:function``). ``y_true`` is the labels
+    (class indices for classification, the positive class 1); ``y_pred`` is what the submission
+    holds (``submits``; by default values for a regression, probabilities for classification):
+    values, P(positive) for two classes, (rows, classes) for more, or class indices for labels."""
+    if not isinstance(higher_is_better, bool):
+        raise ConfigError(f"{where}: a custom metric needs its direction: higher_is_better = true or false")
+    task_ = TASKS[task]
+    kind = submits or ("values" if task_.continuous else "probabilities")
+    if kind not in SUBMITS or (kind == "values") != task_.continuous:
+        fits = "values" if task_.continuous else "labels or probabilities"
+        raise ConfigError(f"{where}: submits = {kind!r} does not fit task {task!r} (choose {fits})")
+    function = _load(reference, where)
+    return Metric(reference, task_, higher_is_better, SUBMITS[kind], whole=_per_model(function, task_, kind))
+
+
+_LOADED: dict[str, Callable] = {}
+
+
+def _load(reference: str, where: str) -> Callable:
+    if reference not in _LOADED:
+        import importlib
+        import importlib.util
+
+        module_name, _, function_name = reference.rpartition(":")
+        try:
+            if module_name.endswith(".py"):
+                spec = importlib.util.spec_from_file_location(f"pipeline_metric_{len(_LOADED)}", module_name)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(module_name)
+        except (OSError, ImportError, SyntaxError) as exc:
+            raise ConfigError(f"{where}: cannot load {module_name} for metric {reference!r}: "
+                              f"{str(exc).splitlines()[0]}") from None
+        function = getattr(module, function_name, None)
+        if not callable(function):
+            raise ConfigError(f"{where}: {module_name} has no function {function_name!r}")
+        _LOADED[reference] = function
+    return _LOADED[reference]
+
+
+def _per_model(function: Callable, task: Task, kind: str) -> Callable:
+    """``whole`` for a custom metric: the function of numpy arrays, once per leading index."""
+
+    def score(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        leading = pred.shape[: pred.dim() - (1 if task.continuous else 2)]
+        y = labels.cpu().numpy()
+        flat = pred.detach().reshape(-1, *pred.shape[len(leading):]).cpu().numpy()
+        if kind == "labels":
+            flat = flat.argmax(-1)
+        elif kind == "probabilities" and flat.shape[-1] == 2:
+            flat = flat[..., 1]
+        return torch.tensor([float(function(y, p)) for p in flat], dtype=torch.float64).reshape(leading)
+
+    return score

@@ -30,6 +30,12 @@ def headline_score(report: dict) -> float | None:
     return report.get("mean_valid", report.get("test_accuracy", report.get("best_mean_valid")))
 
 
+def higher_is_better(report: dict) -> bool | None:
+    """The direction of a report's metric: a built-in metric's, or as a custom one's report says."""
+    metric = METRICS.get(report.get("metric"))
+    return metric.higher_is_better if metric is not None else report.get("higher_is_better")
+
+
 def best_run(workspace: Workspace, target: str, metric: str) -> dict | None:
     """The best earlier run of ``target`` scored by ``metric``: its leaderboard row."""
     rows = [r for r in leaderboard(workspace, target) if r["metric"] == metric and not _failed(r["score"])]
@@ -40,7 +46,7 @@ def save_report(run_dir: Path, report: dict, workspace: Workspace | None = None)
     """Write ``report.md``, ``report.html`` and ``report.json`` (atomically) into ``run_dir``;
     with ``workspace``, the headline compares the score with the best earlier run of the target."""
     score = headline_score(report)
-    if workspace is not None and score is not None and report.get("metric") in METRICS:
+    if workspace is not None and score is not None and higher_is_better(report) is not None:
         best = best_run(workspace, report["target"], report["metric"])
         if best is not None:
             report["compared"] = {"run": best["run"], "score": best["score"], "change": score - best["score"]}
@@ -75,7 +81,7 @@ def headline(report: dict) -> str:
         text = metric
     compared = report.get("compared")
     if compared:
-        better = METRICS[metric].better(headline_score(report), compared["score"])
+        better = (headline_score(report) > compared["score"]) == higher_is_better(report)
         word = "better than" if better else ("the same as" if compared["change"] == 0 else "worse than")
         text += f"; {compared['change']:+.5f}, {word} the best earlier run ({compared['run']}, {_fmt(compared['score'])})"
     return text
@@ -198,10 +204,11 @@ def _reports(workspace: Workspace) -> list[dict]:
 def leaderboard(workspace: Workspace, target: str | None = None) -> list[dict]:
     """Every run's headline score, best first within each target and metric; the best of each
     target and metric is marked ``best``."""
-    rows = []
+    rows, higher = [], {}
     for report in _reports(workspace):
         if target and report.get("target") != target:
             continue
+        higher[report["run"]] = higher_is_better(report)
         score = headline_score(report)
         if score is None:
             continue
@@ -212,9 +219,9 @@ def leaderboard(workspace: Workspace, target: str | None = None) -> list[dict]:
                      "device": report["device"]})
 
     def key(row):
-        metric = METRICS.get(row["metric"])
-        bad = _failed(row["score"])
-        return (row["target"], row["metric"], bad, 0 if bad or metric is None else metric.sort_key(row["score"]))
+        bad, direction = _failed(row["score"]), higher[row["run"]]
+        return (row["target"], row["metric"], bad, 0 if bad or direction is None else
+                (-row["score"] if direction else row["score"]))
 
     rows.sort(key=key)
     seen = set()

@@ -235,7 +235,8 @@ FASHION = ImageTarget("fashion", tuple(DATA_HUB[n] for n in GROUPS["fashion"]),
                       {"model": "mlp", "valid_fraction": 0.1, "folds": 0, "seed": 0, "tta": False})
 BUILTIN = {"house": HOUSE, "fashion": FASHION}
 TARGET_KEYS = {"train", "test", "train_sha1", "test_sha1", "id", "label", "task", "metric", "columns", "group", "time",
-               "archive", "archive_sha1", "positive", "sample", "sample_sha1", "kaggle"}
+               "archive", "archive_sha1", "positive", "sample", "sample_sha1", "kaggle", "higher_is_better",
+               "submits"}
 
 
 def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
@@ -256,7 +257,8 @@ def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
         if missing:
             raise ConfigError(f"{where}: missing key {missing[0]!r}")
         task = task_for(table.get("task", "regression"), where)
-        metric = metric_for(table.get("metric", task.default_metric), task.name, where=where)
+        metric = metric_for(_metric_reference(table.get("metric", task.default_metric), path.parent), task.name,
+                            where=where, higher_is_better=table.get("higher_is_better"), submits=table.get("submits"))
         archive = None
         if "kaggle" in table and "archive" in table:
             raise ConfigError(f"{where}: kaggle and archive both say where the files come from; keep one")
@@ -275,12 +277,21 @@ def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
         if positive is not None and metric.task.continuous:
             raise ConfigError(f"{where}: positive names a class; it is for task \"classification\"")
         spec = TableSpec(table["id"], table["label"], task.name, metric.name, positive,
-                         _columns(table.get("columns", {}), where), table.get("group"), table.get("time"))
+                         _columns(table.get("columns", {}), where), table.get("group"), table.get("time"),
+                         table.get("higher_is_better"), table.get("submits"))
         targets[name] = TabularTarget(name, sources["train"], sources["test"], spec,
                                       {"model": "linear", "split": "shuffled"}, DECLARED_FAMILIES, {"auto": AUTO},
                                       "auto", DECLARED_MODELS, archive=archive, sample=sources.get("sample"),
                                       kaggle=table.get("kaggle"))
     return targets
+
+
+def _metric_reference(metric, base: Path):
+    """A custom metric in a file (``scoring.py:gini``) names the file from pipeline.toml's folder."""
+    if isinstance(metric, str) and ":" in metric and metric.rpartition(":")[0].endswith(".py"):
+        module, _, function = metric.rpartition(":")
+        return f"{(base / module).expanduser().resolve()}:{function}"
+    return metric
 
 
 def _columns(declared, where: str) -> dict:

@@ -22,7 +22,7 @@ def cv_report(run_dir: Path, target: str, features: Features, recipe: Recipe, re
     pictures = _pictures(run_dir, target, features, recipe, result)
     report = {
         "run": run_dir.name, "target": target, "command": "cv", "metric": metric.name,
-        "params": recipe.used_params(metric.task),
+        "higher_is_better": metric.higher_is_better, "params": recipe.used_params(metric.task),
         "folds": [{"train": tr, "valid": va, "failed_epoch": fe}
                   for tr, va, fe in zip(score.train, score.valid, score.failed_epoch)],
         "mean_valid": score.mean_valid, "std_valid": score.std_valid,

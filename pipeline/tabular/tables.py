@@ -34,10 +34,13 @@ class TableSpec:
     columns: dict = field(default_factory=dict)
     group: str | None = None
     time: str | None = None
+    higher_is_better: bool | None = None  # a custom metric's direction
+    submits: str | None = None  # what a custom metric's submission holds
 
     @property
     def scorer(self) -> Metric:
-        return metric_for(self.metric, task_for(self.task).name)
+        return metric_for(self.metric, task_for(self.task).name, higher_is_better=self.higher_is_better,
+                          submits=self.submits)
 
 
 @dataclass
