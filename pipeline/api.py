@@ -25,7 +25,7 @@ from pipeline.results import Diff, Result, RunReport, Table
 from pipeline.tabular import stages as tabular_stages, sweep as tabular_sweep
 from pipeline.tabular.search import parse_ranges
 from pipeline.tabular.trainer import TrainParams
-from pipeline.targets import all_targets, check_flags, declared_targets, get_target
+from pipeline.targets import SeveralLabels, all_targets, check_flags, declared_targets, get_target
 from pipeline.workspace import Workspace, mirrors_from_env
 
 
@@ -78,6 +78,8 @@ class Pipeline:
 
     def download(self, name: str) -> list[str]:
         """A target's data, a hub dataset, a group or ``all``: the verified files' paths."""
+        if (several := self._several(name)) is not None:
+            return sorted({f for part in several.parts for f in self.download(part.name)})
         if name in all_targets(self.workspace):
             return self._make(self.context(name), "download").get("files", [])
         with self.workspace.exclusive(self.wait):
@@ -96,7 +98,15 @@ class Pipeline:
     def hub(self) -> Table:
         return Table(hub.status(self.workspace.data), ["name", "cached", "verified", "url"])
 
+    def _several(self, target: str):
+        """The competition of several label columns called ``target``, else None: commands on
+        it run on each column's target (``NAME.COLUMN``)."""
+        chosen = all_targets(self.workspace).get(target)
+        return chosen if isinstance(chosen, SeveralLabels) else None
+
     def preprocess(self, target: str, **params) -> dict:
+        if (several := self._several(target)) is not None:
+            return Result({p.name: self.preprocess(p.name, **params).get("features", "up to date") for p in several.parts})
         return self._make(self.context(target, params), "preprocess")
 
     def columns(self, target: str, **params) -> Table:
@@ -112,12 +122,17 @@ class Pipeline:
            **params) -> dict:
         """K-fold cross-validation of the target's recipe: its report. ``backend="ray"`` runs
         each member as a Ray task (``address``: a cluster to join; else a local Ray)."""
+        if (several := self._several(target)) is not None:
+            reports = [self.cv(p.name, device, backend, address, **params) for p in several.parts]
+            return Result(tabular_stages.joined_scores(several, reports))
         chosen = backends.backend(backend, address)
         ctx = self.context(target, params, device, backend=chosen, command="cv")
         with chosen:
             return self._make(ctx, "cv")
 
     def train(self, target: str, device: str = "auto", **params) -> dict:
+        if (several := self._several(target)) is not None:
+            return Result({p.name: self.train(p.name, device, **params)["model"] for p in several.parts})
         return self._make(self.context(target, params, device), "train")
 
     def evaluate(self, target: str, device: str = "auto", **params) -> dict:
@@ -130,7 +145,13 @@ class Pipeline:
         model (trained first if it is not up to date). ``to_kaggle``: a message; the checked CSV
         is then uploaded to the target's competition on Kaggle."""
         competition = None if to_kaggle is None else self._competition(target)  # credentials before any work
-        if test is None:
+        several = self._several(target)
+        if several is not None and test is None:
+            for part in several.parts:
+                self.submit(part.name, None, device, **params)
+            with self.workspace.exclusive(self.wait):
+                summary = Result(tabular_stages.join_submissions(self.workspace, several, Path(out) if out else None))
+        elif test is None:
             summary = self._make(self.context(target, params, device, out), "submit")
         else:
             ctx = self.context(target, params, device, out, command="predict")
@@ -159,6 +180,15 @@ class Pipeline:
             **params) -> Result:
         """Every stage in order through ``until``, skipping those that are up to date; what they
         left: the score of the latest report, and where that report and the submission are."""
+        if (several := self._several(target)) is not None:
+            outcomes = [self.run(p.name, until, force, device, **params) for p in several.parts]
+            scores = {p.spec.label: o.get("score") for p, o in zip(several.parts, outcomes)}
+            outcome = {"target": target, "metric": outcomes[0].get("metric"), **scores,
+                       "mean": None if None in scores.values() else sum(scores.values()) / len(scores)}
+            if all("submission" in o for o in outcomes):
+                with self.workspace.exclusive(self.wait):
+                    outcome["submission"] = tabular_stages.join_submissions(self.workspace, several, None)["submission"]
+            return Result(outcome)
         ctx = self.context(target, params, device)
         with self.workspace.exclusive(self.wait):
             make.make(ctx, until or ctx.target.stages[-1].name, force=force, in_order=True, report=self.announce)
@@ -181,6 +211,9 @@ class Pipeline:
         return outcome
 
     def status(self, target: str, device: str = "auto", **params) -> Table:
+        if (several := self._several(target)) is not None:
+            return Table([{**row, "stage": f"{p.spec.label}: {row['stage']}"} for p in several.parts
+                          for row in self.status(p.name, device, **params)], ["stage", "state", "reason"])
         return Table(make.status(self.context(target, params, device)), ["stage", "state", "reason"])
 
     def blend(self, run_names: list[str], out: str | Path | None = None, how: str = "greedy") -> Result:

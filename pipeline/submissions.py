@@ -18,10 +18,11 @@ PROBABILITY_SUM_TOLERANCE = 1e-4  # float32 probabilities of a few classes sum t
 
 def check_submission(frame: pd.DataFrame, *, id_column: str, label_column: str | list[str], expected_ids: list,
                      positive: bool = False, non_negative: bool = False, classes: list | None = None,
-                     probabilities: bool = False) -> None:
+                     probabilities: bool = False, numeric: bool = True) -> None:
     """Raise :class:`DataError` unless ``frame`` is exactly what the competition accepts.
 
-    ``label_column`` is one column, or for multiclass probabilities one per class."""
+    ``label_column`` is one column, or for multiclass probabilities one per class, or one per
+    label of a competition with several (``numeric``: they hold numbers, not class labels)."""
     label_columns = [label_column] if isinstance(label_column, str) else list(label_column)
     if list(frame.columns) != [id_column, *label_columns]:
         raise DataError(f"submission header is {','.join(map(str, frame.columns))}; "
@@ -33,6 +34,8 @@ def check_submission(frame: pd.DataFrame, *, id_column: str, label_column: str |
         raise DataError(f"submission repeats {id_column} {shown(ids[ids.duplicated()].iloc[0])!r}")
     if list(ids) != list(expected_ids):
         raise DataError(f"submission {id_column}s differ from the test file's, in order or value")
+    if not numeric:
+        return
     if classes is not None:
         labels = frame[label_columns[0]]
         unknown = ~labels.isin(classes)

@@ -21,7 +21,7 @@ params' defaults and choices; a tabular target's params resolve into a typed rec
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from pipeline import hub
@@ -276,14 +276,67 @@ def declared_targets(workspace: Workspace) -> dict[str, TabularTarget]:
         positive = table.get("positive")
         if positive is not None and metric.task.continuous:
             raise ConfigError(f"{where}: positive names a class; it is for task \"classification\"")
-        spec = TableSpec(table["id"], table["label"], task.name, metric.name, positive,
+        labels = _labels(table["label"], where)
+        spec = TableSpec(table["id"], labels[0], task.name, metric.name, positive,
                          _columns(table.get("columns", {}), where), table.get("group"), table.get("time"),
                          table.get("higher_is_better"), table.get("submits"))
-        targets[name] = TabularTarget(name, sources["train"], sources["test"], spec,
-                                      {"model": "linear", "split": "shuffled"}, DECLARED_FAMILIES, {"auto": AUTO},
-                                      "auto", DECLARED_MODELS, archive=archive, sample=sources.get("sample"),
-                                      kaggle=table.get("kaggle"))
+        target = TabularTarget(name, sources["train"], sources["test"], spec,
+                               {"model": "linear", "split": "shuffled"}, DECLARED_FAMILIES, {"auto": AUTO},
+                               "auto", DECLARED_MODELS, archive=archive, sample=sources.get("sample"),
+                               kaggle=table.get("kaggle"))
+        targets.update(SeveralLabels.of(target, labels) if len(labels) > 1 else {name: target})
     return targets
+
+
+def _labels(label, where: str) -> list[str]:
+    """``label = "y"``, or several columns: ``label = ["y1", "y2"]``."""
+    labels = [label] if isinstance(label, str) else label
+    if not isinstance(labels, list) or not labels or not all(isinstance(c, str) and c for c in labels) \
+            or len(set(labels)) != len(labels):
+        raise ConfigError(f"{where}: label must be a column name or a list of distinct column names")
+    return labels
+
+
+@dataclass(frozen=True)
+class SeveralLabels:
+    """A competition with several label columns (multi-target): a tabular target per column,
+    ``NAME.COLUMN``, whose features leave the other labels out (the same features and, with
+    the same split and seed, the same folds); their submissions join into one, in the sample's
+    format. Commands on NAME run on every column's target."""
+
+    name: str
+    parts: tuple
+    whole: TabularTarget  # where the files are, the sample among them
+    commands = frozenset({"download", "preprocess", "cv", "train", "submit", "run", "status"})
+
+    @classmethod
+    def of(cls, target: TabularTarget, labels: list[str]) -> dict:
+        parts = tuple(replace(target, name=f"{target.name}.{label}", sample=None,
+                              spec=replace(target.spec, label=label,
+                                           other_labels=tuple(c for c in labels if c != label)))
+                      for label in labels)
+        return {target.name: cls(target.name, parts, target), **{p.name: p for p in parts}}
+
+    def refuse(self, command: str) -> None:
+        if command not in self.commands:
+            raise UsageError(f"target {self.name} has several labels: {command} one of "
+                             f"{', '.join(p.name for p in self.parts)}")
+
+    @property
+    def flags(self) -> frozenset:
+        return self.parts[0].flags
+
+    @property
+    def choices(self) -> dict:
+        return self.parts[0].choices
+
+    @property
+    def kaggle(self) -> str | None:
+        return self.whole.kaggle
+
+    def sample_path(self, data_dir: Path) -> Path | None:
+        """In the first column's copy of the files (each column's target fetches them)."""
+        return replace(self.parts[0], sample=self.whole.sample).sample_path(data_dir)
 
 
 def _metric_reference(metric, base: Path):

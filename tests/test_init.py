@@ -25,6 +25,16 @@ def _write(folder: Path, train: pd.DataFrame, test: pd.DataFrame, sample: pd.Dat
     return folder
 
 
+def _given(folder: Path, zipped: bool) -> Path:
+    """What `pipeline init` is given: the folder, or a zip of it as Kaggle ships a competition."""
+    if not zipped:
+        return folder
+    with zipfile.ZipFile(folder.with_suffix(".zip"), "w") as archive:
+        for path in sorted(folder.iterdir()):
+            archive.write(path, f"{folder.name}/{path.name}")
+    return folder.with_suffix(".zip")
+
+
 def _tables(rows: int, labels, test_rows: int = 60, id_name: str = "id"):
     x = R.normal(size=(rows + test_rows, 3))
     frame = pd.DataFrame({id_name: np.arange(rows + test_rows) + 7, "a": x[:, 0], "b": x[:, 1],
@@ -47,11 +57,12 @@ def _assert_like(submission: pd.DataFrame, sample: pd.DataFrame):
     assert submission.dtypes.iloc[0] == sample.dtypes.iloc[0]
 
 
-def test_a_binary_competition_with_probabilities(tmp_path, capsys):
+@pytest.mark.parametrize("zipped", [False, True])
+def test_a_binary_competition_with_probabilities(tmp_path, capsys, zipped):
     train, test = _tables(300, lambda x: (x[:, 0] + R.normal(0, 0.5, len(x)) > 0).astype(int))
     sample = pd.DataFrame({"id": test["id"], "target": 0.5}).sample(frac=1, random_state=0)  # rows in its own order
     folder = _write(tmp_path / "playground-s4e1", train, test, sample)
-    code, out, err = run_cli(tmp_path, capsys, "init", str(folder))
+    code, out, err = run_cli(tmp_path, capsys, "init", str(_given(folder, zipped)))
     assert code == 0, err
     declared = read_toml(tmp_path / "pipeline.toml")["target"]["playground-s4e1"]
     assert {k: declared[k] for k in ("id", "label", "task", "metric", "positive")} == {
@@ -63,19 +74,18 @@ def test_a_binary_competition_with_probabilities(tmp_path, capsys):
     assert submission["target"].between(0, 1).all() and submission["target"].nunique() > 10
 
 
-def test_a_multiclass_competition_with_a_column_per_class_in_the_samples_order(tmp_path, capsys):
+@pytest.mark.parametrize("zipped", [False, True])
+def test_a_multiclass_competition_with_a_column_per_class_in_the_samples_order(tmp_path, capsys, zipped):
     names = np.array(["Class_2", "Class_3", "Class_1"])
     train, test = _tables(300, lambda x: names[np.digitize(x[:, 0], [-0.5, 0.5])])
     sample = pd.DataFrame({"id": test["id"], "Class_3": 1 / 3, "Class_1": 1 / 3, "Class_2": 1 / 3})
     folder = _write(tmp_path / "otto", train, test, sample)
-    with zipfile.ZipFile(tmp_path / "otto.zip", "w") as archive:  # and zipped, as Kaggle ships it
-        for name in ("train.csv", "test.csv", "sample_submission.csv"):
-            archive.write(folder / name, f"otto/{name}")
-    assert run_cli(tmp_path, capsys, "init", str(tmp_path / "otto.zip"), "--name", "zipped")[0] == 0
-    declared = read_toml(tmp_path / "pipeline.toml")["target"]["zipped"]
-    assert (declared["archive"], declared["train"], declared["label"], declared["metric"]) == (
-        "otto.zip", "otto/train.csv", "target", "logloss")
-    _, submission = _run(tmp_path, capsys, "zipped")
+    assert run_cli(tmp_path, capsys, "init", str(_given(folder, zipped)), "--name", "classes")[0] == 0
+    declared = read_toml(tmp_path / "pipeline.toml")["target"]["classes"]
+    assert (declared["train"], declared["label"], declared["metric"]) == (
+        "otto/train.csv", "target", "logloss")
+    assert declared.get("archive") == ("otto.zip" if zipped else None)
+    _, submission = _run(tmp_path, capsys, "classes")
     _assert_like(submission, sample)
     np.testing.assert_allclose(submission[["Class_3", "Class_1", "Class_2"]].sum(1), 1, atol=1e-4)
     truth = names[np.digitize(test.set_index("id").loc[submission["id"], "a"], [-0.5, 0.5])]
@@ -83,7 +93,8 @@ def test_a_multiclass_competition_with_a_column_per_class_in_the_samples_order(t
     assert (guessed.to_numpy() == truth).mean() > 0.8  # each column holds its own class's probability
 
 
-def test_house_prices_with_a_sample_made_from_the_test_ids(shared_datasets, tmp_path, capsys):
+@pytest.mark.parametrize("zipped", [False, True])
+def test_house_prices_with_a_sample_made_from_the_test_ids(shared_datasets, tmp_path, capsys, zipped):
     test = pd.read_csv(shared_datasets / "kaggle_house_pred_test.csv")
     train = pd.read_csv(shared_datasets / "kaggle_house_pred_train.csv")
     sample = pd.DataFrame({"Id": test["Id"], "SalePrice": 180000.0})
@@ -92,7 +103,7 @@ def test_house_prices_with_a_sample_made_from_the_test_ids(shared_datasets, tmp_
     train.to_csv(folder / "train.csv.zip", index=False)  # a zipped CSV stands for the CSV
     test.to_csv(folder / "test.csv", index=False)
     sample.to_csv(folder / "sample_submission.csv", index=False)
-    assert run_cli(tmp_path, capsys, "init", str(folder))[0] == 0
+    assert run_cli(tmp_path, capsys, "init", str(_given(folder, zipped)))[0] == 0
     declared = read_toml(tmp_path / "pipeline.toml")["target"]["house-prices"]
     assert (declared["train"], declared["id"], declared["label"], declared["task"], declared["metric"]) == (
         "house-prices/train.csv.zip", "Id", "SalePrice", "regression", "rmsle")
@@ -101,16 +112,41 @@ def test_house_prices_with_a_sample_made_from_the_test_ids(shared_datasets, tmp_
     assert outcome["score"] < 0.16 and submission["SalePrice"].between(30_000, 800_000).all()
 
 
+@pytest.mark.parametrize("zipped", [False, True])
+def test_a_multi_target_regression_gets_a_model_per_column_and_one_submission(tmp_path, capsys, zipped):
+    """Two label columns: a model per column (the other label never a feature), each column's
+    CV and their mean, one submission in the sample's format; from a folder or a zip."""
+    train, test = _tables(300, lambda x: x[:, 0] + 0.1 * R.normal(size=len(x)))
+    train = train.rename(columns={"target": "y1"}).assign(y2=2 * train["b"] + 0.1 * R.normal(size=300))
+    sample = pd.DataFrame({"id": test["id"], "y2": 0.0, "y1": 0.0})  # its own column order
+    folder = _write(tmp_path / "two", train, test, sample)
+    assert run_cli(tmp_path, capsys, "init", str(_given(folder, zipped)))[0] == 0
+    declared = read_toml(tmp_path / "pipeline.toml")["target"]["two"]
+    assert (declared["label"], declared["task"]) == (["y2", "y1"], "regression")
+    code, out, err = run_cli(tmp_path, capsys, "run", "two", "--model", "lightgbm", "--json")
+    assert code == 0, err
+    outcome = json.loads(out)
+    assert outcome["y1"] < 0.3 and outcome["y2"] < 0.5  # each column learned from its own signal
+    assert outcome["mean"] == pytest.approx((outcome["y1"] + outcome["y2"]) / 2)
+    submission = pd.read_csv(outcome["submission"])
+    _assert_like(submission, sample)
+    np.testing.assert_allclose(submission["y1"], pd.read_csv(tmp_path / "submissions" / "two.y1.csv")["y1"])
+    code, out, _ = run_cli(tmp_path, capsys, "columns", "two.y1", "--json")
+    assert code == 0 and [c["column"] for c in json.loads(out)] == ["a", "b", "kind"]  # not y2
+    code, out, _ = run_cli(tmp_path, capsys, "status", "two")
+    assert "y2: submit" in out and "y1: cv" in out
+
+
 @pytest.mark.parametrize("shape, needle", [
-    ("two labels", "several label columns (y1, y2)"),
+    ("two tasks", "are not all of one task and metric"),
     ("string classes", "set positive = \"CLASS\""),
     ("no shared id", "set id = \"COLUMN\""),
     ("classes unknown", "set label = \"COLUMN\""),
 ])
 def test_what_cannot_be_told_apart_is_one_line_naming_the_key(tmp_path, capsys, shape, needle):
     train, test = _tables(50, lambda x: x[:, 0])
-    train = train.rename(columns={"target": "y1"}).assign(y2=train["target"] * 2)
-    sample = pd.DataFrame({"id": test["id"], "y1": 0.0, "y2": 0.0})
+    train = train.rename(columns={"target": "y1"}).assign(y2=R.choice(["a", "b"], 50))
+    sample = pd.DataFrame({"id": test["id"], "y1": 0.0, "y2": "a"})
     if shape == "string classes":
         train = train.drop(columns="y2").assign(y1=R.choice(["left", "right"], 50))
         sample = sample.drop(columns="y2").assign(y1=0.5)

@@ -100,10 +100,30 @@ def _labels(declaration: Declaration, train: pd.DataFrame, test: pd.DataFrame, s
         keys["label"] = columns[0]
         _single(declaration, train[columns[0]], sample[columns[0]])
     elif len(in_train) > 1:
-        raise UsageError(f"sample_submission.csv holds several label columns ({', '.join(in_train)}); competitions "
-                         "with several targets cannot be declared yet: declare one label by hand")
+        _several(declaration, train, sample, columns, in_train)
     else:
         _per_class(declaration, train, test, columns)
+
+
+def _several(declaration: Declaration, train: pd.DataFrame, sample: pd.DataFrame, columns: list[str],
+             in_train: list[str]) -> None:
+    """Several label columns (multi-target): each read like a single one; they must agree."""
+    if in_train != columns:
+        missing = [c for c in columns if c not in in_train]
+        raise UsageError(f"sample_submission.csv's columns {', '.join(missing)} are not in train.csv; "
+                         "set label = [\"COLUMN\", ...] by hand")
+    found = []
+    for column in columns:
+        each = Declaration(declaration.name, {"label": column})
+        _single(each, train[column], sample[column])
+        found.append(each)
+    kinds = {(d.keys["task"], d.keys["metric"], d.keys.get("positive")) for d in found}
+    if len(kinds) > 1:
+        raise UsageError(f"the label columns {', '.join(columns)} are not all of one task and metric; "
+                         "declare a target per column by hand")
+    declaration.keys.update({k: v for k, v in found[0].keys.items() if k != "label"}, label=columns)
+    declaration.notes.update(found[0].notes)
+    declaration.notes["label"] = "several label columns: a model per column, scored on each and on the mean"
 
 
 def _single(declaration: Declaration, labels: pd.Series, submitted: pd.Series) -> None:

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pipeline import checkpoints, reports
@@ -193,6 +194,33 @@ def blend_runs(ctx: Context, run_dirs: list[Path], how: str) -> dict:
                  "mean valid": float(np.mean(done["blend"])), **dict(zip(folds, done["blend"]))})
     return {"metric": spec.scorer.name, "blend": float(np.mean(done["blend"])), "submission": str(out),
             "rows": rows, "columns": ["run", "weight", "mean valid", *folds]}
+
+
+def join_submissions(workspace, several, out: Path | None) -> dict:
+    """The submissions of a competition's label columns (each column's target submitted) joined
+    into one, in the sample's format when there is one."""
+    frames = [read_csv(workspace.submissions / f"{part.name}.csv") for part in several.parts]
+    spec = several.whole.spec
+    ids = frames[0][spec.id]
+    if not all(f[spec.id].equals(ids) for f in frames):
+        raise DataError(f"the submissions of {', '.join(p.name for p in several.parts)} hold different ids")
+    frame = pd.concat([frames[0][[spec.id]], *[f.drop(columns=spec.id) for f in frames]], axis=1)
+    labels = [c for c in frame.columns if c != spec.id]
+    checks = dict(id_column=spec.id, label_column=labels, expected_ids=ids.tolist(),
+                  numeric=spec.scorer.submits.name != "labels")
+    sample = several.sample_path(workspace.data)
+    if sample is not None:
+        frame, checks = like_sample(frame, checks, read_csv(sample), str(sample))
+    return write_copies(workspace.submissions / f"{several.name}.csv", out, frame, **checks)[1]
+
+
+def joined_scores(several, reports: list[dict]) -> dict:
+    """Each label column's CV score and their mean."""
+    scores = {part.spec.label: report["mean_valid"] for part, report in zip(several.parts, reports)}
+    return {"target": several.name, "metric": reports[0]["metric"], **scores,
+            "mean_valid": float(np.mean(list(scores.values()))),
+            "reports": [str(r.run_dir / "report.html") for r in reports if hasattr(r, "run_dir")],
+            "folds": [fold for r in reports for fold in r["folds"]]}
 
 
 def _cv_params(ctx: Context) -> dict:

@@ -36,6 +36,7 @@ class TableSpec:
     time: str | None = None
     higher_is_better: bool | None = None  # a custom metric's direction
     submits: str | None = None  # what a custom metric's submission holds
+    other_labels: tuple = ()  # a competition's other label columns: not features of this one
 
     @property
     def scorer(self) -> Metric:
@@ -138,8 +139,12 @@ def load_tables(train_path: str | Path, test_path: str | Path, spec: TableSpec) 
         name = getattr(spec, role)
         if name is not None and name not in train.columns:
             raise DataError(f"{train_path} has no {role} column {name!r} (columns: {_preview(train.columns)})")
-    train_features = _infinite_as_missing(train.drop(columns=[spec.id, spec.label]), train_path)
-    test_features = _infinite_as_missing(test.drop(columns=[spec.id, spec.label], errors="ignore"), test_path)
+    labels_and_id = [spec.id, spec.label, *spec.other_labels]
+    missing = [c for c in spec.other_labels if c not in train.columns]
+    if missing:
+        raise DataError(f"{train_path} has no label column {missing[0]!r} (columns: {_preview(train.columns)})")
+    train_features = _infinite_as_missing(train.drop(columns=labels_and_id), train_path)
+    test_features = _infinite_as_missing(test.drop(columns=labels_and_id, errors="ignore"), test_path)
 
     # Documented handling: a feature present on one side only cannot be used for prediction,
     # and a column with no values carries no information; both are dropped with a warning.
