@@ -104,6 +104,18 @@ class Pipeline:
         chosen = all_targets(self.workspace).get(target)
         return chosen if isinstance(chosen, SeveralLabels) else None
 
+    def _each_label(self, several, params: dict, command) -> list:
+        """``command(name, params)`` on each label column's target. A time limit is the whole
+        command's: each column gets an even share of what is left when its turn comes."""
+        limit = self.context(several.parts[0].name, params).config.time_limit
+        deadline = None if limit is None else time.monotonic() + limit
+        done = []
+        for i, part in enumerate(several.parts):
+            share = {} if deadline is None else {
+                "time_limit": max(1.0, (deadline - time.monotonic()) / (len(several.parts) - i))}
+            done.append(command(part.name, {**params, **share}))
+        return done
+
     def preprocess(self, target: str, **params) -> dict:
         if (several := self._several(target)) is not None:
             return Result({p.name: self.preprocess(p.name, **params).get("features", "up to date") for p in several.parts})
@@ -123,7 +135,8 @@ class Pipeline:
         """K-fold cross-validation of the target's recipe: its report. ``backend="ray"`` runs
         each member as a Ray task (``address``: a cluster to join; else a local Ray)."""
         if (several := self._several(target)) is not None:
-            reports = [self.cv(p.name, device, backend, address, **params) for p in several.parts]
+            reports = self._each_label(several, params, lambda name, given: self.cv(name, device, backend, address,
+                                                                                    **given))
             return Result(tabular_stages.joined_scores(several, reports))
         chosen = backends.backend(backend, address)
         ctx = self.context(target, params, device, backend=chosen, command="cv")
@@ -132,7 +145,8 @@ class Pipeline:
 
     def train(self, target: str, device: str = "auto", **params) -> dict:
         if (several := self._several(target)) is not None:
-            return Result({p.name: self.train(p.name, device, **params)["model"] for p in several.parts})
+            models = self._each_label(several, params, lambda name, given: self.train(name, device, **given))
+            return Result({p.name: m["model"] for p, m in zip(several.parts, models)})
         return self._make(self.context(target, params, device), "train")
 
     def evaluate(self, target: str, device: str = "auto", **params) -> dict:
@@ -147,8 +161,7 @@ class Pipeline:
         competition = None if to_kaggle is None else self._competition(target)  # credentials before any work
         several = self._several(target)
         if several is not None and test is None:
-            for part in several.parts:
-                self.submit(part.name, None, device, **params)
+            self._each_label(several, params, lambda name, given: self.submit(name, None, device, **given))
             with self.workspace.exclusive(self.wait):
                 summary = Result(tabular_stages.join_submissions(self.workspace, several, Path(out) if out else None))
         elif test is None:
@@ -181,7 +194,8 @@ class Pipeline:
         """Every stage in order through ``until``, skipping those that are up to date; what they
         left: the score of the latest report, and where that report and the submission are."""
         if (several := self._several(target)) is not None:
-            outcomes = [self.run(p.name, until, force, device, **params) for p in several.parts]
+            outcomes = self._each_label(several, params, lambda name, given: self.run(name, until, force, device,
+                                                                                      **given))
             scores = {p.spec.label: o.get("score") for p, o in zip(several.parts, outcomes)}
             outcome = {"target": target, "metric": outcomes[0].get("metric"), **scores,
                        "mean": None if None in scores.values() else sum(scores.values()) / len(scores)}

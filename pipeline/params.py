@@ -72,12 +72,13 @@ def save(workspace: Workspace, target: str, values: dict) -> Path:
 def resolve(target, workspace: Workspace, flags: dict, **options) -> tuple[dict, object]:
     """The target's params under ``params.toml``'s ``[target]`` table and ``flags``: as plain
     values, and as the target's typed config (a tabular target's recipe). Flags win over the file."""
-    stored = from_file(workspace, target.name)
-    if target.known is not None:
-        unknown = sorted(set(stored) - target.known)
-        if unknown:
-            raise ConfigError(f"{workspace.params_file}: [{target.name}] has unknown param {unknown[0]!r} "
-                              f"(known: {', '.join(sorted(target.known))})")
+    stored = {}
+    for table in getattr(target, "params_tables", (target.name,)):
+        found = from_file(workspace, table)
+        if target.known is not None and set(found) - target.known:
+            raise ConfigError(f"{workspace.params_file}: [{table}] has unknown param "
+                              f"{sorted(set(found) - target.known)[0]!r} (known: {', '.join(sorted(target.known))})")
+        stored.update(found)
     return target.configure(stored, {k: v for k, v in flags.items() if v is not None}, **options)
 
 

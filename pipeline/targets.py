@@ -93,6 +93,13 @@ class TabularTarget:
     archive: DataFile | Path | None = None
     sample: DataFile | Path | str | None = None  # the sample submission, whose format submissions take
     kaggle: str | None = None  # the competition's slug on Kaggle: its files come from the official client
+    part_of: str | None = None  # a label column's target: the competition of several labels it is part of
+
+    @property
+    def params_tables(self) -> tuple[str, ...]:
+        """The tables of params.toml that hold this target's params, the later winning: a label
+        column's target takes its competition's [NAME], then its own [NAME.COLUMN]."""
+        return (self.name,) if self.part_of is None else (self.part_of, self.name)
 
     stages = tabular_stages.STAGES
     commands = frozenset({"download", "preprocess", "columns", "cv", "train", "submit", "predict", "sweep", "run",
@@ -169,7 +176,7 @@ class TabularTarget:
     def _kaggle_zip(self, data_dir: Path) -> Path:
         """The competition's zip from Kaggle's client, fetched once: the lock records its SHA-1,
         so a changed zip makes every later stage stale."""
-        path = data_dir / self.name / f"{self.kaggle}.zip"
+        path = data_dir / (self.part_of or self.name) / f"{self.kaggle}.zip"  # one download for every column
         if not path.is_file():
             from pipeline import kaggle_client
 
@@ -311,7 +318,7 @@ class SeveralLabels:
 
     @classmethod
     def of(cls, target: TabularTarget, labels: list[str]) -> dict:
-        parts = tuple(replace(target, name=f"{target.name}.{label}", sample=None,
+        parts = tuple(replace(target, name=f"{target.name}.{label}", sample=None, part_of=target.name,
                               spec=replace(target.spec, label=label,
                                            other_labels=tuple(c for c in labels if c != label)))
                       for label in labels)

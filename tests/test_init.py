@@ -137,6 +137,22 @@ def test_a_multi_target_regression_gets_a_model_per_column_and_one_submission(tm
     assert "y2: submit" in out and "y1: cv" in out
 
 
+def test_a_multi_target_takes_its_params_and_shares_one_time_limit(tmp_path, capsys):
+    """params.toml's [NAME] applies to every column's target; --time-limit is the command's."""
+    train, test = _tables(200, lambda x: x[:, 0])
+    train = train.rename(columns={"target": "y1"}).assign(y2=train["b"])
+    folder = _write(tmp_path / "two", train, test, pd.DataFrame({"id": test["id"], "y1": 0.0, "y2": 0.0}))
+    assert run_cli(tmp_path, capsys, "init", str(folder))[0] == 0
+    (tmp_path / "params.toml").write_text('[two]\nmodel = "lightgbm"\n')
+    code, out, err = run_cli(tmp_path, capsys, "cv", "two", "--time-limit", "30s", "--json")
+    assert code == 0, err
+    reports = [json.loads(Path(r).with_name("report.json").read_text()) for r in json.loads(out)["reports"]]
+    assert [r["params"]["model"] for r in reports] == ["lightgbm", "lightgbm"]
+    first, second = (r["time_limit"]["seconds"] for r in reports)
+    assert first == pytest.approx(15, abs=0.5)  # an even share of the 30 s
+    assert 15 < second < 30  # all that the first column left
+
+
 @pytest.mark.parametrize("shape, needle", [
     ("two tasks", "are not all of one task and metric"),
     ("string classes", "set positive = \"CLASS\""),
