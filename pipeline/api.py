@@ -210,8 +210,7 @@ class Pipeline:
 
     def _outcome(self, ctx: make.Context) -> dict:
         """The stages' recorded outputs: the last report's score and the report and submission paths."""
-        outs = [Path(self.workspace.root / out) for stage in make.read_lock(self.workspace).get(ctx.section, {}).values()
-                for out in stage["outs"]]
+        outs = make.recorded(ctx)
         outcome = {"target": ctx.target.name}
         reports_json = [p for p in outs if p.name == "report.json" and p.exists()]
         if reports_json:

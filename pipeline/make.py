@@ -104,6 +104,13 @@ def get_stage(target, name: str) -> Stage:
 
 # ----------------------------------------------------------------------------- lock and status
 
+def recorded(ctx: Context, stage: str | None = None) -> list[Path]:
+    """The outputs the lock records for ``ctx``'s target (of ``stage``, or of every stage)."""
+    records = read_lock(ctx.workspace).get(ctx.section, {})
+    chosen = records.values() if stage is None else [records.get(stage, {})]
+    return [ctx.workspace.root / out for record in chosen for out in record.get("outs", {})]
+
+
 def read_lock(workspace: Workspace) -> dict:
     path = workspace.lock_file
     if not path.exists():

@@ -138,7 +138,7 @@ class TabularTarget:
         return recipe.used_params(self.spec.scorer.task), recipe
 
     def _archive_dir(self, data_dir: Path) -> Path:
-        return data_dir / self.name / "archive"
+        return data_dir / (self.part_of or self.name) / "archive"  # a label column's: its competition's
 
     def table_paths(self, data_dir: Path) -> tuple[Path, Path]:
         """Where the train and test CSVs are once :meth:`fetch` has run."""
@@ -176,7 +176,7 @@ class TabularTarget:
     def _kaggle_zip(self, data_dir: Path) -> Path:
         """The competition's zip from Kaggle's client, fetched once: the lock records its SHA-1,
         so a changed zip makes every later stage stale."""
-        path = data_dir / (self.part_of or self.name) / f"{self.kaggle}.zip"  # one download for every column
+        path = self._archive_dir(data_dir).parent / f"{self.kaggle}.zip"  # one download for every label column
         if not path.is_file():
             from pipeline import kaggle_client
 
@@ -342,8 +342,7 @@ class SeveralLabels:
         return self.whole.kaggle
 
     def sample_path(self, data_dir: Path) -> Path | None:
-        """In the first column's copy of the files (each column's target fetches them)."""
-        return replace(self.parts[0], sample=self.whole.sample).sample_path(data_dir)
+        return self.whole.sample_path(data_dir)
 
 
 def _metric_reference(metric, base: Path):

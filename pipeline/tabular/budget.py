@@ -61,7 +61,7 @@ class Budget:
 
     def share(self, members_left: int) -> float:
         """The deadline of the next member: an even part of what is left is its share."""
-        return time.monotonic() + self.left() / max(1, members_left)
+        return part(self.deadline, max(1, members_left))
 
     def report(self, limit: float) -> dict:
         return {"seconds": limit, "cut": self.cut, "shortened": self.shortened}

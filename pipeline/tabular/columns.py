@@ -187,11 +187,12 @@ def _infer_strings(column: Column, present: pd.Series, train_rows: int) -> None:
         _infer_words(column, present)
 
 
-def _not_numbers(bad: pd.Series, train_rows: int) -> str:
-    """"5 test values are not numbers ('unknown')": the cells of a numeric column that are not."""
+def _not_numbers(bad: pd.Series, train_rows: int, what: str = "numbers") -> str:
+    """"5 test values are not numbers ('unknown')": the cells of a numeric column that are not
+    (``bad``, indexed as train's rows then test's)."""
     in_test = int((bad.index >= train_rows).sum())
     sides = " and ".join(f"{n} {side}" for n, side in ((len(bad) - in_test, "train"), (in_test, "test")) if n)
-    return f"{sides} values are not numbers ({', '.join(map(repr, bad.unique()[:3]))})"
+    return f"{sides} values are not {what} ({', '.join(map(repr, bad.unique()[:3]))})"
 
 
 def _infer_words(column: Column, present: pd.Series) -> None:
@@ -297,6 +298,6 @@ def _declared(name: str, role: str, train: pd.Series, test: pd.Series, where: st
             raise DataError(f"{where}: column {name!r} is declared a {role}, but "
                             f"{read.isna().mean():.0%} of its values are not")
         if read.isna().any():
-            column.note = f"{int(read.isna().sum())} values are not a {role} ({', '.join(map(repr, present[read.isna()].unique()[:3]))}); read as missing"
+            column.note = f"{_not_numbers(present[read.isna()], len(train), role + 's')}; read as missing"
             log.warning("%s: %s", name, column.note)
     return column

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import tomlkit
 
-from pipeline.errors import DataError, UsageError
+from pipeline.errors import DataError, UsageError, shown
+from pipeline.tabular.tables import read_csv
 from pipeline.workspace import write_text
 
 FILES = {"train": "train.csv", "test": "test.csv", "sample": "sample_submission.csv"}
@@ -59,7 +60,7 @@ def locate(path: Path) -> tuple[Path | None, dict[str, str]]:
 
 def read(archive: Path | None, member: str) -> pd.DataFrame:
     if archive is None:
-        return pd.read_csv(member, low_memory=False)
+        return read_csv(member)
     with zipfile.ZipFile(archive) as handle, handle.open(member) as stream:
         return pd.read_csv(stream, low_memory=False, compression="zip" if member.endswith(".zip") else None)
 
@@ -157,8 +158,7 @@ def _positive(classes, label: str):
     if len(known) != 1:
         raise UsageError(f"the sample holds one probability of {label!r} ({', '.join(map(str, classes))}): "
                          "set positive = \"CLASS\" to the class it is the probability of")
-    value = known[0]
-    return value.item() if hasattr(value, "item") else value
+    return shown(known[0])
 
 
 def _per_class(declaration: Declaration, train: pd.DataFrame, test: pd.DataFrame, columns: list[str]) -> None:

@@ -31,12 +31,13 @@ def columns(spec, classes: list) -> list[str]:
     return [spec.label] if spec.scorer.task.continuous else [str(c) for c in classes]
 
 
-def write(path: Path, id_column: str, ids: list, predictions: torch.Tensor, names: list[str],
+def write(path: Path, id_column: str, ids: list, predictions, names: list[str],
           fold_of: torch.Tensor | None = None) -> Path:
+    """``predictions``: (rows, outputs), a CPU tensor or an array."""
     frame = pd.DataFrame({id_column: ids})
     if fold_of is not None:
         frame[FOLD] = fold_of.numpy()
-    frame = pd.concat([frame, pd.DataFrame(predictions.numpy().astype(np.float64), columns=names)], axis=1)
+    frame = pd.concat([frame, pd.DataFrame(np.asarray(predictions, dtype=np.float64), columns=names)], axis=1)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
     return path

@@ -19,7 +19,7 @@ import torch
 from pipeline import checkpoints, reports
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, TrainingError
-from pipeline.make import Context, Stage, read_lock
+from pipeline.make import Context, Stage, recorded
 from pipeline.submissions import like_sample, write_copies
 from pipeline.tabular import runs
 from pipeline.tabular.budget import FINAL_FIT, Budget
@@ -142,15 +142,14 @@ def submit(ctx: Context) -> tuple[list[Path], dict]:
     outs, summary = write_copies(ctx.workspace.submissions / f"{ctx.section}.csv", ctx.out, frame, **checks)
     run_dir = _cv_run_dir(ctx)
     if run_dir is not None:  # beside the out-of-fold predictions of the CV the model was trained from
-        outs.append(runs.write(run_dir / "test.csv", features.spec.id, features.test_ids, torch.from_numpy(
-            np.asarray(predictions, dtype=np.float64)), runs.columns(features.spec, features.classes)))
+        outs.append(runs.write(run_dir / "test.csv", features.spec.id, features.test_ids, predictions,
+                               runs.columns(features.spec, features.classes)))
     return outs, summary
 
 
 def _cv_run_dir(ctx: Context) -> Path | None:
     """The folder of the CV run whose weights and training lengths the final model took."""
-    outs = read_lock(ctx.workspace).get(ctx.section, {}).get("cv", {}).get("outs", {})
-    report = next((ctx.workspace.root / p for p in outs if p.endswith("report.json")), None)
+    report = next((p for p in recorded(ctx, "cv") if p.name == "report.json"), None)
     return report.parent if report is not None and report.parent.is_dir() else None
 
 
@@ -219,7 +218,7 @@ def joined_scores(several, reports: list[dict]) -> dict:
     scores = {part.spec.label: report["mean_valid"] for part, report in zip(several.parts, reports)}
     return {"target": several.name, "metric": reports[0]["metric"], **scores,
             "mean_valid": float(np.mean(list(scores.values()))),
-            "reports": [str(r.run_dir / "report.html") for r in reports if hasattr(r, "run_dir")],
+            "reports": [str(r.run_dir / "report.html") for r in reports],
             "folds": [fold for r in reports for fold in r["folds"]]}
 
 
