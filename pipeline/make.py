@@ -1,7 +1,8 @@
 """The make engine: stages, the lock file, status and make.
 
-Each stage declares its upstream stages, params and the code it uses; each records what it
-read and wrote in ``pipeline.lock``, so that a later run skips it while nothing it used changed.
+Each stage declares its upstream stages and params; its code is what its body imports, read
+from the source (:mod:`pipeline.code_graph`). Each records what it read and wrote in
+``pipeline.lock``, so that a later run skips it while nothing it used changed.
 A stage is up to date when its recorded outputs exist with the recorded hashes and its inputs
 (by SHA-1), params and code are what they were when it last ran; otherwise ``status`` says
 which one changed, like ``dvc status``. Every output is written atomically, and the lock record
@@ -10,8 +11,6 @@ is written after the outputs, so a stage killed midway is simply stale the next 
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
 import logging
 import time
@@ -19,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline import reports
+from pipeline import code_graph, reports
 from pipeline.errors import UsageError
 from pipeline.backends import Local
 from pipeline.hub import sha1_file
+from pipeline.params import plain
 from pipeline.progress import Progress
 from pipeline.workspace import Workspace, write_json
 
@@ -59,13 +59,12 @@ class Context:
 
 @dataclass(frozen=True)
 class Stage:
-    """``run`` is the stage's body; its own module and the modules in ``uses`` are its code;
+    """``run`` is the stage's body, whose module and what it imports are its code;
     ``params(ctx)`` are the params it reads, which the lock records."""
 
     name: str
     after: tuple[str, ...]  # upstream stages: their outputs are this stage's inputs
     params: Callable[[Context], dict]
-    uses: tuple[str, ...]  # modules the body calls into, beyond its own
     run: Callable[[Context], tuple[list[Path], dict]]  # -> outputs, summary for the caller
 
 
@@ -79,19 +78,10 @@ def every_param(besides: tuple[str, ...] = ()) -> Callable[[Context], dict]:
     return lambda ctx: {k: plain(v) for k, v in sorted(ctx.params.items()) if k not in besides}
 
 
-def code_version(stage: Stage) -> str:
-    """A hash of the body's module and of every module it uses: editing either makes the stage stale."""
-    digest = hashlib.sha1()
-    for name in sorted({stage.run.__module__, *stage.uses}):
-        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def plain(value):
-    """A param value as JSON keeps it (tuples become lists), so recorded and current compare equal."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+def code_version(stage: Stage, target) -> str:
+    """A hash of the stage's code (its body's module, what the body imports, transitively, and
+    the methods of ``target`` it calls): editing any of it makes the stage stale."""
+    return code_graph.code_hash(stage.run, target)
 
 
 def get_stage(target, name: str) -> Stage:
@@ -153,7 +143,7 @@ def check(stage: Stage, ctx: Context, lock: dict, stale_upstream: set[str]) -> t
     if params != record["params"]:
         name, old, new = _first_change(record["params"], params)
         return "stale", f"param {name} changed: {old!r} -> {new!r}"
-    if code_version(stage) != record["code"]:
+    if code_version(stage, ctx.target) != record["code"]:
         return "stale", "code changed"
     return "up to date", ""
 
@@ -213,7 +203,7 @@ def execute(stage: Stage, ctx: Context) -> dict:
     outs, summary = stage.run(ctx)
     lock = read_lock(ctx.workspace)
     lock.setdefault(ctx.section, {})[stage.name] = {
-        "deps": inputs, "params": stage.params(ctx), "code": code_version(stage),
+        "deps": inputs, "params": stage.params(ctx), "code": code_version(stage, ctx.target),
         "outs": {ctx.rel(p): sha1_file(p) for p in outs},
         "finished": reports.now(), "seconds": round(time.perf_counter() - started, 3),
     }

@@ -118,3 +118,10 @@ def expand_grid(grid: dict[str, list]) -> list[dict]:
     """Every combination of the grid's values, in the grid's order, as dicts of overrides."""
     names = list(grid)
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def plain(value):
+    """A param value as JSON keeps it (tuples become lists), so recorded and current compare equal."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value

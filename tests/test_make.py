@@ -1,7 +1,8 @@
-"""The make engine's code versions (issue 13, item 2): editing a stage's code makes it stale.
+"""The make engine's code versions (issue 13, item 2; issue 29): editing a stage's code, which
+is what its body imports, makes it stale.
 
-Edits are simulated: :func:`helpers.edited` makes ``code_version`` read a module from a
-temporary copy of its file with a comment line added; no real source file changes.
+Edits are simulated: :func:`helpers.edited` makes ``code_version`` read the package from a
+temporary copy with a comment line added to a module; no real source file changes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import types
 import pytest
 
 from helpers import assert_edits_make_exactly_their_stages_stale, cli, edited, make_competition
-from pipeline import make
+from pipeline import code_graph, make
 from pipeline.api import Pipeline
 from pipeline.targets import FASHION, HOUSE
 
@@ -30,16 +31,18 @@ def ctx(built):
     return Pipeline(built).context("toy")
 
 
-def test_code_version_hashes_the_body_module_and_uses(ctx, monkeypatch, tmp_path):
+def test_code_version_hashes_what_the_body_imports(ctx, monkeypatch, tmp_path):
+    """cv's code: its module, what its body imports (tabular.cv) and what that imports in turn
+    (tabular.infold, through cv and model); not what only other stages' bodies import."""
     stage = make.get_stage(ctx.target, "cv")
-    before = make.code_version(stage)
-    assert before == make.code_version(stage)  # stable
-    for module in (stage.run.__module__, stage.uses[0], stage.uses[-1]):
+    before = make.code_version(stage, ctx.target)
+    assert before == make.code_version(stage, ctx.target)  # stable
+    for module in ("pipeline.tabular.stages", "pipeline.tabular.cv", "pipeline.tabular.infold"):
         with edited(monkeypatch, tmp_path, module):
-            assert make.code_version(stage) != before, module
-    with edited(monkeypatch, tmp_path, "pipeline.submissions"):  # not cv's code
-        assert make.code_version(stage) == before
-    assert make.code_version(stage) == before
+            assert make.code_version(stage, ctx.target) != before, module
+    with edited(monkeypatch, tmp_path, "pipeline.submissions"):  # submit's code, not cv's
+        assert make.code_version(stage, ctx.target) == before
+    assert make.code_version(stage, ctx.target) == before
 
 
 def test_editing_the_stage_module_makes_every_tabular_stage_stale(ctx, monkeypatch, tmp_path):
@@ -85,11 +88,7 @@ def test_editing_the_trained_models_prediction_makes_submit_stale(ctx, monkeypat
         assert make.check(submit, ctx, make.read_lock(ctx.workspace), set()) == ("stale", "code changed")
 
 
-# ----------------------------------------------------------------------------- declared code vs called code
-
-# Modules whose edits cannot change what a stage writes: exception classes, and the engine itself.
-NOT_CODE = {"pipeline.errors", "pipeline.make"}
-
+# ----------------------------------------------------------------------------- derived code vs called code
 
 def called_modules(function) -> set[str]:
     """The pipeline modules a function names: imported modules, and the homes of the functions
@@ -106,7 +105,7 @@ def called_modules(function) -> set[str]:
 def _stage_cases():
     for target in (HOUSE, FASHION):
         for stage in target.stages:
-            yield pytest.param(stage, id=f"{target.name}-{stage.name}")
+            yield pytest.param(target, stage, id=f"{target.name}-{stage.name}")
 
 
 def test_called_modules_sees_modules_and_imported_names():
@@ -116,9 +115,9 @@ def test_called_modules_sees_modules_and_imported_names():
         <= called_modules(cv.run)
 
 
-@pytest.mark.parametrize("stage", list(_stage_cases()))
-def test_stage_code_covers_the_modules_its_body_calls(stage):
-    """code_version hashes the body's module and Stage.uses; a module the body calls that is not
-    among them can change the stage's outputs without making it stale."""
-    missing = called_modules(stage.run) - {stage.run.__module__, *stage.uses} - NOT_CODE
+@pytest.mark.parametrize("target, stage", list(_stage_cases()))
+def test_stage_code_covers_the_modules_its_body_calls(target, stage):
+    """The code graph read from the source holds every module the body names at run time (its
+    globals): none of them can change the stage's outputs without making it stale."""
+    missing = called_modules(stage.run) - code_graph.code_modules(stage.run, target)
     assert not missing, f"{stage.name} calls {sorted(missing)}"

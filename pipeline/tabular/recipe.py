@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 
 from pipeline.errors import ParamError, UsageError
 from pipeline.folds import SPLITS
-from pipeline.make import plain
+from pipeline.params import plain
 from pipeline.tabular import members as families
 from pipeline.tabular.budget import seconds
 from pipeline.tabular.ensemble import BLENDS

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline import plots, reports
-from pipeline.make import plain
+from pipeline.params import plain
 from pipeline.tabular.cv import RecipeScore
 from pipeline.tabular.features import Features
 from pipeline.tabular.recipe import Recipe

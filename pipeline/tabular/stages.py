@@ -227,21 +227,10 @@ def _cv_params(ctx: Context) -> dict:
     return {k: v for k, v in ctx.params.items() if k not in FEATURE_KEYS}
 
 
-# What each body calls into, beyond its own module: editing any of it makes the stage stale.
-_TRAINING = ("pipeline.folds", "pipeline.metrics", "pipeline.tasks", "pipeline.tabular.cv",
-             "pipeline.tabular.members.base", "pipeline.tabular.members.neural", "pipeline.tabular.members.scikit",
-             "pipeline.tabular.members.boosting", "pipeline.tabular.target_transform", "pipeline.tabular.recipe",
-             "pipeline.tabular.ensemble", "pipeline.tabular.trainer", "pipeline.tabular.optim",
-             "pipeline.tabular.stacked", "pipeline.tabular.features", "pipeline.tabular.model",
-             "pipeline.checkpoints", "pipeline.devices")
 STAGES = (
-    Stage("download", (), lambda ctx: {}, ("pipeline.hub", "pipeline.targets"), download),
-    Stage("preprocess", ("download",), lambda ctx: asdict(ctx.config.features),
-          ("pipeline.tabular.tables", "pipeline.tabular.features", "pipeline.metrics", "pipeline.tasks",
-           "pipeline.checkpoints"), preprocess),
-    Stage("cv", ("preprocess",), _cv_params,
-          _TRAINING + ("pipeline.plots", "pipeline.reports", "pipeline.tabular.report", "pipeline.tabular.runs"), cv),
-    Stage("train", ("preprocess", "cv"), _cv_params, _TRAINING + ("pipeline.tabular.tables",), train),
-    Stage("submit", ("preprocess", "train"), lambda ctx: {},
-          _TRAINING + ("pipeline.submissions", "pipeline.tabular.runs"), submit),
+    Stage("download", (), lambda ctx: {}, download),
+    Stage("preprocess", ("download",), lambda ctx: asdict(ctx.config.features), preprocess),
+    Stage("cv", ("preprocess",), _cv_params, cv),
+    Stage("train", ("preprocess", "cv"), _cv_params, train),
+    Stage("submit", ("preprocess", "train"), lambda ctx: {}, submit),
 )
