@@ -59,12 +59,23 @@ class Pipeline:
         chosen = get_target(target, self.workspace)
         if command:
             chosen.refuse(command)
+        if command not in ("status", "blend"):
+            self._can_fetch(chosen)
         given = check_flags(chosen, {k: v for k, v in (params or {}).items() if v is not None})
         resolved, config = params_file.resolve(chosen, self.workspace, given, **options)
         limit = getattr(config, "time_limit", None)
         return make.Context(self.workspace, chosen, resolved, config, self.mirrors, device, self.progress,
                             Path(out) if out else None, backend or Local(),
                             None if limit is None else time.monotonic() + limit)
+
+    def _can_fetch(self, chosen) -> None:
+        """Kaggle's client and credentials, while a Kaggle target's zip is not on disk: checked
+        here, so that a command without them ends before any stage reports running."""
+        zip_path = getattr(chosen, "kaggle_zip", lambda data: None)(self.workspace.data)
+        if zip_path is not None and not zip_path.is_file():
+            from pipeline import kaggle_client
+
+            kaggle_client.api()
 
     def _make(self, ctx: make.Context, until: str, **options) -> Result:
         options.setdefault("always", True)
@@ -172,8 +183,9 @@ class Pipeline:
                 make.make(ctx, "train", report=self.announce)
                 summary = Result(tabular_stages.predict_file(ctx, Path(test)))
         if competition is not None:
-            competition.submit(Path(summary["submission"]), to_kaggle)
-            summary["kaggle"] = f"submitted to {competition.slug}: `pipeline leaderboard {target}` shows its score"
+            ref = competition.submit(Path(summary["submission"]), to_kaggle)
+            summary["kaggle"] = (f"submitted to {competition.slug} (submission {ref}): "
+                                 f"`pipeline leaderboard {target}` shows its score")
         return summary
 
     def leaderboard(self, target: str) -> Table:
@@ -227,7 +239,8 @@ class Pipeline:
         if (several := self._several(target)) is not None:
             return Table([{**row, "stage": f"{p.spec.label}: {row['stage']}"} for p in several.parts
                           for row in self.status(p.name, device, **params)], ["stage", "state", "reason"])
-        return Table(make.status(self.context(target, params, device)), ["stage", "state", "reason"])
+        ctx = self.context(target, params, device, command="status")  # no Kaggle credentials needed to look
+        return Table(make.status(ctx), ["stage", "state", "reason"])
 
     def blend(self, run_names: list[str], out: str | Path | None = None, how: str = "greedy") -> Result:
         """Blend CV runs of one target (see :mod:`pipeline.tabular.runs`): each run's CV and the

@@ -11,7 +11,7 @@ code  kind
 1     :class:`DataError`: an input file (CSV, IDX, archive, checkpoint) is wrong
 2     :class:`UsageError`: the command line, or a config file (:class:`ConfigError`)
 3     :class:`TrainingError`: training failed (a non-finite loss)
-4     :class:`DownloadError`: a dataset could not be fetched and verified
+4     :class:`DownloadError`: a dataset could not be fetched and verified, or Kaggle refused a call
 5     :class:`LockedError`: another run holds the workspace
 130   interrupted
 ====  ==========================================================================
@@ -54,7 +54,8 @@ class ParamError(UsageError):
 
 
 class DownloadError(PipelineError):
-    """A dataset could not be fetched and verified from any mirror or its canonical URL."""
+    """A dataset could not be fetched and verified from any mirror or its canonical URL, or the
+    Kaggle service refused a call (a download, an upload, a submission)."""
 
     exit_code = 4
 

@@ -173,10 +173,15 @@ class TabularTarget:
                                 f"fix train/test/sample in [target.{self.name}]")
         return paths if self.kaggle is None else [self._kaggle_zip(data_dir), *paths]
 
+    def kaggle_zip(self, data_dir: Path) -> Path | None:
+        """Where the competition's zip from Kaggle's client lies (None: the files come from
+        elsewhere); while it is absent, the download stage needs the client and credentials."""
+        return None if self.kaggle is None else self._archive_dir(data_dir).parent / f"{self.kaggle}.zip"
+
     def _kaggle_zip(self, data_dir: Path) -> Path:
         """The competition's zip from Kaggle's client, fetched once: the lock records its SHA-1,
         so a changed zip makes every later stage stale."""
-        path = self._archive_dir(data_dir).parent / f"{self.kaggle}.zip"  # one download for every label column
+        path = self.kaggle_zip(data_dir)  # one download for every label column
         if not path.is_file():
             from pipeline import kaggle_client
 

@@ -11,15 +11,14 @@ import contextlib
 import gzip
 import hashlib
 import http.server
-import importlib
 import io
 import json
+import shutil
 import threading
 import time
 import zipfile
 from collections import Counter, deque
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Iterator
 from urllib.parse import urlsplit
 
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import make
+from pipeline import code_graph, make
 from pipeline.cli import main
 from pipeline.hub import sha1_file
 from pipeline.workspace import Workspace, write_json
@@ -196,24 +195,17 @@ def files_under(folder: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def edited(monkeypatch, tmp_path: Path, *modules: str) -> Iterator[None]:
-    """Make :func:`pipeline.make.code_version` read each of ``modules`` from a temporary copy of
-    its file with one comment line added, as if a developer had edited it; no real file changes."""
-    real = importlib.import_module
-    copies = {}
+    """Make :func:`pipeline.make.code_version` read the package from a temporary copy in which
+    each of ``modules`` has one comment line added, as if a developer had edited it; no real file
+    changes."""
+    copy = tmp_path / "edited" / "pipeline"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(code_graph.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     for name in modules:
-        source = Path(real(name).__file__)
-        copy = tmp_path / "edited" / f"{name}.py"
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        copy.write_bytes(source.read_bytes() + b"\n# an edit\n")
-        copies[name] = copy
-
-    def import_module(name, package=None):
-        if name in copies:
-            return SimpleNamespace(__name__=name, __file__=str(copies[name]))
-        return real(name, package)
-
+        path = code_graph.module_file(name, copy)
+        path.write_bytes(path.read_bytes() + b"\n# an edit\n")
     with monkeypatch.context() as patch:
-        patch.setattr(make, "importlib", SimpleNamespace(import_module=import_module))
+        patch.setattr(code_graph, "PACKAGE", copy)
         yield
 
 
@@ -304,10 +296,11 @@ class QuietServer(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serving() -> Iterator[Server]:
-    """A local HTTP server on a free port for the duration of the block."""
-    httpd = QuietServer(("127.0.0.1", 0), Handler)
-    httpd.state = Server(httpd.server_address[1])
+def serving(handler: type[Handler] = Handler, state: type[Server] = Server) -> Iterator[Server]:
+    """A local HTTP server on a free port for the duration of the block; ``handler`` and
+    ``state`` may extend :class:`Handler` and :class:`Server` (another service's calls)."""
+    httpd = QuietServer(("127.0.0.1", 0), handler)
+    httpd.state = state(httpd.server_address[1])
     thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
@@ -318,13 +311,13 @@ def serving() -> Iterator[Server]:
 
 
 def assert_edits_make_exactly_their_stages_stale(ctx, monkeypatch, tmp_path: Path) -> None:
-    """With every stage of ``ctx`` up to date: editing any module of any stage's code (its body's
-    module and ``uses``) makes exactly the stages whose code holds it stale with "code changed",
-    and ``make.status`` shows them and everything downstream of them stale."""
+    """With every stage of ``ctx`` up to date: editing any module of any stage's code (as
+    :mod:`pipeline.code_graph` finds it) makes exactly the stages whose code holds it stale with
+    "code changed", and ``make.status`` shows them and everything downstream of them stale."""
     stages = ctx.target.stages
     assert [row["state"] for row in make.status(ctx)] == ["up to date"] * len(stages)  # the control
     lock = make.read_lock(ctx.workspace)
-    code = {s.name: {s.run.__module__, *s.uses} for s in stages}
+    code = {s.name: code_graph.code_modules(s.run, ctx.target) for s in stages}
     for module in sorted(set().union(*code.values())):
         with edited(monkeypatch, tmp_path, module):
             own = {s.name: make.check(s, ctx, lock, set()) for s in stages}
