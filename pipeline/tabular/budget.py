@@ -6,8 +6,8 @@ when its share runs out:
   steps): fewer than asked is "shortened"; not one is "cut";
 - LightGBM boosts until its fold's share is spent (each fold gets an even share of the
   member's); a member whose first fold cannot stop early enough is "cut";
-- a scikit-learn member is timed on a sample of rows first and "cut" when its projected time
-  exceeds its share.
+- a scikit-learn member (whose solvers cannot stop early) is timed on its first fold and "cut"
+  when that fold's time, times the folds left, would end after its share.
 
 A command that trains the final model after its CV keeps a part of the time for it (the final
 fit of each member costs about one fold of its CV, a little more for the extra rows). The
@@ -51,10 +51,6 @@ class Budget:
     deadline: float  # time.monotonic() at which the work must be done
     cut: list[dict] = field(default_factory=list)  # members left out, and why
     shortened: list[dict] = field(default_factory=list)  # members trained less than asked, and how much
-
-    @classmethod
-    def within(cls, limit: float | None) -> "Budget | None":
-        return None if limit is None else cls(time.monotonic() + limit)
 
     def left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())

@@ -211,7 +211,8 @@ class Derived:
     """What each kept column becomes before scaling and one-hot encoding, fit on the rows the
     preprocessing is fit on (no labels):
 
-    - numbers and booleans: themselves, as floats;
+    - numbers: themselves, as floats;
+    - booleans: a category of two levels, false and true (one-hot);
     - a date: its year, month, day, weekday, day of year and days since 1970, its hour and
       minute when it has times, and a missing-value indicator when it has gaps;
     - a category: its levels seen at least ``min_count`` times, the ``max_levels`` most
@@ -230,8 +231,6 @@ class Derived:
             values = column.read(fit[column.name])
             if column.role == "category":
                 self._fit_levels(column.name, values, max_levels, min_count)
-            elif column.role == "boolean":
-                self.levels[column.name] = ["false", "true"]
             elif column.role == "boolean":
                 self.levels[column.name] = ["false", "true"]
             elif column.role == "date":
