@@ -71,7 +71,7 @@ class Pipeline:
     def _can_fetch(self, chosen) -> None:
         """Kaggle's client and credentials, while a Kaggle target's zip is not on disk: checked
         here, so that a command without them ends before any stage reports running."""
-        zip_path = getattr(chosen, "kaggle_zip", lambda data: None)(self.workspace.data)
+        zip_path = chosen.kaggle_zip(self.workspace.data)
         if zip_path is not None and not zip_path.is_file():
             from pipeline import kaggle_client
 

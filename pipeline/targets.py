@@ -221,6 +221,10 @@ class ImageTarget:
     def section(self, params: dict) -> str:
         return f"{self.name}/{params['model']}"
 
+    def kaggle_zip(self, data_dir: Path) -> None:
+        """Image targets come from the data hub, never from Kaggle's client."""
+        return None
+
     @property
     def choices(self) -> dict[str, tuple]:
         return {"model": tuple(CLASSIFIERS), "optimizer": IMAGE_OPTIMIZERS, "schedule": IMAGE_SCHEDULES}
@@ -348,6 +352,9 @@ class SeveralLabels:
 
     def sample_path(self, data_dir: Path) -> Path | None:
         return self.whole.sample_path(data_dir)
+
+    def kaggle_zip(self, data_dir: Path) -> Path | None:
+        return self.whole.kaggle_zip(data_dir)
 
 
 def _metric_reference(metric, base: Path):
