@@ -136,7 +136,7 @@ class Metric:
     domain: str | None = None
     binary: bool = False
     log: tuple[Callable, Callable] = (torch.log, torch.exp)  # where a regressor with a log target learns, and back
-    boosting_metric: str | None = None  # LightGBM's name for it, where it differs from the objective's own
+    ranks: bool = False  # only the order of the predictions counts (a model may stop early on it, not on its loss)
 
     def outside_domain(self, values: np.ndarray) -> np.ndarray:
         """Where ``values`` fall outside what this metric takes (positive or non-negative)."""
@@ -180,7 +180,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("mae", REGRESSION, False, VALUES, _absolute),
     Metric("accuracy", CLASSIFICATION, True, LABELS, _hits),
     Metric("logloss", CLASSIFICATION, False, PROBABILITIES, _surprise),
-    Metric("auc", CLASSIFICATION, True, PROBABILITIES, whole=auc, binary=True, boosting_metric="auc"),
+    Metric("auc", CLASSIFICATION, True, PROBABILITIES, whole=auc, binary=True, ranks=True),
 )}
 
 

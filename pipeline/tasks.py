@@ -63,16 +63,20 @@ class Task(ABC):
         of ``out`` where it can be."""
 
     @abstractmethod
-    def estimator_predictions(self, estimator, X, outputs: int) -> np.ndarray:
-        """A fitted scikit-learn estimator's (rows, outputs) predictions."""
+    def problem(self, outputs: int) -> str:
+        """What a library is asked to learn: ``regression``, ``binary`` or ``multiclass`` (AutoGluon's
+        problem types); each family names its own objective from it."""
 
     @abstractmethod
-    def boosting_objective(self, outputs: int) -> dict:
-        """The gradient-boosting objective (LightGBM's names)."""
+    def as_outputs(self, values: np.ndarray, outputs: int, columns=None) -> np.ndarray:
+        """A library's predictions as (rows, outputs): values (rows,) for a regression; for a
+        classification, P(the last class) (rows,) or probabilities (rows, k) of the output
+        ``columns`` (every class when None; classes absent from a model's rows get 0)."""
 
     @abstractmethod
-    def boosted_predictions(self, raw: np.ndarray, outputs: int) -> np.ndarray:
-        """A booster's predictions (rows,) or (rows, classes) as (rows, outputs)."""
+    def compact(self, predictions: np.ndarray) -> np.ndarray:
+        """(rows, outputs) predictions without the column the others determine: a binary
+        classifier's P(positive) alone; what a model stacked on them takes."""
 
 
 class Regression(Task):
@@ -126,14 +130,14 @@ class Regression(Task):
     def residual(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return out.sub_(target)
 
-    def estimator_predictions(self, estimator, X, outputs: int) -> np.ndarray:
-        return estimator.predict(X)[:, None]
+    def problem(self, outputs: int) -> str:
+        return "regression"
 
-    def boosting_objective(self, outputs: int) -> dict:
-        return {"objective": "regression"}
+    def as_outputs(self, values: np.ndarray, outputs: int, columns=None) -> np.ndarray:
+        return np.asarray(values).reshape(len(values), 1)
 
-    def boosted_predictions(self, raw: np.ndarray, outputs: int) -> np.ndarray:
-        return raw[:, None]
+    def compact(self, predictions: np.ndarray) -> np.ndarray:
+        return predictions
 
 
 class Classification(Task):
@@ -187,17 +191,19 @@ class Classification(Task):
         # the softmax is over the outputs' axis 2 of the trainer's (G, C, outputs, rows) blocks
         return torch.softmax(out, 2).sub_(target)
 
-    def estimator_predictions(self, estimator, X, outputs: int) -> np.ndarray:
-        """predict_proba in every class's column, 0 for a class absent from the estimator's rows."""
-        out = np.zeros((X.shape[0], outputs))
-        out[:, estimator.classes_] = estimator.predict_proba(X)
+    def problem(self, outputs: int) -> str:
+        return "binary" if outputs == 2 else "multiclass"
+
+    def as_outputs(self, values: np.ndarray, outputs: int, columns=None) -> np.ndarray:
+        values = np.asarray(values)
+        if values.ndim == 1:
+            return np.stack([1 - values, values], 1)
+        out = np.zeros((len(values), outputs))
+        out[:, slice(None) if columns is None else np.asarray(columns)] = values
         return out
 
-    def boosting_objective(self, outputs: int) -> dict:
-        return {"objective": "binary"} if outputs == 2 else {"objective": "multiclass", "num_class": outputs}
-
-    def boosted_predictions(self, raw: np.ndarray, outputs: int) -> np.ndarray:
-        return np.stack([1 - raw, raw], 1) if outputs == 2 else raw
+    def compact(self, predictions: np.ndarray) -> np.ndarray:
+        return predictions[:, 1:] if predictions.shape[1] == 2 else predictions
 
 
 def _line(mask) -> int:

@@ -39,7 +39,7 @@ def ticking(monkeypatch):
     clock = itertools.count()
     fake = lambda: float(next(clock))  # noqa: E731
     for module in ("pipeline.tabular.trainer", "pipeline.tabular.budget", "pipeline.tabular.members.boosting",
-                   "pipeline.tabular.members.scikit"):
+                   "pipeline.tabular.members.library", "pipeline.tabular.members.base"):
         monkeypatch.setattr(f"{module}.time.monotonic", fake)
     return clock
 

@@ -162,9 +162,9 @@ def test_a_scikit_learn_members_state_holds_its_estimators_not_predictions(tmp_p
     """Saved with skops: the state is the estimators themselves, loadable without pickle."""
     data = data_for("regression")
     state = round_trip(fitted_for("gbm", "regression").state(), tmp_path)
-    assert state["member"] == "sklearn" and state["estimators"].dtype == torch.uint8
+    assert state["family"] == "gbm" and state["models"].dtype == torch.uint8
     assert "test_predictions" not in state
-    tampered = {**state, "estimators": torch.frombuffer(bytearray(b"not a skops file"), dtype=torch.uint8)}
+    tampered = {**state, "models": torch.frombuffer(bytearray(b"not a skops file"), dtype=torch.uint8)}
     with pytest.raises(Exception):
         load_fitted(tampered, data.metric, CPU)
 
@@ -178,13 +178,13 @@ def test_lightgbm_reports_its_best_round_and_trains_a_given_budget():
     member = LightGBMMember(LightGBMParams(n_estimators=400, min_child_samples=5, learning_rate=0.2,
                                            log_target="auto"))
     chosen = member.fit(data, train, valid_rows=valid)
-    rounds = [b.current_iteration() for group in chosen.boosters for b in group]
+    rounds = [b.current_iteration() for group in chosen.models for b in group]
     assert chosen.report.budget == pytest.approx(np.mean(rounds))  # the saved boosters stop at their best round
     assert 1 <= min(rounds) and max(rounds) < 400  # early stopping stopped them
     assert len(set(rounds)) > 1  # each row set found its own
     given = member.fit(data, train, budget=12.4)
     assert given.report.budget is None
-    assert [b.current_iteration() for group in given.boosters for b in group] == [12] * 3
+    assert [b.current_iteration() for group in given.models for b in group] == [12] * 3
     other = member.fit(data, train, budget=30)
     assert not torch.allclose(other.predict(data.test), given.predict(data.test))
 
@@ -192,8 +192,8 @@ def test_lightgbm_reports_its_best_round_and_trains_a_given_budget():
 def test_lightgbm_multiclass_budget_is_rounds_not_trees():
     data = data_for("multiclass")
     fitted = LightGBMMember(LightGBMParams(min_child_samples=5)).fit(data, three_folds(data.features)[0], budget=7)
-    assert [b.current_iteration() for group in fitted.boosters for b in group] == [7] * 3
-    assert fitted.boosters[0][0].num_trees() == 21  # a tree per class and round
+    assert [b.current_iteration() for group in fitted.models for b in group] == [7] * 3
+    assert fitted.models[0][0].num_trees() == 21  # a tree per class and round
 
 
 class Counting(Progress):

@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.constraints import FLAG, Interval, OneOf, Satisfies, at_least, param, positive, \
+    validate
 from pipeline.devices import make_generator, one_cpu_thread, resolve_device
-from pipeline.errors import ParamError, TrainingError, UsageError
+from pipeline.errors import TrainingError, UsageError
 from pipeline.images.data import augment
 from pipeline.images.models import MODELS, NUM_CLASSES, architecture, refuse_unknown
 from pipeline.progress import Progress, Step
@@ -31,7 +33,6 @@ SCHEDULES = ("none", "cosine", "onecycle")
 # torch.compile's modes; "reduce-overhead" replays CUDA graphs on a GPU, which takes the
 # per-kernel launch cost out of the small models' steps
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-_COMPILE = (False, True, "false", "true", "none", *COMPILE_MODES)
 
 
 @dataclass(frozen=True)
@@ -39,43 +40,22 @@ class TrainingParams:
     """How a classifier trains, whatever its architecture; a bad value is a :class:`ParamError`.
     Numbers are coerced (``epochs = 2.0`` is 2), as the command line and TOML may give either."""
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    momentum: float = 0.9  # sgd's only
-    weight_decay: float = 0.05
-    schedule: str = "onecycle"
-    augment: bool = False  # random crops and flips on the device
-    crop_pad: int = 2  # the crops' zero padding: 0 flips only
-    label_smoothing: float = 0.0
-    amp: bool = True  # bf16 autocast, for convnets on CUDA
-    compile: bool | str = False  # or one of COMPILE_MODES
+    epochs: int = param(10, at_least(1))
+    batch_size: int = param(128, at_least(1))
+    optimizer: str = param("adamw", OneOf(*OPTIMIZERS))
+    lr: float = param(2e-3, positive(finite=False))  # inf: a divergence to test
+    momentum: float = param(0.9, at_least(0, float))  # sgd's only
+    weight_decay: float = param(0.05, at_least(0, float))
+    schedule: str = param("onecycle", OneOf(*SCHEDULES))
+    augment: bool = param(False, FLAG)  # random crops and flips on the device
+    crop_pad: int = param(2, at_least(0))  # the crops' zero padding: 0 flips only
+    label_smoothing: float = param(0.0, Interval(float, 0, 1))
+    amp: bool = param(True, FLAG)  # bf16 autocast, for convnets on CUDA
+    compile: bool | str = param(False, Satisfies(lambda v: v in (False, True, "false", "true", "none", *COMPILE_MODES),
+                                                 f"not one of false, true, {', '.join(COMPILE_MODES)}"))
 
     def __post_init__(self):
-        for name, kind in (("epochs", int), ("batch_size", int), ("crop_pad", int), ("lr", float),
-                           ("momentum", float), ("weight_decay", float), ("label_smoothing", float)):
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, kind(value))
-            except (TypeError, ValueError, OverflowError):
-                raise ParamError(name, value, f"expected {'a whole' if kind is int else 'a'} number") from None
-        for name, ok, why in (
-            ("epochs", self.epochs >= 1, "expected at least 1"),
-            ("batch_size", self.batch_size >= 1, "expected at least 1"),
-            ("optimizer", self.optimizer in OPTIMIZERS, f"not one of {', '.join(OPTIMIZERS)}"),
-            ("lr", self.lr > 0, "expected a positive learning rate"),
-            ("momentum", self.momentum >= 0, "expected at least 0"),
-            ("weight_decay", self.weight_decay >= 0, "expected at least 0"),
-            ("schedule", self.schedule in SCHEDULES, f"not one of {', '.join(SCHEDULES)}"),
-            ("augment", self.augment in (True, False), "expected true or false"),
-            ("crop_pad", self.crop_pad >= 0, "expected at least 0"),
-            ("label_smoothing", 0 <= self.label_smoothing <= 1, "expected a value in [0, 1]"),
-            ("amp", self.amp in (True, False), "expected true or false"),
-            ("compile", self.compile in _COMPILE, f"not one of false, true, {', '.join(COMPILE_MODES)}"),
-        ):
-            if not ok:
-                raise ParamError(name, getattr(self, name), why)
+        validate(self)
 
 
 # Each classifier's training, measured on the full data: AdamW with a one-cycle schedule reaches

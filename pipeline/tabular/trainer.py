@@ -22,12 +22,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pipeline.constraints import FLAG, LOG_TARGET, Interval, OneOf, at_least, param, positive, validate
 from pipeline.devices import make_generator, one_cpu_thread
-from pipeline.errors import ParamError, UsageError
+from pipeline.errors import UsageError
 from pipeline.metrics import Metric, metric_for
 from pipeline.progress import Curves
 from pipeline.tabular.optim import OPTIMIZERS, make_optimizer
-from pipeline.tabular.stacked import ACTIVATION_BUDGET, MODELS, Architecture, StackedModel, check_widths, widths_of
+from pipeline.tabular.stacked import ACTIVATION_BUDGET, ACTIVATIONS, MODELS, Architecture, StackedModel, check_widths, widths_of
 from pipeline.tabular.budget import OutOfTime, part
 from pipeline.tabular.target_transform import TargetTransform
 
@@ -39,45 +40,29 @@ WARMUP = 0.05  # onecycle: the share of steps over which the learning rate rises
 class TrainParams:
     """A torch member's config (linear or MLP); the defaults are d2l 4.10's recipe."""
 
-    model: str = "linear"
-    hidden: tuple[int, ...] = (256,)
-    activation: str = "relu"
-    dropout: float = 0.0
-    epochs: int = 100
-    lr: float = 5.0
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    log_target: bool | str = False  # train in log space; "auto": whenever the labels allow it
-    optimizer: str = "adam"
-    schedule: str = "constant"
-    standardize: bool = False  # regression: fit each group's standardized targets (mean 0, std 1)
-    label_smoothing: float = 0.0  # classification: targets (1 - s) one-hot + s / classes
-    submodels: int = 1  # copies from different initialisations, trained in the stack and averaged
-    inner_valid: float = 0.0  # share of each group's rows held out to pick the best epoch (0: the last)
-    patience: int = 0  # with inner_valid: stop once no model has improved for this many epochs (0: never)
-    max_steps: int = 0  # at most the epochs whose optimizer steps make about this many (0: every epoch)
+    model: str = param("linear", OneOf(*MODELS))
+    hidden: tuple[int, ...] = (256,)  # checked with the model: a linear model has none
+    activation: str = param("relu", OneOf(*ACTIVATIONS))
+    dropout: float = param(0.0, Interval(float, 0, 1, open="high"))
+    epochs: int = param(100, at_least(1))
+    lr: float = param(5.0, positive())
+    weight_decay: float = param(0.0, at_least(0, float))
+    batch_size: int = param(64, at_least(1))
+    log_target: bool | str = param(False, LOG_TARGET)  # train in log space; "auto": whenever the labels allow it
+    optimizer: str = param("adam", OneOf(*OPTIMIZERS))
+    schedule: str = param("constant", OneOf(*SCHEDULES))
+    standardize: bool = param(False, FLAG)  # regression: fit each group's standardized targets (mean 0, std 1)
+    label_smoothing: float = param(0.0, Interval(float, 0, 1, open="high"))  # classification: (1 - s) one-hot + s / classes
+    submodels: int = param(1, at_least(1))  # copies from different initialisations, trained in the stack and averaged
+    # share of each group's rows held out to pick the best epoch (0: the last)
+    inner_valid: float = param(0.0, Interval(float, 0, 1, open="high"))
+    # with inner_valid: stop once no model has improved for this many epochs (0: never stop early)
+    patience: int = param(0, at_least(0))
+    max_steps: int = param(0, at_least(0))  # at most the epochs whose optimizer steps make about this many (0: every epoch)
 
     def __post_init__(self):
+        validate(self)
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        checks = [
-            ("model", self.model in MODELS, f"not one of {', '.join(MODELS)}"),
-            ("epochs", self.epochs >= 1, "must be at least 1"),
-            ("batch_size", self.batch_size >= 1, "must be at least 1"),
-            ("lr", self.lr > 0 and math.isfinite(self.lr), "must be a positive number"),
-            ("weight_decay", self.weight_decay >= 0, "must be at least 0"),
-            ("dropout", 0 <= self.dropout < 1, "must be in [0, 1)"),
-            ("optimizer", self.optimizer in OPTIMIZERS, f"not one of {', '.join(OPTIMIZERS)}"),
-            ("schedule", self.schedule in SCHEDULES, f"not one of {', '.join(SCHEDULES)}"),
-            ("log_target", self.log_target in (True, False, "auto"), "not one of true, false, auto"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
-            ("submodels", self.submodels >= 1, "must be at least 1"),
-            ("inner_valid", 0 <= self.inner_valid < 1, "must be in [0, 1)"),
-            ("patience", self.patience >= 0, "must be at least 0 (0: never stop early)"),
-            ("max_steps", self.max_steps >= 0, "must be at least 0 (0: every epoch)"),
-        ]
-        for param, ok, why in checks:
-            if not ok:
-                raise ParamError(param, getattr(self, param), why)
         check_widths(self.model, self.hidden)
 
     @property

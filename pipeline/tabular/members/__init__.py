@@ -1,9 +1,11 @@
 """Recipe members: every model family behind one protocol (:mod:`.base`): the stacked torch
-models (:mod:`.neural`), scikit-learn's estimators (:mod:`.scikit`) and LightGBM (:mod:`.boosting`).
+models (:mod:`.neural`), and on the template of one library model per row set
+(:mod:`.library`) scikit-learn's estimators (:mod:`.scikit`) and LightGBM (:mod:`.boosting`).
 
-A family declares its params with their defaults next to its code; a recipe's member table
-(``{model = "mlp", dropout = 0.2}``) names its family and overrides them. A new family is one
-member class, one entry in :data:`FAMILIES` and one in :data:`LOADERS`.
+A family declares its params with their defaults and constraints next to its code; a recipe's
+member table (``{model = "mlp", dropout = 0.2}``) names its family and overrides them. A new
+family is one file whose last line registers it (:func:`~.base.register`), and one import
+line here.
 """
 
 from __future__ import annotations
@@ -12,17 +14,10 @@ import torch
 
 from pipeline.errors import ParamError
 from pipeline.metrics import Metric
-from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet, score_groups
-from pipeline.tabular.members.boosting import LightGBMFitted, LightGBMMember
+from pipeline.tabular.members.base import FAMILIES, FitReport, Fitted, Inputs, Member, TrainingSet, score_groups
 from pipeline.tabular.members.neural import TorchFitted, TorchMember
-from pipeline.tabular.members.scikit import ESTIMATORS, SklearnFitted, SklearnMember
-from pipeline.tabular.stacked import MODELS
-
-# a member table's "model" -> its family's class
-FAMILIES: dict[str, type] = {**{name: TorchMember for name in MODELS}, "lightgbm": LightGBMMember,
-                             **{name: SklearnMember for name in ESTIMATORS}}
-LOADERS = {"torch": TorchFitted.from_state, "sklearn": SklearnFitted.from_state,
-           "lightgbm": LightGBMFitted.from_state}
+from pipeline.tabular.members.boosting import LightGBMMember
+from pipeline.tabular.members.scikit import SklearnMember
 
 
 def declared(family: str) -> dict:
@@ -43,10 +38,12 @@ def build(family: str, values: dict) -> Member:
 
 
 def load_fitted(state: dict, metric: Metric, device: torch.device) -> Fitted:
-    """A fitted member from its :meth:`Fitted.state`; an unknown or damaged state raises
-    KeyError, TypeError or ValueError (the checkpoint reader turns them into one line)."""
-    return LOADERS[state["member"]](state, metric, device)
+    """A fitted member from its :meth:`Fitted.state`: its family rebuilt from its params; an
+    unknown or damaged state raises KeyError, TypeError or ValueError (the checkpoint reader
+    turns them into one line)."""
+    return build(state["family"], state["params"]).restore(state, metric, device)
 
 
 __all__ = ["FAMILIES", "FitReport", "Fitted", "Inputs", "Member", "TrainingSet", "build", "declared",
-           "every_param", "load_fitted", "score_groups", "LightGBMMember", "SklearnMember", "TorchMember"]
+           "every_param", "load_fitted", "score_groups", "LightGBMMember", "SklearnMember", "TorchFitted",
+           "TorchMember"]

@@ -14,15 +14,16 @@ mean of the folds' budgets, so no row is held out of the model that is submitted
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 import torch
 
-from pipeline.errors import ParamError
 from pipeline.metrics import Metric
 from pipeline.progress import Progress
+from pipeline.tabular.budget import OutOfTime
 from pipeline.tabular.features import Features
 
 
@@ -93,8 +94,26 @@ class FitReport:
     shortened: str = ""  # how a time limit cut its training short ("3 of 30 epochs"), if it did
 
 
+@dataclass
+class Job:
+    """One call of :meth:`Member.fit`: its row sets and how to train them."""
+
+    data: TrainingSet
+    rows: list[torch.Tensor]
+    valid_rows: list[torch.Tensor] | None = None
+    seeds: int = 1
+    seed: int = 0
+    progress: Progress = field(default_factory=Progress)
+    budget: float | None = None
+    deadline: float | None = None
+
+
 class Member(ABC):
-    """A model family's member of a recipe, with its params (see :mod:`pipeline.tabular.members`)."""
+    """A model family's member of a recipe, with its params (see :mod:`pipeline.tabular.members`).
+
+    :meth:`fit` is the template every family shares (the deadline, the clock); a family writes
+    :meth:`_fit`, declares its params (:meth:`declared`), builds a member from them
+    (:meth:`build`) and rebuilds a fitted one from its state (:meth:`restore`)."""
 
     family: str
 
@@ -102,7 +121,6 @@ class Member(ABC):
     def label(self) -> str:
         return self.family
 
-    @abstractmethod
     def fit(self, data: TrainingSet, rows: list[torch.Tensor], *, valid_rows: list[torch.Tensor] | None = None,
             seeds: int = 1, seed: int = 0, progress: Progress = Progress(), budget: float | None = None,
             deadline: float | None = None) -> "Fitted":
@@ -110,18 +128,52 @@ class Member(ABC):
         fixes the training length. ``deadline`` (``time.monotonic()``): train what fits before
         it, and say so in the report; raise :class:`~pipeline.tabular.budget.OutOfTime` when
         nothing useful would."""
+        if deadline is not None and deadline <= time.monotonic():
+            raise OutOfTime("no time was left for it")
+        started = time.perf_counter()
+        fitted = self._fit(Job(data, rows, valid_rows, seeds, seed, progress, budget, deadline))
+        fitted.report.seconds = time.perf_counter() - started
+        return fitted
+
+    @abstractmethod
+    def _fit(self, job: Job) -> "Fitted":
+        """The family's own training of ``job.rows``."""
+
+    @classmethod
+    @abstractmethod
+    def declared(cls, family: str) -> dict:
+        """The params of ``family`` and their defaults."""
+
+    @classmethod
+    @abstractmethod
+    def build(cls, family: str, values: dict) -> "Member":
+        """A member of ``family`` with ``values`` over its defaults; a bad value is a one-line error."""
 
     @abstractmethod
     def params(self) -> dict:
         """Every param of the member with its value."""
+
+    @abstractmethod
+    def restore(self, state: dict, metric: Metric, device: torch.device) -> "Fitted":
+        """The fitted member whose :meth:`Fitted.state` is ``state``."""
 
     def used_params(self, task) -> dict:
         """The params this member uses on ``task``: its report's and the lock's."""
         return {"model": self.label, **{k: v for k, v in self.params().items() if k not in task.ignores}}
 
 
+FAMILIES: dict[str, type[Member]] = {}  # a member table's "model" -> its family's class
+
+
+def register(member: type[Member], *names: str) -> type[Member]:
+    """Make ``member`` the family of each of ``names`` (a recipe's ``model = "NAME"``)."""
+    FAMILIES.update(dict.fromkeys(names, member))
+    return member
+
+
 class Fitted(ABC):
-    """A member trained on G row sets: G models that predict and save together."""
+    """A member trained on G row sets: G models that predict and save together. Its state names
+    its family and params, from which :func:`pipeline.tabular.members.load_fitted` rebuilds it."""
 
     label: str
     report: FitReport
@@ -134,8 +186,8 @@ class Fitted(ABC):
 
     @abstractmethod
     def state(self) -> dict:
-        """Plain tensors and values (``torch.load(weights_only=True)`` safe); :func:`load_fitted`
-        rebuilds the member from it."""
+        """Plain tensors and values (``torch.load(weights_only=True)`` safe), with ``family`` and
+        ``params``: :func:`~pipeline.tabular.members.load_fitted` rebuilds the member from it."""
 
 
 def predicted_rows(groups: int, length: int, rows: list[torch.Tensor] | None) -> list[np.ndarray]:
@@ -161,10 +213,3 @@ def score_groups(predictions: torch.Tensor, y: torch.Tensor, rows: list[torch.Te
 def mean_budget(values) -> float | None:
     values = [v for v in values if v]
     return float(np.mean(values)) if values else None
-
-
-def check(params, rules: list[tuple[str, bool, str]]) -> None:
-    """Raise a :class:`ParamError` for the first ``(param, ok, why)`` rule that fails."""
-    for param, ok, why in rules:
-        if not ok:
-            raise ParamError(param, getattr(params, param), why)

@@ -10,9 +10,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from pipeline.metrics import Metric
-from pipeline.progress import Progress
-from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet, mean_budget
-from pipeline.tabular.stacked import StackedModel
+from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Job, Member, mean_budget, register
+from pipeline.tabular.stacked import MODELS, StackedModel
 from pipeline.tabular.target_transform import TargetTransform
 from pipeline.tabular.trainer import TrainParams, fit, predict_raw, predictions
 
@@ -43,17 +42,19 @@ class TorchMember(Member):
         values = self.config.to_dict()
         return {k: values[k] for k in self.declared(self.family)}
 
-    def fit(self, data: TrainingSet, rows: list[torch.Tensor], *, valid_rows: list[torch.Tensor] | None = None,
-            seeds: int = 1, seed: int = 0, progress: Progress = Progress(),
-            budget: float | None = None, deadline: float | None = None) -> "TorchFitted":
-        params = self.config.with_(submodels=self.config.submodels * seeds)
-        if budget is not None:  # the epochs the folds chose on their inner splits, for every row
-            params = params.with_(epochs=max(1, round(budget)), inner_valid=0.0)
-        step = progress.step(self.label, params.epochs, "epoch", data.metric.higher_is_better)
-        result = fit(data.X, data.y, rows, [params], metric=data.metric, valid_rows=valid_rows,
-                     n_out=data.n_out, seed=seed, curves=valid_rows is not None,
+    def restore(self, state: dict, metric: Metric, device: torch.device) -> "TorchFitted":
+        return TorchFitted.from_state(state, metric, device)
+
+    def _fit(self, job: Job) -> "TorchFitted":
+        """Every row set and seed as one stacked model: the seeds are more submodels."""
+        data, params = job.data, self.config.with_(submodels=self.config.submodels * job.seeds)
+        if job.budget is not None:  # the epochs the folds chose on their inner splits, for every row
+            params = params.with_(epochs=max(1, round(job.budget)), inner_valid=0.0)
+        step = job.progress.step(self.label, params.epochs, "epoch", data.metric.higher_is_better)
+        result = fit(data.X, data.y, job.rows, [params], metric=data.metric, valid_rows=job.valid_rows,
+                     n_out=data.n_out, seed=job.seed, curves=job.valid_rows is not None,
                      on_epoch=lambda epoch, epochs, curves: step.advance(1, curves), extra=data.extra,
-                     deadline=deadline)
+                     deadline=job.deadline)
         step.close()
         report = FitReport(
             result.seconds, result.failed_epoch[:, 0],
@@ -74,8 +75,8 @@ class TorchFitted(Fitted):
         return predictions(raw, self.transform, self.config.submodels)[:, :, 0].to(inputs.device)
 
     def state(self) -> dict:
-        return {"member": "torch", **self.model.state({"config": self.config.to_dict(),
-                                                       "transform": self.transform.state()})}
+        return {"family": self.config.model, "params": TorchMember(self.config).params(),
+                **self.model.state({"config": self.config.to_dict(), "transform": self.transform.state()})}
 
     @classmethod
     def from_state(cls, state: dict, metric: Metric, device: torch.device) -> "TorchFitted":
@@ -83,3 +84,6 @@ class TorchFitted(Fitted):
         return cls(StackedModel.from_state(state, device), config,
                    TargetTransform.from_state(state["transform"], metric),
                    FitReport(0.0, torch.zeros(state["groups"], dtype=torch.long).numpy()))
+
+
+register(TorchMember, *MODELS)

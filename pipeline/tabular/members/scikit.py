@@ -4,13 +4,12 @@ features.
 They add what Adam-trained torch models do not give: the exact L1 path of a Lasso, an RBF
 support-vector machine, a linear model with its penalty cross-validated, and boosted trees,
 which do not extrapolate past the training range. A member's params are its estimator's own
-(checked by scikit-learn's parameter constraints before any fit) and ``log_target``; a fitted
+(the common ones checked by :data:`RULES` when a recipe is read) and ``log_target``; a fitted
 member is its estimators, saved with skops (see :func:`pipeline.checkpoints.pack`).
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -23,12 +22,10 @@ from sklearn.linear_model import Lasso, LogisticRegression, LogisticRegressionCV
 from sklearn.svm import SVR
 
 from pipeline import checkpoints
+from pipeline.constraints import LOG_TARGET, Interval, Satisfies, at_least, check, positive
 from pipeline.errors import UsageError
-from pipeline.metrics import Metric
-from pipeline.progress import Progress, Step
-from pipeline.tabular.members.base import FitReport, Fitted, Inputs, Member, TrainingSet, predicted_rows, scatter
-from pipeline.tabular.budget import OutOfTime
-from pipeline.tabular.target_transform import TargetTransform
+from pipeline.tabular.members.base import register
+from pipeline.tabular.members.library import LibraryMember, OneFit
 
 
 SEARCH_ROWS = 20_000  # rows a cross-validated penalty is chosen on, at most
@@ -91,14 +88,27 @@ ESTIMATORS = {
 }
 
 
+# What the estimators' common params take, checked when a recipe is read; scikit-learn checks the
+# rest when it fits (its own checker is private API).
+RULES = {"alpha": at_least(0, float), "C": positive(), "epsilon": at_least(0, float), "gamma": Satisfies(
+    lambda v: v in ("scale", "auto") or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+    "must be scale, auto or a positive number"), "learning_rate": positive(), "max_iter": at_least(1),
+    "min_samples_leaf": at_least(1), "l2_regularization": at_least(0, float),
+    "max_features": Interval(float, 0, 1, open="low"), "random_state": at_least(0), "log_target": LOG_TARGET}
+
+
 @dataclass(frozen=True)
-class SklearnMember(Member):
+class SklearnMember(LibraryMember):
     """``options`` go to the estimator as keyword arguments; a regressor learns in log space
     when ``log_target``."""
 
     model: str
     options: tuple = ()
     log_target: bool | str = True
+    clips = True  # an RBF SVR or a Lasso extrapolates: kept inside the labels' range
+
+    def __post_init__(self):
+        check(self.params(), RULES)
 
     @property
     def family(self) -> str:
@@ -122,7 +132,7 @@ class SklearnMember(Member):
         return {**dict(self.options), "log_target": self.log_target}
 
     def estimator(self, task, **options):
-        """An unfitted estimator for ``task``, its params checked by scikit-learn's constraints."""
+        """An unfitted estimator for ``task``; an unknown param is a one-line error."""
         factory = ESTIMATORS[self.model].get(task.name)
         if factory is None:
             raise UsageError(f"ensemble member {self.model} is for {' and '.join(ESTIMATORS[self.model])} "
@@ -132,73 +142,40 @@ class SklearnMember(Member):
         if unknown:
             raise UsageError(f"ensemble member {self.model} has no param {unknown[0]!r} for {task.name} "
                              f"(its params: {', '.join(sorted(known))})")
-        estimator = factory(**options)
-        try:
-            _settable(estimator)._validate_params()
-        except ValueError as exc:  # scikit-learn's InvalidParameterError
-            raise UsageError(f"ensemble member {self.model}: {exc}") from None
-        return estimator
+        return factory(**options)
 
-    def runs(self, seeds: int) -> list[dict]:
-        """The estimators' options: a member with a ``random_state`` option (boosted trees with
-        feature subsampling) is fit ``seeds`` times from random_state, random_state + 1, …; others once."""
-        options = dict(self.options)
-        first = options.get("random_state")
-        return [options] if first is None else [{**options, "random_state": first + i} for i in range(seeds)]
+    def check(self, task) -> None:
+        self.estimator(task, **dict(self.options))
 
-    def estimators(self, X: np.ndarray, y: np.ndarray, task, seeds: int = 1, step: Step = Step()) -> list:
-        """Fit on (X, y), once per run."""
-        fitted = []
-        for options in self.runs(seeds):
-            estimator = self.estimator(task, **options)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                fitted.append(estimator.fit(X, y))
-            step.advance()
-        return fitted
+    def seeds_of(self, seeds: int, seed: int) -> list:
+        """A member with a ``random_state`` option (boosted trees with feature subsampling) is fit
+        ``seeds`` times from random_state, random_state + 1, …; others once."""
+        first = dict(self.options).get("random_state")
+        return [None] if first is None else [first + i for i in range(seeds)]
 
-    def fit(self, data: TrainingSet, rows: list[torch.Tensor], *, valid_rows=None, seeds: int = 1, seed: int = 0,
-            progress: Progress = Progress(), budget=None, deadline: float | None = None) -> "SklearnFitted":
-        for options in self.runs(seeds):  # a bad param is refused before any fit
-            self.estimator(data.task, **options)
-        started = time.perf_counter()
-        transform = TargetTransform.choose(data.metric, self.log_target, data.y)
-        target = transform.learned(torch.from_numpy(data.labels).double()).numpy() if transform.log else data.labels
-        transform.fit(torch.from_numpy(np.asarray(target, dtype=np.float64)), [r.cpu() for r in rows], clip=True)
-        step = progress.step(self.label, len(rows) * len(self.runs(seeds)), "fit")
-        groups, share = [], None if deadline is None else deadline - time.monotonic()
-        for g, r in enumerate(rows):
-            fold_started = time.monotonic()
-            groups.append(self.estimators(data.train.dense_of(g)[r.cpu()], target[r.cpu()], data.task, seeds, step))
-            fold = time.monotonic() - fold_started
-            if deadline is not None and time.monotonic() + fold * (len(rows) - g - 1) > deadline:
-                step.close()  # its solvers cannot stop early: the rest of its fits would end too late
-                raise OutOfTime(f"its {len(rows)} fits would take about {fold * len(rows):.0f} s; "
-                                f"its share was {share:.0f} s")
-        step.close()
-        report = FitReport(time.perf_counter() - started, np.zeros(len(groups), dtype=int))
-        return SklearnFitted(self.label, groups, transform, data.n_out, report)
+    def _fit_one(self, X, target, rows, one: OneFit):
+        options = dict(self.options, **({} if one.seed is None else {"random_state": one.seed}))
+        estimator = self.estimator(one.data.task, **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            try:
+                return estimator.fit(X[rows], target[rows]), None
+            except ValueError as exc:  # scikit-learn's InvalidParameterError, by name: its module is private
+                if type(exc).__name__ != "InvalidParameterError":
+                    raise
+                raise UsageError(f"ensemble member {self.model}: {exc}") from None
+
+    def _predict_one(self, estimator, X, task, outputs: int) -> np.ndarray:
+        """Its values, or its classes' probabilities (0 for a class absent from its rows)."""
+        if task.continuous:
+            return task.as_outputs(estimator.predict(X), outputs)
+        return task.as_outputs(estimator.predict_proba(X), outputs, estimator.classes_)
+
+    def _dump(self, models: list[list]) -> torch.Tensor:
+        return checkpoints.pack(models)
+
+    def _load(self, dumped: torch.Tensor) -> list[list]:
+        return checkpoints.unpack(dumped)
 
 
-class SklearnFitted(Fitted):
-    """Each row set's estimators (its seeds), averaged in the learned space."""
-
-    def __init__(self, label: str, groups: list[list], transform: TargetTransform, n_out: int, report: FitReport):
-        self.label, self.groups, self.transform, self.n_out, self.report = label, groups, transform, n_out, report
-
-    def predict(self, inputs: Inputs, rows: list[torch.Tensor] | None = None) -> torch.Tensor:
-        task, wanted = self.transform.metric.task, predicted_rows(len(self.groups), len(inputs), rows)
-        values = [np.mean([task.estimator_predictions(e, inputs.dense_of(g)[index], self.n_out) for e in estimators],
-                          axis=0) for g, (estimators, index) in enumerate(zip(self.groups, wanted))]
-        out = self.transform.inverse(scatter(values, wanted, len(inputs)))  # the seeds' mean, back from the learned space
-        return out.to(inputs.device, torch.float32)
-
-    def state(self) -> dict:
-        return {"member": "sklearn", "label": self.label, "estimators": checkpoints.pack(self.groups),
-                "transform": self.transform.state(), "n_out": self.n_out}
-
-    @classmethod
-    def from_state(cls, state: dict, metric: Metric, device: torch.device) -> "SklearnFitted":
-        groups = checkpoints.unpack(state["estimators"])
-        return cls(state["label"], groups, TargetTransform.from_state(state["transform"], metric), state["n_out"],
-                   FitReport(0.0, np.zeros(len(groups), dtype=int)))
+register(SklearnMember, *ESTIMATORS)
