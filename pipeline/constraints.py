@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, field, fields
 
-from pipeline.errors import ParamError
+from pipeline.errors import ParamError, UsageError
 
 
 class Rule:
@@ -132,6 +132,16 @@ def checked(name: str, value, rule: Rule):
         return rule.checked(value)
     except ValueError as exc:
         raise ParamError(name, value, str(exc)) from None
+
+
+def build(cls, values: dict, owner: str):
+    """The params dataclass ``cls`` with ``values`` over its defaults; a key it does not declare
+    is a one-line error naming ``owner`` and what it takes."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"{owner} has no param {unknown[0]!r} (its params: {', '.join(sorted(known))})")
+    return cls(**values)
 
 
 def defaults(cls) -> dict:

@@ -157,6 +157,10 @@ class Member(ABC):
     def restore(self, state: dict, metric: Metric, device: torch.device) -> "Fitted":
         """The fitted member whose :meth:`Fitted.state` is ``state``."""
 
+    def supports(self, task) -> bool:
+        """Whether this member learns ``task`` (fitting one it does not is a one-line error)."""
+        return True
+
     def used_params(self, task) -> dict:
         """The params this member uses on ``task``: its report's and the lock's."""
         return {"model": self.label, **{k: v for k, v in self.params().items() if k not in task.ignores}}

@@ -6,12 +6,11 @@ member is its boosters in LightGBM's own text format, which a weights-only check
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.constraints import LOG_TARGET, Interval, at_least, param, positive, validate
-from pipeline.errors import UsageError
+from pipeline.constraints import LOG_TARGET, Interval, at_least, build, param, positive, validate
 from pipeline.tabular.members.base import Inputs, TrainingSet, register
 from pipeline.tabular.members.library import LibraryMember, OneFit
 
@@ -62,11 +61,7 @@ class LightGBMMember(LibraryMember):
 
     @classmethod
     def build(cls, family: str, values: dict) -> "LightGBMMember":
-        known = {f.name for f in fields(LightGBMParams)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UsageError(f"ensemble member lightgbm has no param {unknown[0]!r} (its params: {', '.join(sorted(known))})")
-        return cls(LightGBMParams(**values))
+        return cls(build(LightGBMParams, values, f"ensemble member {family}"))
 
     def params(self) -> dict:
         return asdict(self.config)

@@ -114,6 +114,14 @@ class LibraryMember(Member):
                              FitReport(0.0, np.zeros(len(models), dtype=int)))
 
 
+def estimator_outputs(estimator, X: np.ndarray, task, outputs: int) -> np.ndarray:
+    """A scikit-learn estimator's (rows, outputs) predictions: its values, or its classes'
+    probabilities (0 for a class absent from the rows it was fit on)."""
+    if task.continuous:
+        return task.as_outputs(estimator.predict(X), outputs)
+    return task.as_outputs(estimator.predict_proba(X), outputs, estimator.classes_)
+
+
 class LibraryFitted(Fitted):
     """Each row set's models (its seeds), averaged in the learned space."""
 

@@ -25,7 +25,7 @@ from pipeline import checkpoints
 from pipeline.constraints import LOG_TARGET, Interval, Satisfies, at_least, check, positive
 from pipeline.errors import UsageError
 from pipeline.tabular.members.base import register
-from pipeline.tabular.members.library import LibraryMember, OneFit
+from pipeline.tabular.members.library import LibraryMember, OneFit, estimator_outputs
 
 
 SEARCH_ROWS = 20_000  # rows a cross-validated penalty is chosen on, at most
@@ -124,6 +124,10 @@ class SklearnMember(LibraryMember):
 
     @classmethod
     def build(cls, family: str, values: dict) -> "SklearnMember":
+        known = cls.declared(family)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UsageError(f"ensemble member {family} has no param {unknown[0]!r} (its params: {', '.join(sorted(known))})")
         options = {k: v for k, v in values.items() if k != "log_target"}
         return cls(family, tuple(sorted(options.items())), values.get("log_target", True))
 
@@ -131,12 +135,15 @@ class SklearnMember(LibraryMember):
         """The options set (the estimator's defaults stand for the rest) and log_target."""
         return {**dict(self.options), "log_target": self.log_target}
 
+    def supports(self, task) -> bool:
+        return task.name in ESTIMATORS[self.model]
+
     def estimator(self, task, **options):
         """An unfitted estimator for ``task``; an unknown param is a one-line error."""
-        factory = ESTIMATORS[self.model].get(task.name)
-        if factory is None:
+        if not self.supports(task):
             raise UsageError(f"ensemble member {self.model} is for {' and '.join(ESTIMATORS[self.model])} "
                              f"targets, not {task.name}")
+        factory = ESTIMATORS[self.model][task.name]
         known = _settable(factory()).get_params(deep=False)
         unknown = sorted(set(options) - set(known))
         if unknown:
@@ -166,10 +173,7 @@ class SklearnMember(LibraryMember):
                 raise UsageError(f"ensemble member {self.model}: {exc}") from None
 
     def _predict_one(self, estimator, X, task, outputs: int) -> np.ndarray:
-        """Its values, or its classes' probabilities (0 for a class absent from its rows)."""
-        if task.continuous:
-            return task.as_outputs(estimator.predict(X), outputs)
-        return task.as_outputs(estimator.predict_proba(X), outputs, estimator.classes_)
+        return estimator_outputs(estimator, X, task, outputs)
 
     def _dump(self, models: list[list]) -> torch.Tensor:
         return checkpoints.pack(models)
