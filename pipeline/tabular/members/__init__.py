@@ -47,3 +47,4 @@ def load_fitted(state: dict, metric: Metric, device: torch.device) -> Fitted:
 __all__ = ["FAMILIES", "FitReport", "Fitted", "Inputs", "Member", "TrainingSet", "build", "declared",
            "every_param", "load_fitted", "score_groups", "LightGBMMember", "SklearnMember", "TorchFitted",
            "TorchMember"]
+from pipeline.tabular.members import extra_trees  # noqa: F401,E402  (registers extratrees)
