@@ -6,12 +6,13 @@ so a saved model needs no separate preprocessing recipe.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
+from pipeline.constraints import Interval, Satisfies, check
 from pipeline.errors import ParamError, UsageError
 from pipeline.images.data import CLASS_NAMES
 
@@ -52,24 +53,26 @@ class Architecture:
     factory: Callable[..., nn.Module]
     defaults: dict
     convnet: bool = False
+    rules: dict = field(default_factory=dict)  # what each param takes (pipeline.constraints)
 
     def own(self, params: dict) -> dict:
-        """The params in ``params`` that are this architecture's."""
-        return {k: v for k, v in params.items() if k in self.defaults}
+        """The params in ``params`` that are this architecture's, checked against its rules."""
+        return check({k: v for k, v in params.items() if k in self.defaults}, self.rules)
 
     def build(self, params: dict) -> nn.Module:
         """The model with ``params`` over the defaults; any other key is refused."""
         refuse_unknown(self.name, params, self.defaults)
-        return self.factory(**{**self.defaults, **params})
+        return self.factory(**{**self.defaults, **self.own(params)})
 
 
 MODELS: dict[str, Architecture] = {}
 
 
-def _classifier(name: str, convnet: bool = False, **defaults) -> Callable:
-    """Registers the decorated factory as classifier ``name``, with ``defaults`` for its params."""
+def _classifier(name: str, convnet: bool = False, rules: dict | None = None, **defaults) -> Callable:
+    """Registers the decorated factory as classifier ``name``, with ``defaults`` for its params
+    and the ``rules`` they obey."""
     def register(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS[name] = Architecture(name, factory, defaults, convnet)
+        MODELS[name] = Architecture(name, factory, defaults, convnet, rules or {})
         return factory
     return register
 
@@ -94,13 +97,10 @@ def _softmax() -> nn.Module:
     return nn.Sequential(Pixels(), nn.Flatten(), Head(784, NUM_CLASSES))
 
 
-@_classifier("mlp", hidden=256, dropout=0.0)
+@_classifier("mlp", rules={"hidden": Satisfies(lambda h: _widths([h]), "expected one width, a whole number >= 1"),
+                           "dropout": Interval(float, 0, 1, open="high")}, hidden=256, dropout=0.0)
 def _mlp(hidden: int, dropout: float) -> nn.Module:
     """d2l 4.2/4.3 (4.6 with ``dropout``): one hidden ReLU layer."""
-    if not _widths([hidden]):
-        raise ParamError("hidden", hidden, "expected one width, a whole number >= 1")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ParamError("dropout", dropout, "expected a probability in [0, 1)")
     return nn.Sequential(
         Pixels(), nn.Flatten(),
         nn.Linear(784, hidden), nn.ReLU(), nn.Dropout(dropout),
@@ -126,15 +126,15 @@ def _lenet() -> nn.Module:
 # images): one conv per stage [16, 32, 64, 128] gave 0.9259 in 10 epochs (117 s) and 0.9276 in 16
 # (185 s); a second conv in the two coarse stages, which costs little at 7x7 and 3x3 pixels, gave
 # 0.9307 in 12 (167 s), ahead of a second conv in the fine stages (0.9294 in 10, 205 s).
-@_classifier("cnn", convnet=True, channels=[16, 32, [64, 64], [128, 128]])
+@_classifier("cnn", convnet=True, rules={"channels": Satisfies(
+    lambda c: isinstance(c, (list, tuple)) and len(c) > 0 and all(_widths(s if isinstance(s, (list, tuple)) else [s])
+                                                                 for s in c),
+    "expected a list of stages, each a width or a list of widths")}, channels=[16, 32, [64, 64], [128, 128]])
 def _cnn(channels: list) -> nn.Module:
     """A small modern convnet: stages of conv-BN-ReLU blocks, max-pooling between stages, a
     global-average head. A stage is a width (one conv) or a list of widths (a conv each):
     ``[16, 32, [64, 64], [128, 128]]``."""
-    stages = [stage if isinstance(stage, (list, tuple)) else [stage] for stage in channels] \
-        if isinstance(channels, (list, tuple)) else []
-    if not stages or not all(map(_widths, stages)):
-        raise ParamError("channels", channels, "expected a list of stages, each a width or a list of widths")
+    stages = [stage if isinstance(stage, (list, tuple)) else [stage] for stage in channels]
     layers: list[nn.Module] = [Pixels()]
     width = 1
     for i, stage in enumerate(stages):
@@ -214,12 +214,11 @@ def resnet_backbone(blocks: list[int], use_torchvision: bool | None = None) -> n
 
 
 # ResNet-18 is a GPU model: about 0.45 GFLOP an image, some 15 minutes an epoch on 2 CPU cores.
-@_classifier("resnet", convnet=True, blocks=[2, 2, 2, 2])
+@_classifier("resnet", convnet=True, rules={"blocks": Satisfies(
+    lambda b: _widths(b, 4), "expected 4 block counts, whole numbers >= 1")}, blocks=[2, 2, 2, 2])
 def _resnet(blocks: list[int]) -> nn.Module:
     """ResNet-18 (``blocks`` 2, 2, 2, 2) for 28x28 images, as CIFAR ResNets do it: a 3x3 stride-1
     stem on the one channel and no max-pool, so the four stages see 28, 14, 7 and 4 pixels."""
-    if not _widths(blocks, 4):
-        raise ParamError("blocks", blocks, "expected 4 block counts, whole numbers >= 1")
     backbone = resnet_backbone(blocks)
     backbone.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
     nn.init.kaiming_normal_(backbone.conv1.weight, mode="fan_out", nonlinearity="relu")

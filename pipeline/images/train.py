@@ -43,7 +43,7 @@ class TrainingParams:
     epochs: int = param(10, at_least(1))
     batch_size: int = param(128, at_least(1))
     optimizer: str = param("adamw", OneOf(*OPTIMIZERS))
-    lr: float = param(2e-3, positive(finite=False))  # inf: a divergence to test
+    lr: float = param(2e-3, positive(finite=False))  # an infinite lr diverges: a TrainingError says so
     momentum: float = param(0.9, at_least(0, float))  # sgd's only
     weight_decay: float = param(0.05, at_least(0, float))
     schedule: str = param("onecycle", OneOf(*SCHEDULES))
