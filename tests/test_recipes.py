@@ -255,7 +255,7 @@ def test_the_auto_recipe_is_a_declared_targets_default_from_cv_to_submission(tmp
     config = torch_state["config"]
     assert config["epochs"] == max(1, round(mlp)) and config["inner_valid"] == 0  # every row, the folds' budget
     assert [lightgbm.Booster(model_str=s).current_iteration() for s in trees_state["models"][0]] == [round(trees)]
-    assert glm_state["member"] == "sklearn"  # its estimators, which predict any rows
+    assert glm_state["family"] == "glm" and glm_state["models"].dtype == torch.uint8  # its estimators (skops)
 
     code, _, err = run_cli(ws, capsys, "submit", "toy")
     assert code == 0, err

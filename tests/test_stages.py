@@ -281,7 +281,7 @@ def test_ensemble_recipe_blends_members_in_cv_and_submission(ws, capsys):
     assert report["mean_valid"] == pytest.approx(blend.mean())
     assert cli(ws, "submit", "toy") == 0
     state = torch.load(ws / "models" / "toy.pt", weights_only=True)
-    assert [m["member"] for m in state["members"]] == ["sklearn", "torch"]
+    assert [m["family"] for m in state["members"]] == ["lasso", "linear"]
     submission = pd.read_csv(ws / "submissions" / "toy.csv")
     assert len(submission) == 120 and submission["price"].gt(0).all()
 
