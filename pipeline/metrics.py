@@ -60,9 +60,12 @@ def auc(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class Submits:
     """What a submission holds, and the checks its frame must pass (see
-    :func:`pipeline.submissions.check_submission`)."""
+    :func:`pipeline.submissions.check_submission`). A submission has one row per id, unless its
+    kind says otherwise (:class:`Ranked`); the checks, a sample's format and a join follow."""
 
     name: str
+    numeric = True  # its label columns hold numbers, not class labels
+    ranked = False  # each id's rows list classes, best first
 
     def __repr__(self) -> str:
         return self.name
@@ -71,6 +74,10 @@ class Submits:
               metric: "Metric") -> tuple[pd.DataFrame, dict]:
         """The submission of (rows, outputs) ``predictions`` for ``ids`` ({id column: values})."""
         raise NotImplementedError
+
+    def rows_per_id(self, classes: list) -> int:
+        """How many rows of a submission each id has."""
+        return 1
 
     def positive_class(self, classes: list):
         """The class whose probability a one-column submission holds, else None."""
@@ -87,6 +94,7 @@ class Values(Submits):
 
 class Labels(Submits):
     name = "labels"
+    numeric = False
 
     def frame(self, ids, label, predictions, classes, metric):
         return pd.DataFrame({**ids, label: [classes[i] for i in predictions.argmax(1)]}), dict(
@@ -108,6 +116,28 @@ class Probabilities(Submits):
 
     def positive_class(self, classes: list):
         return classes[-1] if len(classes) == 2 else None
+
+
+class Ranked(Submits):
+    """Each id's ``k`` most probable classes, best first, as ``k`` rows ``id,label`` (MAP@k's
+    format); all the classes, ranked, when there are fewer than ``k``."""
+
+    numeric = False
+    ranked = True
+
+    def __init__(self, k: int):
+        self.k, self.name = k, f"{k} ranked labels"
+
+    def rows_per_id(self, classes: list) -> int:
+        return min(self.k, len(classes))
+
+    def frame(self, ids, label, predictions, classes, metric):
+        k = self.rows_per_id(classes)
+        best = np.argsort(-predictions, axis=1, kind="stable")[:, :k]  # ties: the first class first
+        frame = pd.DataFrame(ids)
+        frame = frame.loc[frame.index.repeat(k)].reset_index(drop=True)
+        frame[label] = [classes[i] for i in best.ravel()]
+        return frame, dict(label_column=label, classes=classes, rows_per_id=k)
 
 
 VALUES, LABELS, PROBABILITIES = Values(), Labels(), Probabilities()
@@ -168,8 +198,24 @@ def _log1p_clamped(values: torch.Tensor) -> torch.Tensor:
     return values.clamp_min(0).log1p()
 
 
+METRICS: dict[str, Metric] = {}  # by name, in the order registered
+
+
+def register(metric: Metric) -> Metric:
+    """Make ``metric`` one a target can name (``metric = "NAME"`` in pipeline.toml). A metric in
+    a module of its own calls this when imported, and one import line at the bottom of this
+    file imports it: so every metric is known wherever metrics are, and a stage that scores
+    with metrics has the module in its code (an edit to it makes the stage stale)."""
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is registered twice: rename one")
+    if not metric.name or any(c.isspace() or c == ":" for c in metric.name):
+        raise ValueError(f"metric name {metric.name!r} must be one word without ':' (which names a custom metric)")
+    METRICS[metric.name] = metric
+    return metric
+
+
 REGRESSION, CLASSIFICATION = TASKS["regression"], TASKS["classification"]
-METRICS: dict[str, Metric] = {m.name: m for m in (
+for _metric in (
     Metric("rmse", REGRESSION, False, VALUES, _squared, torch.sqrt),
     # house's (d2l 4.10): RMSE between log(max(prediction, 1)) and log(label)
     Metric("log_rmse", REGRESSION, False, VALUES, _squared, torch.sqrt, space=_log_clamped,
@@ -181,10 +227,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("accuracy", CLASSIFICATION, True, LABELS, _hits),
     Metric("logloss", CLASSIFICATION, False, PROBABILITIES, _surprise),
     Metric("auc", CLASSIFICATION, True, PROBABILITIES, whole=auc, binary=True, ranks=True),
-)}
+):
+    register(_metric)
 
-
-
+# what a custom metric's submission may hold: submits = "NAME"
 SUBMITS = {kind.name: kind for kind in (VALUES, LABELS, PROBABILITIES)}
 
 
@@ -202,7 +248,6 @@ def metric_for(name: str, task: str | None = None, *, where: str = "metric", hig
         fits = ", ".join(m.name for m in METRICS.values() if m.task.name == task)
         raise ConfigError(f"{where}: metric {name!r} does not fit task {task!r} (choose from {fits})")
     return metric
-
 
 
 def custom_metric(reference: str, task: str, higher_is_better: bool | None, submits: str | None,
@@ -263,3 +308,7 @@ def _per_model(function: Callable, task: Task, kind: str) -> Callable:
         return torch.tensor([float(function(y, p)) for p in flat], dtype=torch.float64).reshape(leading)
 
     return score
+
+
+# Metrics in modules of their own (each calls register when imported), one import line each;
+# after everything above, which they import:

@@ -11,7 +11,8 @@ import torch
 from sklearn import metrics as sk
 
 from pipeline.errors import ConfigError
-from pipeline.metrics import METRICS, PROBABILITY_FLOOR, metric_for
+from pipeline import metrics
+from pipeline.metrics import METRICS, PROBABILITY_FLOOR, Metric, metric_for
 from pipeline.tasks import TASKS
 
 ROWS = 200
@@ -47,11 +48,16 @@ def score(name: str, pred: np.ndarray, labels: np.ndarray) -> float:
     return float(metric.score(torch.from_numpy(pred).double(), y))
 
 
+BUILT_IN = {"rmse": ("regression", "values"), "log_rmse": ("regression", "values"), "rmsle": ("regression", "values"),
+            "mae": ("regression", "values"), "accuracy": ("classification", "labels"),
+            "logloss": ("classification", "probabilities"), "auc": ("classification", "probabilities")}
+# the metrics that modules of their own register (the last lines of pipeline.metrics import them)
+REGISTERED = [name for name in METRICS if name not in BUILT_IN]
+
+
 def test_every_kaggle_metric_is_there_with_its_task_and_submission():
-    assert {name: (m.task.name, m.submits.name) for name, m in METRICS.items()} == {
-        "rmse": ("regression", "values"), "log_rmse": ("regression", "values"), "rmsle": ("regression", "values"),
-        "mae": ("regression", "values"), "accuracy": ("classification", "labels"),
-        "logloss": ("classification", "probabilities"), "auc": ("classification", "probabilities")}
+    assert list(METRICS)[:len(BUILT_IN)] == list(BUILT_IN)  # the registered ones after them
+    assert {name: (m.task.name, m.submits.name) for name, m in METRICS.items() if name in BUILT_IN} == BUILT_IN
 
 
 # ----------------------------------------------------------------------------- against scikit-learn
@@ -208,9 +214,31 @@ def test_metric_for_finds_and_checks_the_task():
      "where: metric 'rmsle' does not fit task 'classification' (choose from accuracy, logloss, auc)"),
 ])
 def test_metric_for_errors_are_one_line_offering_the_tasks_metrics(name, task, expected):
+    """The built-in metrics that fit, then the registered ones that do."""
+    offered = [m for m in REGISTERED if METRICS[m].task.name == (task or METRICS[m].task.name)]
     with pytest.raises(ConfigError) as caught:
         metric_for(name, task, where="where")
-    assert str(caught.value) == expected
+    assert str(caught.value) == expected[:-1] + "".join(f", {m}" for m in offered) + ")"
+
+
+def test_a_registered_metric_is_one_a_target_can_name(monkeypatch):
+    """What a metric in a module of its own does: register it, and metric_for finds and offers it."""
+    monkeypatch.setattr(metrics, "METRICS", dict(METRICS))
+    median = metrics.register(Metric("medae", TASKS["regression"], False, metrics.VALUES,
+                                     whole=lambda pred, y: (pred - y).abs().median(-1).values))
+    assert metric_for("medae", "regression") is median
+    assert float(median.score(torch.tensor([[1.0, 5.0, 2.0]]), torch.tensor([1.0, 2.0, 4.0]))[0]) == 2.0
+    with pytest.raises(ConfigError, match=r"choose from rmse, log_rmse, rmsle, mae, .*medae\)$"):
+        metric_for("r2", "regression")
+    assert "medae" not in METRICS  # the module's own table is untouched
+
+
+@pytest.mark.parametrize("name, needle", [("rmse", "registered twice"), ("my:metric", "without ':'"),
+                                          ("map @3", "one word"), ("", "one word")])
+def test_register_refuses_a_name_taken_or_that_a_target_cannot_name(monkeypatch, name, needle):
+    monkeypatch.setattr(metrics, "METRICS", dict(METRICS))
+    with pytest.raises(ValueError, match=needle):
+        metrics.register(Metric(name, TASKS["regression"], False, metrics.VALUES, whole=lambda pred, y: pred))
 
 
 def test_log_space_is_log1p_for_rmsle_and_log_otherwise():

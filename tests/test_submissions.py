@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.submissions import check_submission, write_submission
+from pipeline.metrics import METRICS, Ranked
+from pipeline.submissions import check_submission, like_sample, write_submission
 
 IDS = [1461, 1462, 1463, 1464]
 REGRESSION = dict(id_column="Id", label_column="SalePrice", expected_ids=IDS, positive=True)
@@ -191,3 +193,67 @@ def test_success_replaces_an_old_submission(tmp_path):
     path.write_text("stale\n")
     write_submission(path, pd.DataFrame({"Id": IDS, "Label": ["emu", "cat", "dog", "dog"]}), **CLASSIFICATION)
     assert path.read_text().splitlines() == ["Id,Label", "1461,emu", "1462,cat", "1463,dog", "1464,dog"]
+
+
+# ----------------------------------------------------------------------------- several rows per id (issue 30)
+
+RANKED = dict(id_column="Id", label_column="Label", expected_ids=IDS[:2], classes=CLASSES, rows_per_id=3)
+
+
+def ranked(ids=(1461, 1461, 1461, 1462, 1462, 1462), labels=("dog", "cat", "emu", "emu", "dog", "cat")):
+    return pd.DataFrame({"Id": list(ids), "Label": list(labels)})
+
+
+def test_a_ranked_list_of_each_ids_classes_passes():
+    check_submission(ranked(), **RANKED)
+
+
+@pytest.mark.parametrize("rows", [5, 7])
+def test_a_ranked_list_has_ids_times_rows_per_id_rows(rows):
+    frame = ranked([1461] * 3 + [1462] * (rows - 3), (["dog", "cat", "emu"] * 3)[:rows])
+    refused(frame, RANKED, f"submission has {rows} rows; the test set has 2 ids x 3 rows = 6")
+
+
+def test_an_id_more_often_than_its_rows_is_refused():
+    refused(ranked([1461] * 4 + [1462] * 2), RANKED, "repeats Id 1461 more than 3 times")
+
+
+@pytest.mark.parametrize("ids", [[1461, 1462, 1461, 1462, 1461, 1462], [1462] * 3 + [1461] * 3, [1461] * 3 + [9] * 3])
+def test_each_ids_rows_together_in_the_test_files_order(ids):
+    refused(ranked(ids), RANKED, "Ids differ from the test file's, each 3 times in a row, in its order")
+
+
+def test_a_ranked_list_holds_known_classes_each_once_per_id():
+    refused(ranked(labels=("dog", "cat", "emu", "emu", "wolf", "cat")), RANKED, "Label 'wolf' is not a known class")
+    refused(ranked(labels=("dog", "cat", "emu", "emu", "dog", "emu")), RANKED,
+            "ranks Label 'emu' twice for Id 1462", "3 classes must be distinct")
+
+
+def test_the_ranked_kind_writes_each_ids_best_classes_first():
+    frame, checks = Ranked(2).frame({"Id": ["b", "a"]}, "Label", np.array([[0.2, 0.5, 0.3], [0.4, 0.4, 0.2]]),
+                                    CLASSES, METRICS["accuracy"])
+    assert frame.to_dict("list") == {"Id": ["b", "b", "a", "a"], "Label": ["dog", "emu", "cat", "dog"]}  # ties: first
+    assert checks == dict(label_column="Label", classes=CLASSES, rows_per_id=2)
+    check_submission(frame, id_column="Id", expected_ids=["b", "a"], **checks)
+    two, _ = Ranked(3).frame({"Id": [7]}, "Label", np.array([[0.9, 0.1]]), ["no", "yes"], METRICS["accuracy"])
+    assert two.to_dict("list") == {"Id": [7, 7], "Label": ["no", "yes"]}  # all the classes there are, ranked
+
+
+def test_a_sample_of_several_rows_per_id_is_followed():
+    frame, checks = ranked(), dict(RANKED)
+    sample = pd.DataFrame({"Id": [1462] * 3 + [1461] * 3, "Label": "x"})  # its own id order
+    out, checks = like_sample(frame, checks, sample, "sample.csv")
+    assert out.to_dict("list") == {"Id": [1462] * 3 + [1461] * 3, "Label": ["emu", "dog", "cat", "dog", "cat", "emu"]}
+    assert checks["expected_ids"] == [1462, 1461] and checks["label_column"] == "Label"
+    check_submission(out, **checks)
+
+
+@pytest.mark.parametrize("ids, needle", [
+    ([1461, 1462] * 3, "sample.csv: Id '1461' is not 3 times in a row; this target's metric submits 3 rows per id"),
+    ([1461] * 3, "sample.csv: its 3 rows are not the test file's 2 ids x 3 rows"),
+    ([1461] * 3 + [9] * 3, "sample.csv: its 6 rows are not the test file's 2 ids x 3 rows (Id '9' is not a test id)"),
+])
+def test_a_sample_not_of_this_many_rows_per_id_is_one_line(ids, needle):
+    with pytest.raises(DataError) as caught:
+        like_sample(ranked(), dict(RANKED), pd.DataFrame({"Id": ids, "Label": "x"}), "sample.csv")
+    assert str(caught.value).startswith(needle) and "\n" not in str(caught.value)
