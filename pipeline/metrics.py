@@ -312,3 +312,4 @@ def _per_model(function: Callable, task: Task, kind: str) -> Callable:
 
 # Metrics in modules of their own (each calls register when imported), one import line each;
 # after everything above, which they import:
+from pipeline import map_at_k  # noqa: E402,F401
