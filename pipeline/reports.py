@@ -88,10 +88,10 @@ def headline(report: dict) -> str:
 
 
 def sections(report: dict) -> list[tuple[str, str, object]]:
-    """(kind, title, content) in reading order: ``text``, ``table`` (columns, rows), ``pictures``, ``code``."""
-    out: list[tuple[str, str, object]] = [("text", "", headline(report))]
+    """(kind, title, content) in reading order: ``paragraph``, ``table`` (columns, rows), ``pictures``, ``code``."""
+    out: list[tuple[str, str, object]] = [("paragraph", "", headline(report))]
     if "positive_class" in report:
-        out.append(("text", "", f"probabilities are of the positive class {report['positive_class']!r}"))
+        out.append(("paragraph", "", f"probabilities are of the positive class {report['positive_class']!r}"))
     if report.get("members"):
         folds = len(report["members"][0]["valid"])
         columns = ["member", "weight", "mean valid", *[f"fold {i + 1}" for i in range(folds)], "seconds", "budget"]
@@ -114,7 +114,7 @@ def sections(report: dict) -> list[tuple[str, str, object]]:
                  _fmt(row["std_valid"])] for rank, row in enumerate(report["leaderboard"][:30], 1)]
         out.append(("table", "Leaderboard", (columns, rows)))
     if report.get("time_limit"):
-        out.append(("text", "", time_limit_line(report["time_limit"])))
+        out.append(("paragraph", "", time_limit_line(report["time_limit"])))
     if report.get("columns"):
         columns = ["column", "role", "distinct", "missing", "features", "note"]
         out.append(("table", "Columns", (columns, [[str(row[c]) for c in columns] for row in report["columns"]])))
@@ -123,7 +123,7 @@ def sections(report: dict) -> list[tuple[str, str, object]]:
     facts = [f"{report['seconds']:.2f} s on {report['device']}", f"created {report['created']}"]
     if "where" in report:
         facts.append(report["where"])
-    out.append(("text", "", "; ".join(facts)))
+    out.append(("paragraph", "", "; ".join(facts)))
     out.append(("code", "Params", json.dumps(report["params"], indent=2)))
     return out
 
@@ -140,7 +140,7 @@ def render_markdown(report: dict) -> str:
     for kind, title, content in sections(report):
         if title:
             lines += [f"## {title}", ""]
-        if kind == "text":
+        if kind == "paragraph":
             lines += [content, ""]
         elif kind == "table":
             columns, rows = content
@@ -173,7 +173,7 @@ def render_html(report: dict, run_dir: Path) -> str:
     for number, (kind, heading, content) in enumerate(sections(report)):
         if heading:
             parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if kind == "text":
+        if kind == "paragraph":
             parts.append(f"<p{' class=headline' if number == 0 else ''}>{html.escape(content)}</p>")
         elif kind == "table":
             columns, rows = content

@@ -39,7 +39,7 @@ class RunReport(Result):
                 columns, rows = content
                 shown = rows if title != "Leaderboard" else rows[:20]
                 lines += [f"{title}:", reports.format_table([dict(zip(columns, r)) for r in shown], columns)]
-            elif kind == "text":
+            elif kind == "paragraph":
                 lines.append(content)
             elif kind == "pictures":
                 lines.append("pictures: " + ", ".join(str(self.run_dir / name) for name in content))
