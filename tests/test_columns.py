@@ -13,6 +13,8 @@ import torch
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.tabular.columns import column_roles, infer
+from pipeline.tabular.roles import ROLES, Role, register
+from pipeline.tabular.roles.base import as_numbers
 from pipeline.tabular.features import FeatureParams, build_features
 from pipeline.tabular.tables import Tables, TableSpec
 
@@ -155,6 +157,7 @@ def test_each_role_becomes_its_features():
     assert features.codes.shape == (500, 1) and len(features.texts) == 1 and features.texts[0].shape[0] == 500
     assert table["shop"]["features"] == 19 and table["ref"]["features"] == 0
     assert "in-fold target encoding" in table["shop"]["note"] and "in-fold text model" in table["remarks"]["note"]
+    assert sum(row["features"] for row in features.columns) == len(names)  # each feature is one column's
 
 
 def test_test_dates_after_the_train_dates_are_warned_about_with_the_split_that_fits(caplog):
@@ -169,3 +172,50 @@ def test_test_dates_after_the_train_dates_are_warned_about_with_the_split_that_f
     assert day.note == "format %Y-%m-%d" and not caplog.text
     overlapping = pd.DataFrame({"day": train["day"].iloc[::8].to_numpy(), "x": np.arange(50)})
     assert next(iter(column_roles(train, overlapping))).note == "format %Y-%m-%d"
+
+
+@pytest.fixture
+def pair_role():
+    """A role over two columns, registered for one test: their sum and difference."""
+
+    @register
+    class Pair(Role):
+        name = "pair"
+        takes = 2
+
+        def read(self, values, column):
+            return as_numbers(values)
+
+        def names(self, column, fitted):
+            return [f"{column.name}.sum", f"{column.name}.diff"]
+
+        def frames(self, column, fitted, values):
+            a, b = (values[name] for name in column.sources)
+            return {f"{column.name}.sum": a + b, f"{column.name}.diff": a - b}, {}
+
+    yield Pair
+    del ROLES["pair"]
+
+
+def test_a_role_over_several_columns_is_one_entry_whose_columns_are_not_used_alone(pair_role):
+    """Issue 30: ``columns = {pair = [["a", "b"]]}``: one entry, a+b, at its first column's place,
+    with the features the role derives from both; the columns table still shows every column."""
+    r = np.random.default_rng(0)
+    frame = pd.DataFrame({"b": r.normal(size=N), "c": r.normal(size=N), "a": r.normal(size=N)})
+    tables = Tables(frame.iloc[:300], frame.iloc[300:].reset_index(drop=True), pd.Series(r.normal(size=300)),
+                    pd.Series(range(N - 300)), TableSpec("id", "y", metric="rmse", columns={"pair": [["a", "b"]]}),
+                    Path("train.csv"), Path("test.csv"))
+    features = build_features(tables, FeatureParams(numeric_bins=0))
+    assert features.names == ["a+b.sum", "a+b.diff", "c"]
+    native = features.native.numpy()
+    np.testing.assert_allclose(native[:, 0], (frame.a + frame.b)[:300], rtol=1e-5)
+    rows = [(row["column"], row["role"], row["features"]) for row in features.columns]
+    assert rows == [("a", "pair (declared)", 2), ("b", "pair (declared)", 0), ("c", "number", 1)]
+    for declared, needle in [
+        ({"pair": ["a"]}, "columns.pair: 'a' names 1 column(s); pair takes 2"),
+        ({"pair": [["a", "b", "c"]]}, "pair takes 2"),
+        ({"pair": [["a", "b"]], "drop": ["b"]}, "column 'b' is declared both pair and drop"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            column_roles(frame, frame.iloc[:0], declared, where="pipeline.toml [target.t]")
+        assert needle in str(caught.value) and "\n" not in str(caught.value), str(caught.value)

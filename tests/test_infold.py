@@ -13,6 +13,8 @@ import torch
 
 from helpers import declare, run_cli
 from pipeline.folds import fold_rows
+from pipeline.metrics import metric_for
+from pipeline.tabular.infold import InFold, fit_infold
 from pipeline.tabular.trainer import TrainParams, fit
 from test_members import _one_thread  # noqa: F401  (autouse: OpenMP on one thread in this module too)
 
@@ -106,3 +108,16 @@ def test_in_fold_columns_train_as_the_same_columns_in_the_table():
     split = fit(X[:, :4], y, train, [config], metric="rmse", valid_rows=valid, extra=X[:, 4:].expand(2, -1, -1))
     np.testing.assert_allclose(split.valid_curve, whole.valid_curve, rtol=1e-5)
     torch.testing.assert_close(split.model.theta, whole.model.theta)
+
+
+@pytest.mark.parametrize("task, metric, classes", [("regression", "rmse", 0), ("classification", "logloss", 3)])
+def test_encoders_saved_before_the_task_was_asked_still_load(task, metric, classes):
+    """An InFold state of ``{"groups", "classes"}`` (0 classes: a regression) loads as the task's."""
+    r = np.random.default_rng(0)
+    codes = torch.from_numpy(r.integers(0, 40, (300, 2)))
+    y = torch.from_numpy(r.integers(0, 3, 300)) if classes else torch.from_numpy(r.normal(size=300).astype(np.float32))
+    encoders, _ = fit_infold(codes, [], y, metric_for(metric, task), max(classes, 1), [torch.arange(300)])
+    old = {"groups": encoders.state()["groups"], "classes": classes}
+    loaded = InFold.from_state(old)
+    assert loaded.task is encoders.task and loaded.outputs == encoders.outputs
+    torch.testing.assert_close(loaded.values(codes.numpy(), []), encoders.values(codes.numpy(), []), rtol=0, atol=0)

@@ -116,9 +116,10 @@ def _shared(features: Features, folds: FoldParams, device: torch.device, **optio
     _check_classes(features, splits, folds.folds)
     train_rows = [tr for tr, _ in splits]
     extra = None
-    if infold.width(features.codes, features.texts, len(features.classes)):
+    task = features.spec.scorer.task
+    if infold.width(features.codes, features.texts, task, task.outputs(features.classes)):
         _, extra = infold.fit_infold(features.codes, features.texts, features.y, features.spec.scorer,
-                                     len(features.classes), train_rows, folds.seed)
+                                     task.outputs(features.classes), train_rows, folds.seed)
     return Shared(features, train_rows, [va for _, va in splits], str(device), folds.seed, extra=extra, **options)
 
 

@@ -1,14 +1,17 @@
-"""The scikit-learn transformers this package adds, and the columns each role derives.
+"""The scikit-learn transformers this package adds, and the loop that asks each column's role
+for its derived columns.
 
 scikit-learn scales, imputes and one-hot encodes; what it lacks is here: a one-hot with d2l's
-missing-value column, per-column quantile splines, RealMLP's smooth clipping, and a column's
-derived features by its role (a date's parts, a text's length and words, a category's levels
-with the rare ones merged, and its frequency).
+missing-value column, per-column quantile splines, RealMLP's smooth clipping, a text's TF-IDF
+terms kept compactly (:class:`TextTerms`), and :class:`Derived`, which gathers what each
+column's role (:mod:`pipeline.tabular.roles`) derives: a date's parts, a text's length and
+words, a category's levels with the rare ones merged, and its frequency...
 """
 
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,7 +24,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler, SplineTransformer, StandardScaler
 
 from pipeline.errors import DataError
-from pipeline.tabular.columns import Column
+
+if TYPE_CHECKING:
+    from pipeline.tabular.columns import Column
 
 MISSING = "<missing>"  # the category that stands for NaN, as d2l's get_dummies(dummy_na=True)
 RARE = "<rare>"  # the category of levels seen too rarely, or beyond the most frequent max_levels
@@ -209,96 +214,41 @@ class QuantileSplines(TransformerMixin, BaseEstimator):
 
 class Derived:
     """What each kept column becomes before scaling and one-hot encoding, fit on the rows the
-    preprocessing is fit on (no labels):
-
-    - numbers: themselves, as floats;
-    - booleans: a category of two levels, false and true (one-hot);
-    - a date: its year, month, day, weekday, day of year and days since 1970, its hour and
-      minute when it has times, and a missing-value indicator when it has gaps;
-    - a category: its levels seen at least ``min_count`` times, the ``max_levels`` most
-      frequent (0: all), the others merged into one rare level; a category with more levels
-      than that is also given its frequency and, for the in-fold target encoding, codes of all
-      its levels;
-    - a text: its length (log of characters) and words, and its TF-IDF word and bigram counts
-      (a sparse matrix for the in-fold text model: never one column per distinct string).
-    """
+    preprocessing is fit on (no labels): each column's role (:mod:`pipeline.tabular.roles`)
+    fits it and derives its columns; this keeps what the roles learned and gathers what they
+    make, in the columns' order. ``max_levels`` and ``min_count`` are the categories' (see
+    :class:`pipeline.tabular.features.FeatureParams`)."""
 
     def __init__(self, columns: list[Column], fit: pd.DataFrame, max_levels: int = 0, min_count: int = 1):
-        self.columns, self.levels, self.counts, self.vectorizers, self.parts = columns, {}, {}, {}, {}
-        self.named = {column.name: column for column in columns}
-        self.high: list[str] = []
-        for column in columns:
-            values = column.read(fit[column.name])
-            if column.role == "category":
-                self._fit_levels(column.name, values, max_levels, min_count)
-            elif column.role == "boolean":
-                self.levels[column.name] = ["false", "true"]
-            elif column.role == "date":
-                timed = values.notna().any() and bool((values.dt.hour + values.dt.minute).fillna(0).any())
-                self.parts[column.name] = ["year", "month", "day", "weekday", "dayofyear", "epoch"] \
-                    + (["hour", "minute"] if timed else []) + (["missing"] if values.isna().any() else [])
-            elif column.role == "text":
-                self.vectorizers[column.name] = TextTerms(values.fillna(""))
-
-    def _fit_levels(self, name: str, values: pd.Series, max_levels: int, min_count: int) -> None:
-        counts = values.value_counts()
-        kept = counts[counts >= min_count]
-        if max_levels and len(kept) > max_levels:
-            kept = kept.iloc[:max_levels]
-        self.levels[name] = sorted(kept.index)
-        if max_levels and len(counts) > max_levels:
-            self.high.append(name)
-            self.counts[name] = (Strings(list(counts.index)), counts.to_numpy(dtype=np.float64))
+        self.columns = columns
+        self.fitted = {c.name: c.kind.fit(c, c.values(fit), max_levels=max_levels, min_count=min_count)
+                       for c in columns}
+        self.levels = {name: levels for c in columns for name, levels in c.kind.levels(c, self.fitted[c.name]).items()}
 
     def frames(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``frame`` as float columns (NaN missing) and category columns (strings, NaN missing)."""
         numbers, categories = {}, {}
         for column in self.columns:
-            values = column.read(frame[column.name])
-            if column.role == "number":
-                numbers[column.name] = values
-            elif column.role == "boolean":
-                categories[column.name] = values.map({1.0: "true", 0.0: "false"})
-            elif column.role == "date":
-                numbers.update({f"{column.name}.{part}": _date_part(values, part) for part in self.parts[column.name]})
-            elif column.role == "text":
-                texts = values.fillna("")
-                numbers[f"{column.name}.chars"] = np.log1p(texts.str.len()).astype(np.float64)
-                numbers[f"{column.name}.words"] = texts.str.split().str.len().astype(np.float64)
-            else:
-                levels = set(self.levels[column.name])
-                categories[column.name] = values.where(values.isna() | values.isin(levels), RARE)
-                if column.name in self.counts:
-                    levels, counts = self.counts[column.name]
-                    seen = values.map(levels.index)
-                    numbers[f"{column.name}.count"] = np.log1p(
-                        pd.Series(counts[seen.fillna(0).astype(int)], index=values.index).where(seen.notna(), 0.0))
+            more, levels = column.kind.frames(column, self.fitted[column.name], column.values(frame))
+            numbers.update(more)
+            categories.update(levels)
         index = frame.index
         return pd.DataFrame(numbers, index=index), pd.DataFrame(categories, index=index)
+
+    def names(self, column: Column) -> list[str]:
+        """The derived columns ``column`` makes (none for a column that is not kept)."""
+        return column.kind.names(column, self.fitted[column.name]) if column.name in self.fitted else []
+
+    def remark(self, column: Column) -> str:
+        """What the columns table says of the fit column (its in-fold parts), if anything."""
+        return column.kind.remark(self.fitted[column.name]) if column.name in self.fitted else ""
 
     def codes(self, frame: pd.DataFrame) -> np.ndarray:
         """(rows, high-cardinality categories) codes of every level they were fit on: -1 where
         missing, -2 for a level never seen then."""
-        out = np.full((len(frame), len(self.high)), -1, dtype=np.int64)
-        for j, name in enumerate(self.high):
-            values = self.named[name].read(frame[name])
-            codes = values.map(self.counts[name][0].index).where(values.notna(), -1).fillna(-2)
-            out[:, j] = codes.to_numpy(dtype=np.int64)
-        return out
+        codes = [code for c in self.columns for code in c.kind.codes(c, self.fitted[c.name], frame)]
+        return np.stack(codes, 1) if codes else np.full((len(frame), 0), -1, dtype=np.int64)
 
     def texts(self, frame: pd.DataFrame) -> list:
         """Each text column's TF-IDF matrix (scipy CSR, float32)."""
-        return [vectorizer.transform(self.named[name].read(frame[name]).fillna(""))
-                for name, vectorizer in self.vectorizers.items()]
-
-
-def _date_part(values: pd.Series, part: str) -> pd.Series:
-    if part == "missing":
-        return values.isna().astype(np.float64)
-    if part == "epoch":
-        return (values - EPOCH) / pd.Timedelta(days=1)
-    if part == "weekday":
-        return values.dt.day_of_week.astype(np.float64)
-    if part == "dayofyear":
-        return values.dt.day_of_year.astype(np.float64)
-    return getattr(values.dt, part).astype(np.float64)
+        return [matrix for c in self.columns for matrix in c.kind.texts(c, self.fitted[c.name], frame)]

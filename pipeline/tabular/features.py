@@ -1,11 +1,11 @@
 """Tabular features: checked tables -> float32 tensors, with scikit-learn's transformers.
 
 Each column is given a role (:mod:`pipeline.tabular.columns`) and derives its features by it
-(:class:`pipeline.tabular.encoders.Derived`); scikit-learn scales and imputes the numbers and
-one-hot encodes the categories (ColumnTransformer, StandardScaler, SimpleImputer,
-OneHotEncoder). Values that cannot become finite float32 features are a one-line
-:class:`DataError`. The features use no labels: what does (a target encoding, a text model) is
-fit inside each fold (:mod:`pipeline.tabular.infold`).
+(:mod:`pipeline.tabular.roles`, gathered by :class:`pipeline.tabular.encoders.Derived`);
+scikit-learn scales and imputes the numbers and one-hot encodes the categories
+(ColumnTransformer, StandardScaler, SimpleImputer, OneHotEncoder). Values that cannot become
+finite float32 features are a one-line :class:`DataError`. The features use no labels: what
+does (a target encoding, a text model) is fit inside each fold (:mod:`pipeline.tabular.infold`).
 """
 
 from __future__ import annotations
@@ -257,13 +257,10 @@ class FeatureBuilder:
         features it became."""
         made = dict(zip(self.numeric + self.categorical, self._dense_counts()))
         for column in self.roles:
-            column.features = sum(n for name, n in made.items() if name == column.name
-                                  or name.startswith(column.name + "."))
-            if column.name in self.derived.high:
-                column.note = "frequency and an in-fold target encoding" + (f"; {column.note}" if column.note else "")
-            if column.name in self.derived.vectorizers:
-                terms = self.derived.vectorizers[column.name].size
-                column.note = f"TF-IDF of {terms} terms -> an in-fold text model; {column.note}".rstrip("; ")
+            column.features = sum(made[name] for name in self.derived.names(column))
+            remark = self.derived.remark(column)
+            if remark:
+                column.note = f"{remark}; {column.note}" if column.note else remark
         return self.roles.rows()
 
     def _dense_counts(self) -> list[int]:
@@ -285,9 +282,9 @@ def split_columns(tables: Tables, roles: Columns) -> tuple[torch.Tensor | None, 
     spec, groups, times = tables.spec, None, None
     if spec.group is not None:
         groups = torch.from_numpy(pd.factorize(tables.train[spec.group].astype(str))[0].astype(np.int64))
-    dates = [c for c in roles if c.role == "date"]
+    dates = [c for c in roles if c.kind.timeline]
     time = spec.time or (dates[0].name if len(dates) == 1 else None)
-    if time is not None:
+    if time is not None:  # the declared time key is read as a date whatever its role
         column = next((c for c in dates if c.name == time), None) or Column(time, "date", 0, 0.0)
         when = column.read(tables.train[time])
         times = torch.from_numpy(np.array((when - EPOCH) / pd.Timedelta(days=1), dtype=np.float64))

@@ -8,7 +8,10 @@ model trained on R never sees a row's value computed from its own label, and eve
 (the fold's validation rows, the test rows) gets the value of the encoders fit on all of R. The
 CV stays honest: a fold's validation labels reach neither its features nor its models.
 
-The columns are standardized per row set (on R's values), so every member can take them.
+The columns are standardized per row set (on R's values), so every member can take them. The
+task says what is learned (:meth:`pipeline.tasks.Task.problem`): values by a ridge, classes by
+a logistic regression, whose probabilities lose the column the others determine
+(:meth:`pipeline.tasks.Task.compact`).
 """
 
 from __future__ import annotations
@@ -25,53 +28,62 @@ from sklearn.preprocessing import TargetEncoder
 from pipeline import checkpoints
 from pipeline.metrics import Metric
 from pipeline.tabular.target_transform import TargetTransform
+from pipeline.tasks import Task, task_for
 
 INNER_FOLDS = 5
 # A logistic regression's C on TF-IDF terms (strikes' remarks alone, 5-fold AUC: C = 1 0.789,
 # 4 0.789, 16 0.779); a ridge's alpha for values, on the same scale of penalty.
 TEXT_C, TEXT_ALPHA = 1.0, 1.0
+# scikit-learn's TargetEncoder's target_type for each problem a task names
+TARGET_TYPES = {"regression": "continuous", "binary": "binary", "multiclass": "multiclass"}
 
 
 class InFold:
     """The encoders of G row sets. ``values(codes, texts)`` gives any rows' (G, rows, k) columns."""
 
-    def __init__(self, groups: list[dict], classes: int):
-        self.groups, self.classes = groups, classes
+    def __init__(self, groups: list[dict], task: Task, outputs: int):
+        self.groups, self.task, self.outputs = groups, task, outputs
 
     def values(self, codes: np.ndarray, texts: list) -> torch.Tensor:
-        return torch.stack([_standardized(_encode(group, codes, texts, self.classes), group) for group in self.groups])
+        return torch.stack([_standardized(_encode(group, codes, texts, self.task, self.outputs), group)
+                            for group in self.groups])
 
     def state(self) -> dict:
-        return {"groups": checkpoints.pack(self.groups), "classes": self.classes}
+        return {"groups": checkpoints.pack(self.groups), "task": self.task.name, "outputs": self.outputs}
 
     @classmethod
     def from_state(cls, state: dict) -> "InFold":
-        return cls(checkpoints.unpack(state["groups"]), state["classes"])
+        if "classes" in state:  # saved before the task was asked: 0 classes was a regression
+            classes = state["classes"]
+            return cls(checkpoints.unpack(state["groups"]), task_for("classification" if classes else "regression"),
+                       classes or 1)
+        return cls(checkpoints.unpack(state["groups"]), task_for(state["task"]), state["outputs"])
 
 
-def width(codes: torch.Tensor | None, texts: list, classes: int) -> int:
+def width(codes: torch.Tensor | None, texts: list, task: Task, outputs: int) -> int:
     """The in-fold columns a table gets: per high-cardinality category and per text, one value
     (a class's share or probability for each class beyond the first two)."""
-    per = max(1, classes - (classes == 2))
+    per = task.compact(np.zeros((1, outputs))).shape[1]
     return (0 if codes is None else codes.shape[1]) * per + len(texts) * per
 
 
-def fit_infold(codes: torch.Tensor, texts: list, y: torch.Tensor, metric: Metric, classes: int,
+def fit_infold(codes: torch.Tensor, texts: list, y: torch.Tensor, metric: Metric, outputs: int,
                rows: list[torch.Tensor], seed: int = 0) -> tuple[InFold, torch.Tensor]:
     """The encoders fit on each row set, and every training row's (G, N, k) values: out-of-fold
-    within the row set, the fit encoders' elsewhere."""
-    codes = codes.numpy()
+    within the row set, the fit encoders' elsewhere. ``metric``'s task says what is learned,
+    with ``outputs`` columns of predictions."""
+    codes, task = codes.numpy(), metric.task
     target = _target(y, metric)
     groups, values = [], []
     for rows_g in rows:
         inside = rows_g.cpu().numpy()
-        group, oof = _fit_group(codes[inside], [t[inside] for t in texts], target[inside], classes, seed)
-        out = _encode(group, codes, texts, classes)
+        group, oof = _fit_group(codes[inside], [t[inside] for t in texts], target[inside], task, outputs, seed)
+        out = _encode(group, codes, texts, task, outputs)
         out[inside] = oof
         group["mean"], group["std"] = oof.mean(0), oof.std(0) + 1e-6
         groups.append(group)
         values.append(_standardized(out, group))
-    return InFold(groups, classes), torch.stack(values)
+    return InFold(groups, task, outputs), torch.stack(values)
 
 
 def _target(y: torch.Tensor, metric: Metric) -> np.ndarray:
@@ -80,44 +92,31 @@ def _target(y: torch.Tensor, metric: Metric) -> np.ndarray:
     return transform.learned(y.double()).numpy() if transform.log else y.numpy()
 
 
-def _fit_group(codes: np.ndarray, texts: list, y: np.ndarray, classes: int, seed: int) -> tuple[dict, np.ndarray]:
-    kind = "continuous" if classes == 0 else ("binary" if classes == 2 else "multiclass")
-    split = (KFold if classes == 0 else StratifiedKFold)(INNER_FOLDS, shuffle=True, random_state=seed)
+def _fit_group(codes: np.ndarray, texts: list, y: np.ndarray, task: Task, outputs: int,
+               seed: int) -> tuple[dict, np.ndarray]:
+    split = (StratifiedKFold if task.stratify else KFold)(INNER_FOLDS, shuffle=True, random_state=seed)
     parts, group = [], {"encoder": None, "texts": []}
     if codes.shape[1]:
-        encoder = TargetEncoder(target_type=kind, cv=split)
+        encoder = TargetEncoder(target_type=TARGET_TYPES[task.problem(outputs)], cv=split)
         parts.append(encoder.fit_transform(codes, y))
         group["encoder"] = encoder
     for matrix in texts:
-        model = _text_model(classes)
+        model = Ridge(alpha=TEXT_ALPHA) if task.continuous else LogisticRegression(C=TEXT_C, max_iter=1000)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            parts.append(_text_columns(cross_val_predict(model, matrix, y, cv=split, method=_method(classes)),
-                                       classes))
+            method = "predict" if task.continuous else "predict_proba"
+            predictions = cross_val_predict(model, matrix, y, cv=split, method=method)
+            parts.append(task.compact(task.as_outputs(predictions, outputs)))
             group["texts"].append(model.fit(matrix, y))
     return group, np.concatenate(parts, axis=1).astype(np.float32)
 
 
-def _text_model(classes: int):
-    return Ridge(alpha=TEXT_ALPHA) if classes == 0 else LogisticRegression(C=TEXT_C, max_iter=1000)
-
-
-def _method(classes: int) -> str:
-    return "predict" if classes == 0 else "predict_proba"
-
-
-def _text_columns(predictions: np.ndarray, classes: int) -> np.ndarray:
+def _encode(group: dict, codes: np.ndarray, texts: list, task: Task, outputs: int) -> np.ndarray:
     """A regression's value, P(class 1) for two classes, every class's probability for more."""
-    if classes == 0:
-        return predictions[:, None]
-    return predictions[:, 1:] if classes == 2 else predictions
-
-
-def _encode(group: dict, codes: np.ndarray, texts: list, classes: int) -> np.ndarray:
     parts = [group["encoder"].transform(codes)] if group["encoder"] is not None else []
     for model, matrix in zip(group["texts"], texts):
-        predict = model.predict if classes == 0 else model.predict_proba
-        parts.append(_text_columns(predict(matrix), classes))
+        predictions = model.predict(matrix) if task.continuous else model.predict_proba(matrix)
+        parts.append(task.compact(task.as_outputs(predictions, outputs)))
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 

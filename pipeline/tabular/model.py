@@ -107,10 +107,12 @@ def fit_final(features: Features, recipe: Recipe, members: list, weights: list[f
 def _final_data(features: Features, recipe: Recipe, device: torch.device) -> tuple[TrainingSet, InFold | None]:
     """Every training row as one row set, with the in-fold columns of encoders fit on all of
     them (out of fold within them for the training rows), and the test rows' from those encoders."""
-    if not infold.width(features.codes, features.texts, len(features.classes)):
+    task = features.spec.scorer.task
+    if not infold.width(features.codes, features.texts, task, task.outputs(features.classes)):
         return TrainingSet(features, device), None
     encoders, extra = infold.fit_infold(features.codes, features.texts, features.y, features.spec.scorer,
-                                        len(features.classes), [torch.arange(len(features.X))], recipe.folds.seed)
+                                        task.outputs(features.classes), [torch.arange(len(features.X))],
+                                        recipe.folds.seed)
     test_extra = encoders.values(features.codes_test.numpy(), features.texts_test)
     return TrainingSet(features, device, extra, test_extra), encoders
 

@@ -1,0 +1,48 @@
+"""Free text: strings of several words that rarely repeat. A text becomes its length (log of
+characters) and word count, and its TF-IDF terms: a sparse matrix for the in-fold text model,
+never one column per distinct string."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.tabular.encoders import TextTerms
+from pipeline.tabular.roles.base import Role, register
+
+TEXT_WORDS = 2.0  # mean words per distinct value from which rarely repeated strings are text ...
+TEXT_DISTINCT = 0.3  # ... when distinct in at least this share of the cells (or of 4+ words anyway)
+LONG_TEXT_WORDS = 4.0
+
+
+@register
+class Text(Role):
+    name = "text"
+    priority = 70
+
+    def claims(self, column, cells) -> bool:
+        if cells.numeric:
+            return False
+        words = cells.words
+        if words >= LONG_TEXT_WORDS or (cells.distinct_share >= TEXT_DISTINCT and words >= TEXT_WORDS):
+            column.note = f"{words:.1f} words a value"
+            return True
+        return False
+
+    def fit(self, column, values, **options) -> TextTerms:
+        return TextTerms(values.fillna(""))
+
+    def names(self, column, fitted) -> list[str]:
+        return [f"{column.name}.chars", f"{column.name}.words"]
+
+    def frames(self, column, fitted, values) -> tuple[dict, dict]:
+        texts = values.fillna("")
+        return {f"{column.name}.chars": np.log1p(texts.str.len()).astype(np.float64),
+                f"{column.name}.words": texts.str.split().str.len().astype(np.float64)}, {}
+
+    def texts(self, column, fitted: TextTerms, frame: pd.DataFrame) -> list:
+        """The TF-IDF matrix (scipy CSR, float32)."""
+        return [fitted.transform(self.values(column, frame).fillna(""))]
+
+    def remark(self, fitted: TextTerms) -> str:
+        return f"TF-IDF of {fitted.size} terms -> an in-fold text model"
