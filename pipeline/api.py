@@ -25,11 +25,13 @@ from pipeline.results import Diff, Result, RunReport, Table
 from pipeline.tabular import stages as tabular_stages, sweep as tabular_sweep
 from pipeline.tabular.search import parse_ranges
 from pipeline.tabular.trainer import TrainParams
-from pipeline.targets import SeveralLabels, all_targets, check_flags, declared_targets, get_target
+from pipeline.targets import Target, all_targets, declared_targets, get_target
 from pipeline.workspace import Workspace, mirrors_from_env
 
 
 SEARCHES = ("grid", "tpe")
+# the commands that spend time: a target of several parts shares a time limit among them
+TIMED = frozenset({"cv", "train", "submit", "run"})
 
 
 def _quiet(stage: str, what: str) -> None:
@@ -61,9 +63,9 @@ class Pipeline:
             chosen.refuse(command)
         if command not in ("status", "blend"):
             self._can_fetch(chosen)
-        given = check_flags(chosen, {k: v for k, v in (params or {}).items() if v is not None})
+        given = chosen.check_flags({k: v for k, v in (params or {}).items() if v is not None})
         resolved, config = params_file.resolve(chosen, self.workspace, given, **options)
-        limit = getattr(config, "time_limit", None)
+        limit = chosen.time_limit(config)
         return make.Context(self.workspace, chosen, resolved, config, self.mirrors, device, self.progress,
                             Path(out) if out else None, backend or Local(),
                             None if limit is None else time.monotonic() + limit)
@@ -89,10 +91,9 @@ class Pipeline:
 
     def download(self, name: str) -> list[str]:
         """A target's data, a hub dataset, a group or ``all``: the verified files' paths."""
-        if (several := self._several(name)) is not None:
-            return sorted({f for part in several.parts for f in self.download(part.name)})
         if name in all_targets(self.workspace):
-            return self._make(self.context(name), "download").get("files", [])
+            return self._on_parts(name, "download", {},
+                                  lambda part, given: self._make(self.context(part.name), "download").get("files", []))
         with self.workspace.exclusive(self.wait):
             return [str(p) for p in hub.download_group(name, self.workspace.data, self.mirrors).values()]
 
@@ -109,28 +110,27 @@ class Pipeline:
     def hub(self) -> Table:
         return Table(hub.status(self.workspace.data), ["name", "cached", "verified", "url"])
 
-    def _several(self, target: str):
-        """The competition of several label columns called ``target``, else None: commands on
-        it run on each column's target (``NAME.COLUMN``)."""
-        chosen = all_targets(self.workspace).get(target)
-        return chosen if isinstance(chosen, SeveralLabels) else None
-
-    def _each_label(self, several, params: dict, command) -> list:
-        """``command(name, params)`` on each label column's target. A time limit is the whole
-        command's: each column gets an even share of what is left when its turn comes."""
-        limit = self.context(several.parts[0].name, params).config.time_limit
-        deadline = None if limit is None else time.monotonic() + limit
-        done = []
-        for i, part in enumerate(several.parts):
+    def _on_parts(self, target: str, command: str, params: dict, one: Callable[[Target, dict], object],
+                  out: Path | None = None):
+        """``one(part, params)`` on each part of ``target`` (a target is its own one part; a
+        competition of several label columns has a target per column), and what the target
+        joins of what they made. A time limit is the whole command's: each of several parts gets
+        an even share of what is left when its turn comes."""
+        chosen = get_target(target, self.workspace)
+        chosen.refuse(command)
+        parts = chosen.parts
+        timed = command in TIMED and len(parts) > 1
+        deadline = self.context(parts[0].name, params).deadline if timed else None
+        made = []
+        for i, part in enumerate(parts):
             share = {} if deadline is None else {
-                "time_limit": max(1.0, (deadline - time.monotonic()) / (len(several.parts) - i))}
-            done.append(command(part.name, {**params, **share}))
-        return done
+                "time_limit": max(1.0, (deadline - time.monotonic()) / (len(parts) - i))}
+            made.append(one(part, {**params, **share}))
+        return chosen.join(command, made, self.workspace, out, self.wait)
 
     def preprocess(self, target: str, **params) -> dict:
-        if (several := self._several(target)) is not None:
-            return Result({p.name: self.preprocess(p.name, **params).get("features", "up to date") for p in several.parts})
-        return self._make(self.context(target, params), "preprocess")
+        return self._on_parts(target, "preprocess", params,
+                              lambda part, given: self._make(self.context(part.name, given), "preprocess"))
 
     def columns(self, target: str, **params) -> Table:
         """Each column of a tabular target's tables: its role (inferred or declared), distinct
@@ -145,20 +145,17 @@ class Pipeline:
            **params) -> dict:
         """K-fold cross-validation of the target's recipe: its report. ``backend="ray"`` runs
         each member as a Ray task (``address``: a cluster to join; else a local Ray)."""
-        if (several := self._several(target)) is not None:
-            reports = self._each_label(several, params, lambda name, given: self.cv(name, device, backend, address,
-                                                                                    **given))
-            return Result(tabular_stages.joined_scores(several, reports))
         chosen = backends.backend(backend, address)
-        ctx = self.context(target, params, device, backend=chosen, command="cv")
-        with chosen:
-            return self._make(ctx, "cv")
+
+        def one(part: Target, given: dict) -> dict:
+            ctx = self.context(part.name, given, device, backend=chosen, command="cv")
+            with chosen:
+                return self._make(ctx, "cv")
+        return self._on_parts(target, "cv", params, one)
 
     def train(self, target: str, device: str = "auto", **params) -> dict:
-        if (several := self._several(target)) is not None:
-            models = self._each_label(several, params, lambda name, given: self.train(name, device, **given))
-            return Result({p.name: m["model"] for p, m in zip(several.parts, models)})
-        return self._make(self.context(target, params, device), "train")
+        return self._on_parts(target, "train", params,
+                              lambda part, given: self._make(self.context(part.name, given, device), "train"))
 
     def evaluate(self, target: str, device: str = "auto", **params) -> dict:
         return self._make(self.context(target, params, device, command="evaluate"), "evaluate")
@@ -170,13 +167,10 @@ class Pipeline:
         model (trained first if it is not up to date). ``to_kaggle``: a message; the checked CSV
         is then uploaded to the target's competition on Kaggle."""
         competition = None if to_kaggle is None else self._competition(target)  # credentials before any work
-        several = self._several(target)
-        if several is not None and test is None:
-            self._each_label(several, params, lambda name, given: self.submit(name, None, device, **given))
-            with self.workspace.exclusive(self.wait):
-                summary = Result(tabular_stages.join_submissions(self.workspace, several, Path(out) if out else None))
-        elif test is None:
-            summary = self._make(self.context(target, params, device, out), "submit")
+        if test is None:  # out: the copy of a target that is its own one part, else of the parts' joined one
+            summary = self._on_parts(target, "submit", params, lambda part, given: self._make(
+                self.context(part.name, given, device, out if part.name == target else None), "submit"),
+                Path(out) if out else None)
         else:
             ctx = self.context(target, params, device, out, command="predict")
             with self.workspace.exclusive(self.wait):
@@ -195,7 +189,7 @@ class Pipeline:
     def _competition(self, target: str):
         from pipeline import kaggle_client
 
-        slug = getattr(get_target(target, self.workspace), "kaggle", None)
+        slug = get_target(target, self.workspace).kaggle
         if slug is None:
             raise UsageError(f"target {target} is not a Kaggle competition: set kaggle = \"SLUG\" in its "
                              f"[target.{target}] of {self.workspace.config_file.name}")
@@ -205,20 +199,12 @@ class Pipeline:
             **params) -> Result:
         """Every stage in order through ``until``, skipping those that are up to date; what they
         left: the score of the latest report, and where that report and the submission are."""
-        if (several := self._several(target)) is not None:
-            outcomes = self._each_label(several, params, lambda name, given: self.run(name, until, force, device,
-                                                                                      **given))
-            scores = {p.spec.label: o.get("score") for p, o in zip(several.parts, outcomes)}
-            outcome = {"target": target, "metric": outcomes[0].get("metric"), **scores,
-                       "mean": None if None in scores.values() else sum(scores.values()) / len(scores)}
-            if all("submission" in o for o in outcomes):
-                with self.workspace.exclusive(self.wait):
-                    outcome["submission"] = tabular_stages.join_submissions(self.workspace, several, None)["submission"]
-            return Result(outcome)
-        ctx = self.context(target, params, device)
-        with self.workspace.exclusive(self.wait):
-            make.make(ctx, until or ctx.target.stages[-1].name, force=force, in_order=True, report=self.announce)
-            return Result(self._outcome(ctx))
+        def one(part: Target, given: dict) -> Result:
+            ctx = self.context(part.name, given, device)
+            with self.workspace.exclusive(self.wait):
+                make.make(ctx, until or ctx.target.stages[-1].name, force=force, in_order=True, report=self.announce)
+                return Result(self._outcome(ctx))
+        return self._on_parts(target, "run", params, one)
 
     def _outcome(self, ctx: make.Context) -> dict:
         """The stages' recorded outputs: the last report's score and the report and submission paths."""
@@ -236,11 +222,8 @@ class Pipeline:
         return outcome
 
     def status(self, target: str, device: str = "auto", **params) -> Table:
-        if (several := self._several(target)) is not None:
-            return Table([{**row, "stage": f"{p.spec.label}: {row['stage']}"} for p in several.parts
-                          for row in self.status(p.name, device, **params)], ["stage", "state", "reason"])
-        ctx = self.context(target, params, device, command="status")  # no Kaggle credentials needed to look
-        return Table(make.status(ctx), ["stage", "state", "reason"])
+        return self._on_parts(target, "status", params, lambda part, given: Table(  # no Kaggle credentials needed
+            make.status(self.context(part.name, given, device, command="status")), ["stage", "state", "reason"]))
 
     def blend(self, run_names: list[str], out: str | Path | None = None, how: str = "greedy") -> Result:
         """Blend CV runs of one target (see :mod:`pipeline.tabular.runs`): each run's CV and the

@@ -4,13 +4,15 @@ is imported, so ``status`` stays fast, and no list of modules can go stale.
 A stage's code is the file its body is in and the modules its body reaches: those bound to the
 names it reads (and the names the functions and classes of its own module that it calls read,
 transitively), those its imports inside them bring, and, through the methods of the context's
-target it calls (``ctx.target.fetch``), the target's file and what those methods reach the same
-way. Only what the body reaches counts of its module's imports: ``download`` does not use the
-trainer that ``train`` beside it does. A module reached counts whole, with every module it
-imports, at module level or inside a function (the package defers heavy imports into
-functions), transitively. Python runs a module's parent packages' ``__init__.py`` first: they
-count, with what they import at module level, not inside their functions (``pipeline.open``
-imports the whole API). Annotations are never evaluated, so what only they name does not count.
+target it calls (``ctx.target.fetch``, inherited ones included), the target's file, those of the
+classes it inherits from (its methods and the engine's context call theirs: ``ctx.section``)
+and what those methods reach the same way. Only what the body reaches counts of its module's
+imports: ``download`` does not use the trainer that ``train`` beside it does. A module reached
+counts whole, with every module it imports, at module level or inside a function (the package
+defers heavy imports into functions), transitively. Python runs a module's parent packages'
+``__init__.py`` first: they count, with what they import at module level, not inside their
+functions (``pipeline.open`` imports the whole API). Annotations are never evaluated, so what
+only they name does not count.
 """
 
 from __future__ import annotations
@@ -83,17 +85,24 @@ def _reached(root: Path, module: str, qualname: str, target) -> tuple[set[str], 
                     todo.append((where, f"{cls}.{value}"))
                 elif kind == "target" and (method := _method(root, target, value)):
                     todo.append(method)
-                    through.add(method[0])
+                    through |= _kinds(target)
     return through, roots
 
 
 def _method(root: Path, target, name: str) -> tuple[str, str] | None:
-    """(module, qualname) of the target's method (or property) ``name``; None for a field."""
-    if target is None or not _ours(type(target).__module__):
-        return None
-    home, qualname = type(target).__module__, f"{type(target).__qualname__}.{name}"
-    nodes = _lookup(_parse(root, home), qualname)
-    return (home, qualname) if any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in nodes) else None
+    """(module, qualname) of the target's method (or property) ``name`` in the first class of its
+    type's MRO that defines the name (a kind inherits what every target shares); None for a field."""
+    for cls in type(target).__mro__ if target is not None else ():
+        nodes = _lookup(_parse(root, cls.__module__), f"{cls.__qualname__}.{name}") if _ours(cls.__module__) else []
+        if nodes:
+            found = any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in nodes)
+            return (cls.__module__, f"{cls.__qualname__}.{name}") if found else None
+    return None
+
+
+def _kinds(target) -> set[str]:
+    """The modules of the target's class and of the classes it inherits from."""
+    return {cls.__module__ for cls in type(target).__mro__ if _ours(cls.__module__)}
 
 
 def _lookup(source: Source, qualname: str) -> list[ast.AST]:

@@ -34,7 +34,7 @@ class Context:
     """What every stage gets: where to work, which target, the resolved params, how to report."""
 
     workspace: Workspace
-    target: object  # a target of pipeline.targets
+    target: object  # a pipeline.targets.Target: the engine asks it for its stages and lock sections
     params: dict  # the resolved params as plain values
     config: object = None  # the same, typed: a tabular target's Recipe
     mirrors: list[str] = field(default_factory=list)

@@ -73,7 +73,7 @@ def resolve(target, workspace: Workspace, flags: dict, **options) -> tuple[dict,
     """The target's params under ``params.toml``'s ``[target]`` table and ``flags``: as plain
     values, and as the target's typed config (a tabular target's recipe). Flags win over the file."""
     stored = {}
-    for table in getattr(target, "params_tables", (target.name,)):
+    for table in target.params_tables:
         found = from_file(workspace, table)
         if target.known is not None and set(found) - target.known:
             raise ConfigError(f"{workspace.params_file}: [{table}] has unknown param "

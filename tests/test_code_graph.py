@@ -25,6 +25,7 @@ from pipeline.targets import FASHION, HOUSE
 
 PACKAGE = code_graph.PACKAGE
 TABULAR = sorted(p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "tabular").rglob("*.py"))
+TARGETS = sorted(p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "targets").rglob("*.py"))
 # the commands' modules, which no stage runs: targets declared in pipeline.toml, the presets
 # params resolve from, and the sweep with its search
 NO_STAGE = {"tabular/declare.py", "tabular/presets.py", "tabular/search.py", "tabular/sweep.py"}
@@ -51,10 +52,11 @@ def package(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def stale(package) -> dict[str, set[str]]:
-    """Each module under tabular/ (and images/models.py) -> the stages an edit of it makes stale."""
+    """Each module under tabular/ and targets/ (and images/models.py) -> the stages an edit of it
+    makes stale."""
     found = {}
     before = _versions(package)
-    for rel in [*TABULAR, "images/models.py"]:
+    for rel in [*TABULAR, *TARGETS, "images/models.py"]:
         path = package / rel
         original = path.read_bytes()
         path.write_bytes(original + b"\n# an edit\n")
@@ -86,6 +88,19 @@ def test_the_issues_edits(stale):
     assert stale["tabular/model.py"] == {"house train", "house submit"}
     assert stale["tabular/stages.py"] == stale["tabular/__init__.py"] == ALL_HOUSE
     assert stale["images/models.py"] == {"fashion train", "fashion evaluate", "fashion submit"}
+
+
+def test_a_target_kinds_module_is_only_its_own_stages_code(stale):
+    """The stages that ask their target (download fetches, preprocess finds the tables, submit the
+    sample) hold its kind's module and the base every kind inherits, never the other kind's; the
+    modules that read pipeline.toml or look targets up by name are the commands', no stage's."""
+    assert stale["targets/tabular.py"] == {"house download", "house preprocess", "house submit"}
+    assert stale["targets/images.py"] == {"fashion download"}
+    assert stale["targets/base.py"] == stale["targets/__init__.py"] == {
+        "house download", "house preprocess", "house submit", "fashion download"}
+    for rel in ("targets/several.py", "targets/declared.py", "targets/builtin.py", "targets/lookup.py"):
+        assert stale[rel] == set(), rel
+    assert set(TARGETS) >= {"targets/tabular.py", "targets/images.py", "targets/several.py"}  # the control
 
 
 # A package of a few lines a module, and what a body in it uses: the rules one at a time.
@@ -124,6 +139,23 @@ def test_the_graph_follows_what_the_body_runs(tmp_path):
     assert code_graph.code_hash(body, target, root) == before
     (root / "sub/leaf.py").write_text("# an edit\n")
     assert code_graph.code_hash(body, target, root) != before
+
+
+def test_a_method_the_target_inherits_is_followed_into_its_class(tmp_path):
+    """``ctx.target.sample()`` defined by the class the target's kind inherits from: that class's
+    module and what the method imports count, with the kind's own module."""
+    root = tmp_path / "pipeline"
+    files = {"__init__.py": "", "hub.py": "", "stages.py": "def body(ctx):\n    return ctx.target.sample()\n",
+             "base.py": "class Base:\n    def sample(self):\n        from pipeline import hub\n",
+             "kinds.py": "from pipeline.base import Base\nclass Kind(Base):\n    name = 'toy'\n"}
+    root.mkdir()
+    for rel, text in files.items():
+        (root / rel).write_text(text)
+    body = SimpleNamespace(__module__="pipeline.stages", __qualname__="body")
+    base = type("Base", (), {"__module__": "pipeline.base"})
+    target = type("Kind", (base,), {"__module__": "pipeline.kinds"})()
+    assert code_graph.code_modules(body, target, root) == {
+        "pipeline", "pipeline.stages", "pipeline.kinds", "pipeline.base", "pipeline.hub"}
 
 
 @contextlib.contextmanager

@@ -153,6 +153,32 @@ def test_a_multi_target_takes_its_params_and_shares_one_time_limit(tmp_path, cap
     assert 15 < second < 30  # all that the first column left
 
 
+def test_each_command_on_a_multi_target_runs_on_every_column_and_joins_what_they_made(tmp_path, capsys):
+    """download, preprocess, train and submit on NAME run on each column's target (NAME.COLUMN)
+    and join what those made; a command no column's target takes on NAME is one line naming them."""
+    train, test = _tables(120, lambda x: x[:, 0])
+    train = train.rename(columns={"target": "y1"}).assign(y2=train["b"])
+    folder = _write(tmp_path / "two", train, test, pd.DataFrame({"id": test["id"], "y2": 0.0, "y1": 0.0}))
+    assert run_cli(tmp_path, capsys, "init", str(folder))[0] == 0
+    (tmp_path / "params.toml").write_text('[two]\nmodel = "lightgbm"\nfolds = 2\n')
+    code, out, err = run_cli(tmp_path, capsys, "download", "two")
+    assert code == 0 and out.split() == ["two/test.csv", "two/train.csv"], err
+    code, out, err = run_cli(tmp_path, capsys, "preprocess", "two", "--json")
+    assert code == 0 and list(json.loads(out)) == ["two.y2", "two.y1"], err
+    code, out, err = run_cli(tmp_path, capsys, "train", "two", "--json")
+    assert code == 0 and json.loads(out) == {"two.y2": "models/two.y2.pt", "two.y1": "models/two.y1.pt"}, err
+    code, out, err = run_cli(tmp_path, capsys, "submit", "two", "--out", str(tmp_path / "copy.csv"))
+    assert code == 0 and out.strip() == f"wrote 60 rows to {tmp_path / 'copy.csv'}", err
+    joined = pd.read_csv(tmp_path / "submissions" / "two.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "copy.csv"), joined)
+    assert list(joined.columns) == ["id", "y2", "y1"]
+    for column in ("y2", "y1"):
+        np.testing.assert_allclose(joined[column], pd.read_csv(tmp_path / "submissions" / f"two.{column}.csv")[column])
+    for command in ("evaluate", "sweep", "columns"):
+        code, _, err = run_cli(tmp_path, capsys, command, "two")
+        assert_one_line_error(code, err, f"target two has several labels: {command} one of two.y2, two.y1")
+
+
 @pytest.mark.parametrize("shape, needle", [
     ("two tasks", "are not all of one task and metric"),
     ("string classes", "set positive = \"CLASS\""),

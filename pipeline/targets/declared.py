@@ -1,0 +1,165 @@
+"""Tabular targets declared in the workspace's ``pipeline.toml``::
+
+    [target.churn]
+    train = "data/churn_train.csv"     # a path (relative to pipeline.toml) or an http(s) URL
+    test = "https://example.org/churn_test.csv"
+    test_sha1 = "…"                    # optional: train_sha1 / test_sha1 verify the files
+    id = "customer"
+    label = "churned"                  # or several columns: label = ["y1", "y2"]
+    task = "classification"            # or "regression"
+    metric = "accuracy"                # see pipeline.metrics
+
+Kaggle ships a competition as one zip: ``archive = "URL or path"`` (with an optional
+``archive_sha1``) makes ``train`` and ``test`` member paths inside it; ``kaggle = "SLUG"`` has
+Kaggle's client download that zip. Each group of keys is read by its own function below; every
+mistake is a one-line ConfigError naming the file, the table and the key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+
+from pipeline import hub
+from pipeline.errors import ConfigError, DataError
+from pipeline.hub import DataFile
+from pipeline.metrics import Metric, metric_for
+from pipeline.params import read_toml
+from pipeline.tabular.presets import AUTO, DECLARED_FAMILIES, DECLARED_MODELS
+from pipeline.tabular.tables import TableSpec
+from pipeline.targets.base import Target
+from pipeline.targets.builtin import BUILTIN
+from pipeline.targets.several import SeveralLabels
+from pipeline.targets.tabular import TabularTarget
+from pipeline.tasks import Task, task_for
+from pipeline.workspace import Workspace
+
+TARGET_KEYS = {"train", "test", "train_sha1", "test_sha1", "id", "label", "task", "metric", "columns", "group", "time",
+               "archive", "archive_sha1", "positive", "sample", "sample_sha1", "kaggle", "higher_is_better",
+               "submits"}
+
+
+def declared_targets(workspace: Workspace) -> dict[str, Target]:
+    """Targets declared in ``pipeline.toml``, by name: a competition of several label columns
+    and each column's target too."""
+    path = workspace.config_file
+    targets = {}
+    for name, table in read_toml(path).get("target", {}).items():
+        where = f"{path} [target.{name}]"
+        _check_keys(name, table, where)
+        task, metric = _scoring(table, path.parent, where)
+        archive, sources = _files(name, table, path.parent, where)
+        labels, spec = _spec(table, task, metric, where)
+        target = TabularTarget(name, sources["train"], sources["test"], spec,
+                               {"model": "linear", "split": "shuffled"}, DECLARED_FAMILIES, {"auto": AUTO},
+                               "auto", DECLARED_MODELS, archive=archive, sample=sources.get("sample"),
+                               kaggle=table.get("kaggle"))
+        targets.update(SeveralLabels.of(target, labels) if len(labels) > 1 else {name: target})
+    return targets
+
+
+def _check_keys(name: str, table, where: str) -> None:
+    """A name of its own, and a table of known keys holding the required ones."""
+    if name in BUILTIN:
+        raise ConfigError(f"{where}: {name!r} is a built-in target; pick another name")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table of keys")
+    unknown = sorted(set(table) - TARGET_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TARGET_KEYS))})")
+    missing = [k for k in ("train", "test", "id", "label") if k not in table]
+    if missing:
+        raise ConfigError(f"{where}: missing key {missing[0]!r}")
+
+
+def _scoring(table: dict, base: Path, where: str) -> tuple[Task, Metric]:
+    """``task`` and ``metric`` (with ``higher_is_better`` and ``submits`` for a custom one)."""
+    task = task_for(table.get("task", "regression"), where)
+    metric = metric_for(_metric_reference(table.get("metric", task.default_metric), base), task.name,
+                        where=where, higher_is_better=table.get("higher_is_better"), submits=table.get("submits"))
+    return task, metric
+
+
+def _metric_reference(metric, base: Path):
+    """A custom metric in a file (``scoring.py:gini``) names the file from pipeline.toml's folder."""
+    if isinstance(metric, str) and ":" in metric and metric.rpartition(":")[0].endswith(".py"):
+        module, _, function = metric.rpartition(":")
+        return f"{(base / module).expanduser().resolve()}:{function}"
+    return metric
+
+
+def _files(name: str, table: dict, base: Path, where: str) -> tuple[DataFile | Path | None, dict]:
+    """Where the files come from: the archive (None without ``archive``), and ``train``, ``test``
+    and ``sample``: member paths inside Kaggle's zip or the archive, else paths or URLs."""
+    roles = [role for role in ("train", "test", "sample") if role in table]
+    if "kaggle" in table and "archive" in table:
+        raise ConfigError(f"{where}: kaggle and archive both say where the files come from; keep one")
+    if "kaggle" in table and (not isinstance(table["kaggle"], str)
+                              or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", table["kaggle"])):
+        raise ConfigError(f"{where}: kaggle must be a competition's slug, e.g. \"house-prices-advanced-"
+                          "regression-techniques\"")
+    archive = None
+    if "archive" in table:
+        archive = _source(name, "archive", table["archive"], table.get("archive_sha1"), base, where)
+    if "kaggle" in table or "archive" in table:
+        return archive, {role: _member(table[role], role, where) for role in roles}
+    return None, {role: _source(name, role, table[role], table.get(f"{role}_sha1"), base, where) for role in roles}
+
+
+def _source(target: str, role: str, value: str, sha1: str | None, base: Path, where: str) -> DataFile | Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {role} must be a path or URL string")
+    if value.startswith(("http://", "https://")):
+        name = PurePosixPath(value.split("?")[0]).name
+        # an archive keeps its whole name (.tar.gz), which says how to unpack it
+        cached = name if role == "archive" else f"{role}{PurePosixPath(name).suffix or '.csv'}"
+        return DataFile(f"{target}_{role}", value, sha1, None, f"{target}/{cached}")
+    path = (base / value).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"{where}: {role} file {path} does not exist")
+    if sha1 and hub.sha1_file(path) != sha1:
+        raise DataError(f"{where}: {path} does not match {role}_sha1 {sha1}")
+    return path
+
+
+def _member(value, role: str, where: str) -> str:
+    """A member path inside the archive: relative, and never above it."""
+    if not isinstance(value, str) or not value or PurePosixPath(value).is_absolute() \
+            or ".." in PurePosixPath(value).parts:
+        raise ConfigError(f"{where}: {role} must be a relative path inside the archive, got {value!r}")
+    return value
+
+
+def _spec(table: dict, task: Task, metric: Metric, where: str) -> tuple[list[str], TableSpec]:
+    """The label columns, and the table's spec (its first label's): ``id``, ``positive``, the
+    ``columns``' roles, ``group`` and ``time``."""
+    positive = table.get("positive")
+    if positive is not None and metric.task.continuous:
+        raise ConfigError(f"{where}: positive names a class; it is for task \"classification\"")
+    labels = _labels(table["label"], where)
+    return labels, TableSpec(table["id"], labels[0], task.name, metric.name, positive,
+                             _columns(table.get("columns", {}), where), table.get("group"), table.get("time"),
+                             table.get("higher_is_better"), table.get("submits"))
+
+
+def _labels(label, where: str) -> list[str]:
+    """``label = "y"``, or several columns: ``label = ["y1", "y2"]``."""
+    labels = [label] if isinstance(label, str) else label
+    if not isinstance(labels, list) or not labels or not all(isinstance(c, str) and c for c in labels) \
+            or len(set(labels)) != len(labels):
+        raise ConfigError(f"{where}: label must be a column name or a list of distinct column names")
+    return labels
+
+
+def _columns(declared, where: str) -> dict:
+    """``columns = {date = ["arrival"], drop = ["flight"], geo = [["lat", "lon"]]}``: roles and
+    their entries, each a column name or, for a role over several columns, a list of them (checked
+    against the roles and the table's columns at preprocess)."""
+    def entry(value) -> bool:
+        return isinstance(value, str) or (isinstance(value, list) and bool(value)
+                                          and all(isinstance(c, str) for c in value))
+
+    if not isinstance(declared, dict) or not all(isinstance(v, list) and all(map(entry, v)) for v in declared.values()):
+        raise ConfigError(f"{where}: columns must be a table of roles, each a list of column names or of lists of "
+                          'them (e.g. columns = {date = ["arrival"], drop = ["flight"], geo = [["lat", "lon"]]})')
+    return declared

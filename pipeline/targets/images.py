@@ -1,0 +1,54 @@
+"""An image target: an image-classification competition from the data hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import hub
+from pipeline.hub import DataFile
+from pipeline.images import stages as image_stages
+from pipeline.images.train import DEFAULTS as CLASSIFIERS, OPTIMIZERS as IMAGE_OPTIMIZERS, \
+    SCHEDULES as IMAGE_SCHEDULES
+from pipeline.targets.base import Target
+
+IMAGE_FLAGS = frozenset({"model", "valid_fraction", "folds", "seed", "hidden", "dropout", "epochs", "lr",
+                         "weight_decay", "batch_size", "optimizer", "schedule", "augment", "tta"})
+
+
+@dataclass(frozen=True)
+class ImageTarget(Target):
+    """An image-classification competition; each model keeps its own checkpoint and lock section.
+    params.toml may hold any classifier param (``known`` is None): fit_classifier checks them."""
+
+    name: str
+    files: tuple[DataFile, ...]
+    defaults: dict
+    flags = IMAGE_FLAGS
+    stages = image_stages.STAGES
+    commands = frozenset({"download", "preprocess", "train", "evaluate", "submit", "run", "status"})
+
+    def refusal(self, command: str) -> str:
+        if command in ("cv", "sweep"):
+            return f"{self.name} is an image target: train it with folds >= 2 for its fold scores"
+        return f"target {self.name} has no {command} command"
+
+    def section(self, params: dict) -> str:
+        return f"{self.name}/{params['model']}"
+
+    @property
+    def choices(self) -> dict[str, tuple]:
+        return {"model": tuple(CLASSIFIERS), "optimizer": IMAGE_OPTIMIZERS, "schedule": IMAGE_SCHEDULES}
+
+    def configure(self, stored: dict, flags: dict) -> tuple[dict, None]:
+        return {**self.defaults, **stored, **flags}, None
+
+    def flag_values(self, given: dict) -> dict:
+        """The classifiers' MLP has one hidden layer: ``--hidden 256`` is a width, not a list."""
+        hidden = given.get("hidden")
+        if isinstance(hidden, list) and len(hidden) == 1:
+            given = {**given, "hidden": hidden[0]}
+        return given
+
+    def fetch(self, data_dir: Path, mirrors: list[str]) -> list[Path]:
+        return [hub.download(f, data_dir, mirrors) for f in self.files]
