@@ -19,7 +19,7 @@ from pipeline.tabular import members as families
 from pipeline.tabular.budget import seconds
 from pipeline.tabular.ensemble import BLENDS
 from pipeline.tabular.features import FeatureParams
-from pipeline.tabular.members import Member, TorchMember
+from pipeline.tabular.members import Member
 from pipeline.tabular.trainer import TrainParams
 
 
@@ -82,9 +82,10 @@ class Recipe:
 
     def torch_config(self) -> TrainParams:
         """The one torch model a sweep trains."""
-        if len(self.members) != 1 or not isinstance(self.members[0], TorchMember):
+        config = self.members[0].sweep_config() if len(self.members) == 1 else None
+        if config is None:
             raise UsageError("a sweep trains one torch model at a time: choose model linear or mlp")
-        return self.members[0].config
+        return config
 
 
 def known_params() -> set[str]:

@@ -157,6 +157,10 @@ class Member(ABC):
     def restore(self, state: dict, metric: Metric, device: torch.device) -> "Fitted":
         """The fitted member whose :meth:`Fitted.state` is ``state``."""
 
+    def sweep_config(self):
+        """The stacked trainer's config that a sweep varies, or None: only torch families are swept."""
+        return None
+
     def supports(self, task) -> bool:
         """Whether this member learns ``task`` (fitting one it does not is a one-line error)."""
         return True

@@ -42,6 +42,9 @@ class TorchMember(Member):
         values = self.config.to_dict()
         return {k: values[k] for k in self.declared(self.family)}
 
+    def sweep_config(self) -> TrainParams:
+        return self.config
+
     def restore(self, state: dict, metric: Metric, device: torch.device) -> "TorchFitted":
         return TorchFitted.from_state(state, metric, device)
 
