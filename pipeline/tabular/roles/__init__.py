@@ -16,5 +16,6 @@ from pipeline.tabular.roles import category  # noqa: F401
 from pipeline.tabular.roles import text  # noqa: F401
 from pipeline.tabular.roles import dropped  # noqa: F401
 from pipeline.tabular.roles import identifier  # noqa: F401
+from pipeline.tabular.roles import geo  # noqa: F401
 
 __all__ = ["ROLES", "Cells", "Role", "declarable", "inferred", "register"]
