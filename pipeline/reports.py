@@ -99,6 +99,9 @@ def sections(report: dict) -> list[tuple[str, str, object]]:
                  f"{m['seconds']:.1f}", "" if m.get("budget") is None else f"{m['budget']:.0f}"]
                 for m in report["members"]]
         out.append(("table", "Members", (columns, rows)))
+    if report.get("infold_seconds"):
+        out.append(("paragraph", "", f"the in-fold columns (target encodings, text models), fit in each fold for "
+                                     f"every member: {report['infold_seconds']:.1f} s"))
     if isinstance(report.get("folds"), list) and report["folds"]:
         rows = [[str(i), _fmt(f["train"]), _fmt(f["valid"]),
                  f"diverged at epoch {f['failed_epoch']}" if f.get("failed_epoch") else ""]

@@ -60,6 +60,10 @@ def test_a_category_of_per_row_noise_gives_no_cv_advantage(tmp_path, capsys):
     assert noisy["mean_valid"] >= base - 0.01, (noisy["mean_valid"], base)
     assert leaked < 0.5 * base  # the control: a leak shows
     assert any(c["column"] == "tag" and c["role"] == "category (declared)" for c in noisy["columns"])
+    # what the in-fold columns cost is reported, since no member's time holds it
+    assert noisy["infold_seconds"] > 0 and "infold_seconds" not in cv(competition(tmp_path / "base"), capsys)
+    markdown = (tmp_path / "noise" / "reports" / "runs" / noisy["run"] / "report.md").read_text()
+    assert f"every member: {noisy['infold_seconds']:.1f} s" in markdown
 
 
 def test_group_split_keeps_each_group_in_one_fold():

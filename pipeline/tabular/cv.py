@@ -84,6 +84,7 @@ class Shared:
     seeds: int = 1
     curves: bool = True
     extra: torch.Tensor | None = None  # (folds, rows, k): see pipeline.tabular.infold
+    infold_seconds: float = 0.0  # what fitting the in-fold columns cost
 
     def data(self) -> tuple[TrainingSet, list[torch.Tensor], list[torch.Tensor]]:
         data = TrainingSet(self.features, torch.device(self.device), self.extra)
@@ -115,12 +116,13 @@ def _shared(features: Features, folds: FoldParams, device: torch.device, **optio
                        times=None if features.times is None else features.times.numpy())
     _check_classes(features, splits, folds.folds)
     train_rows = [tr for tr, _ in splits]
-    extra = None
+    extra, started = None, time.perf_counter()
     task = features.spec.scorer.task
     if infold.width(features.codes, features.texts, task, task.outputs(features.classes)):
         _, extra = infold.fit_infold(features.codes, features.texts, features.y, features.spec.scorer,
                                      task.outputs(features.classes), train_rows, folds.seed)
-    return Shared(features, train_rows, [va for _, va in splits], str(device), folds.seed, extra=extra, **options)
+    return Shared(features, train_rows, [va for _, va in splits], str(device), folds.seed, extra=extra,
+                  infold_seconds=time.perf_counter() - started if extra is not None else 0.0, **options)
 
 
 def configs_task(shared: Shared, configs: list[TrainParams], progress: Progress) -> list[FoldScores]:
@@ -209,6 +211,7 @@ class RecipeScore:
     blend_oof: torch.Tensor  # (rows, outputs): each row's blend by the fold that did not train on it
     kept: list[int] = field(default_factory=list)  # the recipe's members these are (a time limit cuts some)
     fold_of: torch.Tensor | None = None  # (rows,) the fold that validates each row; -1: none (a time split)
+    infold_seconds: float = 0.0  # the in-fold columns' fit (target encodings, text models), shared by the members
 
 
 @dataclass
@@ -304,7 +307,7 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
     if not kept:
         raise TrainingError(f"no member fits in the time limit: {runs[0].label}: {runs[0].cut}; give more time")
     result = _blended(shared, [runs[i] for i in kept], recipe.blend, device)
-    result.kept = kept
+    result.kept, result.infold_seconds = kept, shared.infold_seconds
     return result, time.perf_counter() - started
 
 

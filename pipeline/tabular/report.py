@@ -37,6 +37,8 @@ def cv_report(run_dir: Path, target: str, features: Features, recipe: Recipe, re
                          for m, w, b in zip(result.members, result.weights, result.budgets)]
     if len(result.members) > 1:
         report["blend"] = {"how": recipe.blend, "weights": result.weights, "fold_weights": result.fold_weights}
+    if result.infold_seconds:
+        report["infold_seconds"] = result.infold_seconds
     return report
 
 
