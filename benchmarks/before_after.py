@@ -6,12 +6,13 @@ process whose ``PYTHONPATH`` puts one checkout's package first, the two alternat
 target so that the machine's noise falls on both. Prints both CV scores, both times and their
 ratio. A refactor must leave the scores equal (issue 30); the times are what to compare.
 
-    python benchmarks/before_after.py REV [--shared ../shared] [--targets house,hotel,...]
+    python benchmarks/before_after.py REV [--shared ../shared] [--targets house,hotel,...] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -31,7 +32,7 @@ CHILD = """
 import json, sys, time
 from pipeline.api import Pipeline
 started = time.perf_counter()
-report = Pipeline(sys.argv[1], mirrors=[sys.argv[3]]).cv(sys.argv[2])
+report = Pipeline(sys.argv[1], mirrors=[sys.argv[3]]).cv(sys.argv[2], seed=int(sys.argv[4]))
 print(json.dumps({"score": report["mean_valid"], "seconds": time.perf_counter() - started}))
 """
 
@@ -44,10 +45,10 @@ def declare(shared: Path) -> str:
     return "\n".join(lines)
 
 
-def cv(code: Path, workspace: Path, target: str, shared: Path) -> dict:
-    """``pipeline cv TARGET`` by the package in ``code``, in a fresh workspace copy."""
+def cv(code: Path, workspace: Path, target: str, shared: Path, seed: int) -> dict:
+    """``pipeline cv TARGET --seed SEED`` by the package in ``code``, in a workspace of its own."""
     env = {**os.environ, "PYTHONPATH": str(code)}
-    done = subprocess.run([sys.executable, "-c", CHILD, str(workspace), target, str(shared / "datasets")],
+    done = subprocess.run([sys.executable, "-c", CHILD, str(workspace), target, str(shared / "datasets"), str(seed)],
                           env=env, capture_output=True, text=True, cwd=code)
     if done.returncode:
         raise SystemExit(f"{code}: cv {target} failed:\n{done.stderr[-2000:]}")
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("rev", help="the git revision to compare against (e.g. HEAD~3)")
     parser.add_argument("--shared", type=Path, default=HERE.parent / "shared")
     parser.add_argument("--targets", default="house," + ",".join(COMPETITIONS))
+    parser.add_argument("--seeds", default="0", help="the folds' seeds to run each target at (noise shows as their spread)")
     args = parser.parse_args()
     shared = args.shared.resolve()
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,16 +68,17 @@ def main() -> None:
         subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", str(before), args.rev], check=True,
                        capture_output=True)
         try:
-            print(f"{'target':<10} {args.rev + ' CV':>14} {'this CV':>10} {'before s':>9} {'this s':>8} {'ratio':>6}")
-            for target in args.targets.split(","):
+            print(f"{'target':<10} {'seed':>4} {args.rev + ' CV':>14} {'this CV':>10} {'before s':>9} {'this s':>8} "
+                  f"{'ratio':>6}")
+            for target, seed in itertools.product(args.targets.split(","), map(int, args.seeds.split(","))):
                 runs = {}
                 for side, code in (("before", before), ("this", HERE)):
-                    workspace = Path(tmp) / "workspaces" / side
+                    workspace = Path(tmp) / "workspaces" / side / str(seed)
                     workspace.mkdir(parents=True, exist_ok=True)
                     (workspace / "pipeline.toml").write_text(declare(shared))
-                    runs[side] = cv(code, workspace, target, shared)
+                    runs[side] = cv(code, workspace, target, shared, seed)
                 b, t = runs["before"], runs["this"]
-                print(f"{target:<10} {b['score']:>14.4f} {t['score']:>10.4f} {b['seconds']:>9.1f} {t['seconds']:>8.1f} "
+                print(f"{target:<10} {seed:>4} {b['score']:>14.4f} {t['score']:>10.4f} {b['seconds']:>9.1f} {t['seconds']:>8.1f} "
                       f"{t['seconds'] / b['seconds']:>6.2f}", flush=True)
         finally:
             subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(before)], capture_output=True)
