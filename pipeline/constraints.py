@@ -12,7 +12,7 @@ function; this is the package's own, so no family depends on a library's interna
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, field, fields
+from dataclasses import field, fields
 
 from pipeline.errors import ParamError, UsageError
 
@@ -106,11 +106,9 @@ FLAG = OneOf(True, False)
 LOG_TARGET = OneOf(True, False, "auto")
 
 
-def param(default, rule: Rule | None = None, **options):
-    """A dataclass field declaring a param: its default and the values it takes."""
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"rule": rule}, **options)
-    return field(default=default, metadata={"rule": rule}, **options)
+def param(default, rule: Rule):
+    """A dataclass field declaring a param: its (immutable) default and the values it takes."""
+    return field(default=default, metadata={"rule": rule})
 
 
 def validate(instance) -> None:
@@ -142,8 +140,3 @@ def build(cls, values: dict, owner: str):
     if unknown:
         raise UsageError(f"{owner} has no param {unknown[0]!r} (its params: {', '.join(sorted(known))})")
     return cls(**values)
-
-
-def defaults(cls) -> dict:
-    """A params dataclass's defaults, by field."""
-    return {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cls)}

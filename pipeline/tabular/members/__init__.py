@@ -15,9 +15,10 @@ import torch
 from pipeline.errors import ParamError
 from pipeline.metrics import Metric
 from pipeline.tabular.members.base import FAMILIES, FitReport, Fitted, Inputs, Member, TrainingSet, score_groups
-from pipeline.tabular.members.neural import TorchFitted, TorchMember
+from pipeline.tabular.members.neural import TorchMember
 from pipeline.tabular.members.boosting import LightGBMMember
 from pipeline.tabular.members.scikit import SklearnMember
+from pipeline.tabular.members import extra_trees  # noqa: F401  (registers extratrees)
 
 
 def declared(family: str) -> dict:
@@ -45,6 +46,5 @@ def load_fitted(state: dict, metric: Metric, device: torch.device) -> Fitted:
 
 
 __all__ = ["FAMILIES", "FitReport", "Fitted", "Inputs", "Member", "TrainingSet", "build", "declared",
-           "every_param", "load_fitted", "score_groups", "LightGBMMember", "SklearnMember", "TorchFitted",
+           "every_param", "load_fitted", "score_groups", "LightGBMMember", "SklearnMember",
            "TorchMember"]
-from pipeline.tabular.members import extra_trees  # noqa: F401,E402  (registers extratrees)
