@@ -16,7 +16,6 @@ from helpers import declare
 from pipeline.api import Pipeline
 from pipeline.errors import ConfigError, DataError
 from pipeline.metrics import METRICS, metric_for
-from pipeline.tabular import stages
 from pipeline.targets import all_targets
 from pipeline.workspace import Workspace
 
@@ -119,12 +118,12 @@ def test_a_sample_of_one_row_per_id_is_one_line(tmp_path):
     assert "\n" not in str(caught.value)
 
 
-def test_several_ranked_labels_do_not_join(tmp_path):
-    """Each label's ranked rows are its own classes: a joined submission is refused before any is read."""
+def test_several_ranked_labels_are_refused_when_declared(tmp_path):
+    """Each label's ranked rows are its own classes: several labels cannot share a submission, so
+    such a target is refused when it is read, before any label trains."""
     _shop(tmp_path, label=["colour", "tint"])
-    several = all_targets(Workspace(tmp_path))["shop"]
     with pytest.raises(ConfigError) as caught:
-        stages.join_submissions(Workspace(tmp_path), several, None)
-    assert str(caught.value) == ("target shop: metric map@3 submits a ranked list of one label's classes, several "
-                                 "rows per id, which several labels cannot share; each label's own is in "
-                                 "submissions/: shop.colour.csv, shop.tint.csv")
+        all_targets(Workspace(tmp_path))
+    assert str(caught.value).endswith(": metric map@3 submits a ranked list of one label's classes, several rows "
+                                      "per id, which several labels cannot share: declare a target per label column")
+    assert "[target.shop]" in str(caught.value) and "\n" not in str(caught.value)

@@ -72,8 +72,8 @@ class Column:
         if not self.members:
             return [self.row()]
         note = f"part of {self.name}" + (f"; {self.note}" if self.note else "")
-        return [{**m.row(), "features": self.features if i == 0 else 0, "note": note}
-                for i, m in enumerate(self.members)]
+        return [{**m.row(), "features": self.features if i == 0 else 0,
+                 "note": note + (f"; {m.note}" if m.note else "")} for i, m in enumerate(self.members)]
 
 
 @dataclass
@@ -84,9 +84,6 @@ class Columns:
 
     def __iter__(self):
         return iter(self.columns)
-
-    def named(self, role: str) -> list[str]:
-        return [c.name for c in self.columns if c.role == role]
 
     @property
     def kept(self) -> list[Column]:

@@ -120,7 +120,8 @@ def _fit_group(codes: np.ndarray, texts: list, y: np.ndarray, task: Task, output
 
 
 def _encode(group: dict, codes: np.ndarray, texts: list, task: Task, outputs: int) -> np.ndarray:
-    """A regression's value, P(class 1) for two classes, every class's probability for more."""
+    """Any rows' in-fold columns by the encoders fit on a row set: the target encodings, then each
+    text model's prediction (a value, P(class 1) for two classes, every class's probability for more)."""
     parts = [group["encoder"].transform(codes)] if group["encoder"] is not None else []
     for model, matrix in zip(group["texts"], texts):
         predictions = model.predict(matrix) if task.continuous else model.predict_proba(matrix)

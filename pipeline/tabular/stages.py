@@ -18,7 +18,7 @@ import torch
 
 from pipeline import checkpoints, reports
 from pipeline.devices import resolve_device
-from pipeline.errors import ConfigError, DataError, TrainingError
+from pipeline.errors import DataError, TrainingError
 from pipeline.make import Context, Stage, recorded
 from pipeline.submissions import like_sample, write_copies
 from pipeline.tabular import runs
@@ -197,14 +197,9 @@ def blend_runs(ctx: Context, run_dirs: list[Path], how: str) -> dict:
 
 def join_submissions(workspace, several, out: Path | None) -> dict:
     """The submissions of a competition's label columns (each column's target submitted) joined
-    into one, in the sample's format when there is one. A ranked list's rows (several per id)
-    are each column's own classes, best first: rows of different columns do not join."""
+    into one, in the sample's format when there is one (a ranked metric's several rows per id are
+    refused when such a target is declared)."""
     spec, kind = several.whole.spec, several.whole.spec.scorer.submits
-    if kind.ranked:
-        raise ConfigError(f"target {several.name}: metric {spec.scorer.name} submits a ranked list of one label's "
-                          "classes, several rows per id, which several labels cannot share; each label's "
-                          f"own is in {workspace.submissions.name}/: "
-                          f"{', '.join(f'{p.name}.csv' for p in several.parts)}")
     frames = [read_csv(workspace.submissions / f"{part.name}.csv") for part in several.parts]
     ids = frames[0][spec.id]
     if not all(f[spec.id].equals(ids) for f in frames):

@@ -137,6 +137,9 @@ def _spec(table: dict, task: Task, metric: Metric, where: str) -> tuple[list[str
     if positive is not None and metric.task.continuous:
         raise ConfigError(f"{where}: positive names a class; it is for task \"classification\"")
     labels = _labels(table["label"], where)
+    if len(labels) > 1 and metric.submits.ranked:
+        raise ConfigError(f"{where}: metric {metric.name} submits a ranked list of one label's classes, several rows "
+                          "per id, which several labels cannot share: declare a target per label column")
     return labels, TableSpec(table["id"], labels[0], task.name, metric.name, positive,
                              _columns(table.get("columns", {}), where), table.get("group"), table.get("time"),
                              table.get("higher_is_better"), table.get("submits"))

@@ -44,8 +44,10 @@ class LightGBMParams:
 
     def booster_params(self, data: TrainingSet, seed: int) -> dict:
         params = {k: v for k, v in asdict(self).items() if k not in ("log_target", "inner_valid", "n_estimators")}
-        return {**params, **OBJECTIVES[data.task.problem(data.n_out)](data.n_out), "random_state": seed,
-                "verbose": -1, **({"metric": "auc"} if data.metric.ranks else {})}
+        problem = data.task.problem(data.n_out)
+        ranked = data.metric.ranks and problem == "binary"  # early stopping on LightGBM's AUC, not its loss
+        return {**params, **OBJECTIVES[problem](data.n_out), "random_state": seed, "verbose": -1,
+                **({"metric": "auc"} if ranked else {})}
 
 
 @dataclass(frozen=True)

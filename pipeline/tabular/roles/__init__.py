@@ -1,10 +1,10 @@
 """Column roles: what each column of a competition's tables holds, and so the features it
-becomes. One class per role, each in its module, each registered by its import here
-(:data:`ROLES`, in this order); :mod:`.base` has the template they fill in.
+becomes. One class per role, registered by its module's import here (:data:`ROLES`, in this
+order; the dropped roles share one module); :mod:`.base` has the template they fill in.
 
-A role is ``number``, ``boolean``, ``date``, ``category`` or ``text``, which become features,
-or ``empty``, ``constant``, ``duplicate``, ``dropped`` (declared ``drop``) or ``id``, which
-are dropped. A new role is one module (a :class:`Role` subclass decorated with
+A role is ``number``, ``boolean``, ``date``, ``category``, ``text`` or ``geo`` (a latitude and a
+longitude, declared), which become features, or ``empty``, ``constant``, ``duplicate``,
+``dropped`` (declared ``drop``) or ``id``, which are dropped. A new role is one module (a :class:`Role` subclass decorated with
 :func:`register`) and one import line below.
 """
 
