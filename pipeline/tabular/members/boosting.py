@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.constraints import LOG_TARGET, Interval, at_least, build, param, positive, validate
+from pipeline.constraints import LOG_TARGET, Interval, at_least, param, positive, validate
 from pipeline.tabular.members.base import Inputs, TrainingSet, register
-from pipeline.tabular.members.library import LibraryMember, OneFit
+from pipeline.tabular.members.library import ConfiguredMember, OneFit
 
 EARLY_STOPPING = 200  # boosting rounds without improvement on the inner split
 # LightGBM's objective for each problem a task poses (see Task.problem)
@@ -51,22 +51,12 @@ class LightGBMParams:
 
 
 @dataclass(frozen=True)
-class LightGBMMember(LibraryMember):
+class LightGBMMember(ConfiguredMember):
     config: LightGBMParams = LightGBMParams()
+    Params = LightGBMParams
     family = "lightgbm"
     stops_at_deadline = True
     stopped = "boosting stopped"
-
-    @classmethod
-    def declared(cls, family: str) -> dict:
-        return asdict(LightGBMParams())
-
-    @classmethod
-    def build(cls, family: str, values: dict) -> "LightGBMMember":
-        return cls(build(LightGBMParams, values, f"ensemble member {family}"))
-
-    def params(self) -> dict:
-        return asdict(self.config)
 
     def columns(self, inputs: Inputs, group: int) -> np.ndarray:
         return inputs.native_of(group)

@@ -1,23 +1,23 @@
 """Extremely randomized trees (scikit-learn's ExtraTreesRegressor and ExtraTreesClassifier) as
 a recipe member: ``{model = "extratrees"}``, or ``--model extratrees``.
 
-The worked example of a model family in one file (README, "Add a model family"): its params
+The worked example of a model family in one file (README, "Extending the package"): its params
 with their rules, how one model fits and predicts, how it saves; the template
-(:class:`~pipeline.tabular.members.library.LibraryMember`) does the rest: log targets, row sets,
+(:class:`~pipeline.tabular.members.library.ConfiguredMember`) does the rest: log targets, row sets,
 seeds, deadlines, progress and the report. Each seed grows a forest from another random_state.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
 
 from pipeline import checkpoints
-from pipeline.constraints import LOG_TARGET, Interval, at_least, build, param, validate
+from pipeline.constraints import LOG_TARGET, Interval, at_least, param, validate
 from pipeline.tabular.members.base import register
-from pipeline.tabular.members.library import LibraryMember, OneFit, estimator_outputs
+from pipeline.tabular.members.library import ConfiguredMember, OneFit, estimator_outputs
 
 
 @dataclass(frozen=True)
@@ -32,20 +32,10 @@ class ExtraTreesParams:
 
 
 @dataclass(frozen=True)
-class ExtraTreesMember(LibraryMember):
+class ExtraTreesMember(ConfiguredMember):
     config: ExtraTreesParams = ExtraTreesParams()
+    Params = ExtraTreesParams
     family = "extratrees"
-
-    @classmethod
-    def declared(cls, family: str) -> dict:
-        return asdict(ExtraTreesParams())
-
-    @classmethod
-    def build(cls, family: str, values: dict) -> "ExtraTreesMember":
-        return cls(build(ExtraTreesParams, values, f"ensemble member {family}"))
-
-    def params(self) -> dict:
-        return asdict(self.config)
 
     def _fit_one(self, X: np.ndarray, target: np.ndarray, rows: np.ndarray, one: OneFit):
         forest = ExtraTreesRegressor if one.data.task.continuous else ExtraTreesClassifier

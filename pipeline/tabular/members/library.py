@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from pipeline.constraints import build
 from pipeline.metrics import Metric
 from pipeline.params import plain
 from pipeline.tabular.budget import OutOfTime, part
@@ -120,6 +121,24 @@ def estimator_outputs(estimator, X: np.ndarray, task, outputs: int) -> np.ndarra
     if task.continuous:
         return task.as_outputs(estimator.predict(X), outputs)
     return task.as_outputs(estimator.predict_proba(X), outputs, estimator.classes_)
+
+
+class ConfiguredMember(LibraryMember):
+    """A library family whose params are one frozen dataclass (its ``Params``, whose fields are
+    :func:`~pipeline.constraints.param`), held as ``config``: declared, built and reported from it."""
+
+    Params: type
+
+    @classmethod
+    def declared(cls, family: str) -> dict:
+        return asdict(cls.Params())
+
+    @classmethod
+    def build(cls, family: str, values: dict) -> "ConfiguredMember":
+        return cls(build(cls.Params, values, f"ensemble member {family}"))
+
+    def params(self) -> dict:
+        return asdict(self.config)
 
 
 class LibraryFitted(Fitted):
