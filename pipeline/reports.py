@@ -92,6 +92,9 @@ def sections(report: dict) -> list[tuple[str, str, object]]:
     out: list[tuple[str, str, object]] = [("paragraph", "", headline(report))]
     if "positive_class" in report:
         out.append(("paragraph", "", f"probabilities are of the positive class {report['positive_class']!r}"))
+    if report.get("members") and report.get("recipe"):
+        out.append(("paragraph", "", f"recipe {report['recipe']}: {len(report['members'])} members, each one's "
+                                     f"time in the table"))
     if report.get("members"):
         folds = len(report["members"][0]["valid"])
         columns = ["member", "weight", "mean valid", *[f"fold {i + 1}" for i in range(folds)], "seconds", "budget"]

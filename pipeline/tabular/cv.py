@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from pipeline.tabular.ensemble import blend, fit_weights
 from pipeline.tabular.features import Features
 from pipeline.tabular.members import TrainingSet, score_groups
 from pipeline.tabular.recipe import FoldParams, Recipe
+from pipeline.tabular.stacking import StackedColumns, with_columns
 from pipeline.tabular.trainer import FitResult, TrainParams, fit
 
 # A fold's train score is taken on this many of its training rows at most: predicting every
@@ -246,17 +247,18 @@ def member_task(shared: Shared, member, deadline: float | None, progress: Progre
 
 
 def fit_members(shared: Shared, members: tuple, backend, progress: Progress,
-                budget: Budget | None = None) -> list[MemberRun]:
+                budget: Budget | None = None, after: int = 0) -> list[MemberRun]:
     """Each member's CV, as tasks of ``backend``; under a ``budget`` one after another, each
-    given an even share of what is left (on a cluster, which runs them together: all of it)."""
+    given an even share of what is left to it and the ``after`` members still to come (on a
+    cluster, which runs them together: all of what this level may take)."""
     backend = backend or Local()
     if budget is None or backend.workers > 1:
-        deadline = None if budget is None else budget.deadline
+        deadline = None if budget is None else budget.share(after + 1) if after else budget.deadline
         return backend.map(member_task, shared, [Task(m.label, (m, deadline)) for m in members], progress)
     runs = []
     for i, member in enumerate(members):
-        [run] = backend.map(member_task, shared, [Task(member.label, (member, budget.share(len(members) - i)))],
-                            progress)
+        [run] = backend.map(member_task, shared,
+                            [Task(member.label, (member, budget.share(len(members) - i + after)))], progress)
         runs.append(run)
     return runs
 
@@ -299,7 +301,9 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
     """
     started = time.perf_counter()
     shared = _shared(features, recipe.folds, device, seeds=recipe.seeds)
-    runs = fit_members(shared, recipe.members, backend, progress, budget)
+    runs = fit_members(shared, recipe.members, backend, progress, budget, after=len(recipe.stack))
+    if recipe.stack:
+        runs += _level2(shared, [run for run in runs if not run.cut], recipe.stack, backend, progress, budget)
     kept = [i for i, run in enumerate(runs) if not run.cut]
     if budget is not None:
         budget.cut += [{"member": run.label, "why": run.cut} for run in runs if run.cut]
@@ -309,6 +313,25 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
     result = _blended(shared, [runs[i] for i in kept], recipe.blend, device)
     result.kept, result.infold_seconds = kept, shared.infold_seconds
     return result, time.perf_counter() - started
+
+
+def _level2(shared: Shared, level1: list[MemberRun], stack: tuple, backend, progress: Progress,
+            budget: Budget | None) -> list[MemberRun]:
+    """The level-2 members' CV on the same folds, each row's level-1 out-of-fold predictions
+    added to its columns (see :mod:`pipeline.tabular.stacking`); cut, with the reason, when a
+    row has none (a time split's first block)."""
+    oof = torch.stack([out_of_fold(run.predictions, shared.valid_rows) for run in level1]) if level1 else None
+    why = ("no level-1 member was kept" if oof is None else
+           "a time split leaves its first rows without out-of-fold predictions" if oof.isnan().any() else "")
+    if why:
+        return [MemberRun(f"{member.label} (level 2)", None, cut=why) for member in stack]
+    metric = shared.features.spec.scorer
+    columns = StackedColumns.fit(oof, metric).columns(oof, metric)
+    level2 = replace(shared, extra=with_columns(shared.extra, columns, len(shared.train_rows)))
+    runs = fit_members(level2, stack, backend, progress, budget)
+    for run in runs:
+        run.label = f"{run.label} (level 2)"
+    return runs
 
 
 def _blended(shared: Shared, runs: list[MemberRun], blend_with: str, device: torch.device) -> RecipeScore:

@@ -23,6 +23,7 @@ from pipeline.tabular.features import FeatureBuilder, Features
 from pipeline.tabular.infold import InFold
 from pipeline.tabular.members import Fitted, Inputs, TrainingSet, load_fitted, score_groups
 from pipeline.tabular.recipe import Recipe
+from pipeline.tabular.stacking import StackedColumns, with_columns
 
 FORMAT = "pipeline.model/1"  # pipeline.recipe/2 saved scikit-learn members as their test predictions
 
@@ -35,10 +36,21 @@ class TrainedModel:
     metric: Metric
     classes: list
     encoders: InFold | None = None  # the in-fold columns' encoders, fit on every training row
+    level1: int | None = None  # members[:level1] are level 1; the rest are stacked on their predictions
+    stacked: StackedColumns | None = None  # how the level-2 members take them
 
     def predict(self, inputs: Inputs) -> np.ndarray:
         """The blend's (rows, outputs) predictions: values, or class probabilities."""
-        return blend([m.predict(inputs) for m in self.members], self.metric, self.weights)[0].cpu().numpy()
+        return blend(self.predictions(inputs), self.metric, self.weights)[0].cpu().numpy()
+
+    def predictions(self, inputs: Inputs) -> list[torch.Tensor]:
+        """Each member's (1, rows, outputs) predictions, level 1 then level 2."""
+        level1 = len(self.members) if self.level1 is None else self.level1
+        first = [m.predict(inputs) for m in self.members[:level1]]
+        if self.stacked is None:
+            return first
+        stacked = stacked_inputs(inputs, self.stacked.columns(torch.stack([p[0] for p in first]), self.metric))
+        return first + [m.predict(stacked) for m in self.members[level1:]]
 
     def inputs(self, frame: pd.DataFrame, path, device: torch.device) -> Inputs:
         """A frame of the training table's feature columns as every member's inputs."""
@@ -58,7 +70,8 @@ class TrainedModel:
         return checkpoints.save(path, FORMAT, {
             **extra, "metric": self.metric.name, "members": [m.state() for m in self.members],
             "weights": self.weights, "builder": checkpoints.pack(self.builder), "classes": list(self.classes),
-            "encoders": None if self.encoders is None else self.encoders.state()})
+            "encoders": None if self.encoders is None else self.encoders.state(), "level1": self.level1,
+            "stacked": None if self.stacked is None else self.stacked.state()})
 
     @classmethod
     def load(cls, path: Path, metric: Metric, device: torch.device, remake: str) -> tuple["TrainedModel", dict]:
@@ -67,41 +80,73 @@ class TrainedModel:
         with checkpoints.restoring(path, remake):
             members = [load_fitted(m, metric, device) for m in state["members"]]
             encoders = None if state["encoders"] is None else InFold.from_state(state["encoders"])
+            stacked = None if state.get("stacked") is None else StackedColumns.from_state(state["stacked"])
             return cls(members, list(state["weights"]), checkpoints.unpack(state["builder"]), metric,
-                       list(state["classes"]), encoders), state
+                       list(state["classes"]), encoders, state.get("level1"), stacked), state
 
 
 def fit_final(features: Features, recipe: Recipe, members: list, weights: list[float], budgets: list[float | None],
               *, device: torch.device = torch.device("cpu"), progress: Progress = Progress(),
-              budget: Budget | None = None) -> tuple[TrainedModel, float]:
+              budget: Budget | None = None, level1: int | None = None,
+              oof: torch.Tensor | None = None) -> tuple[TrainedModel, float]:
     """The ``members`` the CV kept (``recipe.seeds`` copies each) on every training row, each
     trained as long as its CV chose, but those the blend gives no weight; refused in one line when
     a member diverges or predicts test values the metric cannot take. Also the blend's score on
     the training rows. Under ``budget`` each member gets an even share of what is left; one that
-    cannot fit is left out of the blend, whose weights then sum to 1 again."""
+    cannot fit is left out of the blend, whose weights then sum to 1 again.
+
+    ``members[level1:]`` are level 2: they take the level-1 members' out-of-fold predictions
+    ``oof`` (level1, rows, outputs) of the training rows and those members' predictions of
+    the test rows (so every level-1 member is fit when a level-2 one has weight)."""
     data, encoders = _final_data(features, recipe, device)
     rows = [torch.arange(len(features.X), device=device)]
-    used = [i for i, w in enumerate(weights) if w > 0]
-    fitted, kept = [], []
-    for n, i in enumerate(used):
+    level1 = len(members) if level1 is None else level1
+    stacking = any(w > 0 for w in weights[level1:])
+    first = [i for i in range(level1) if weights[i] > 0 or stacking]
+    second = [i for i in range(level1, len(members)) if weights[i] > 0]
+    fitted: dict[int, Fitted] = {}
+
+    def fit(i: int, on: TrainingSet, left: int) -> None:
         try:
-            member = members[i].fit(data, rows, seeds=recipe.seeds, seed=recipe.folds.seed, progress=progress,
-                                    budget=budgets[i], deadline=None if budget is None else budget.share(len(used) - n))
+            member = members[i].fit(on, rows, seeds=recipe.seeds, seed=recipe.folds.seed, progress=progress,
+                                    budget=budgets[i], deadline=None if budget is None else budget.share(left))
         except OutOfTime as exc:
             budget.cut.append({"member": members[i].label, "why": exc.why})
-            continue
+            return
         if budget is not None and member.report.shortened:
             budget.shortened.append({"member": member.label, "how": member.report.shortened})
-        _check(member, data)
-        fitted.append(member)
-        kept.append(weights[i])
+        _check(member, on)
+        fitted[i] = member
+
+    for n, i in enumerate(first):
+        fit(i, data, len(first) + len(second) - n)
+    stacked, level2 = None, data
+    if second and len(fitted) < level1:  # a level-1 member the stack takes did not fit in time
+        budget.cut += [{"member": members[i].label, "why": "a level-1 member it takes did not fit in time"}
+                       for i in second]
+    elif second:
+        stacked = StackedColumns.fit(oof, data.metric)
+        test = torch.stack([fitted[i].predict(data.test)[0] for i in range(level1)])
+        level2 = TrainingSet(features, device, with_columns(data.extra, stacked.columns(oof.to(device), data.metric), 1),
+                             with_columns(data.test.extra, stacked.columns(test, data.metric), 1))
+        for n, i in enumerate(second):
+            fit(i, level2, len(second) - n)
     if not fitted:
         raise TrainingError("no member fits in the time limit's final fit; give more time")
+    order = sorted(fitted)
+    kept = [weights[i] for i in order]
     weights = [w / sum(kept) for w in kept]
-    model = TrainedModel(fitted, weights, features.builder, data.metric, features.classes, encoders)
-    blended = blend([m.predict(data.train) for m in fitted], data.metric, weights)
-    [train_score] = score_groups(blended, data.y, rows, data.metric)
+    model_level1 = sum(i < level1 for i in order)
+    model = TrainedModel([fitted[i] for i in order], weights, features.builder, data.metric, features.classes,
+                         encoders, model_level1, stacked if any(i >= level1 for i in order) else None)
+    predictions = [fitted[i].predict((data if i < level1 else level2).train) for i in order]
+    [train_score] = score_groups(blend(predictions, data.metric, weights), data.y, rows, data.metric)
     return model, train_score
+
+
+def stacked_inputs(inputs: Inputs, columns: torch.Tensor) -> Inputs:
+    """``inputs`` (one row set) with the level-2 ``columns`` after their in-fold ones."""
+    return Inputs(inputs.dense, inputs.native, inputs.categorical, with_columns(inputs.extra, columns, 1))
 
 
 def _final_data(features: Features, recipe: Recipe, device: torch.device) -> tuple[TrainingSet, InFold | None]:

@@ -37,7 +37,7 @@ class FoldParams:
             raise ParamError("split", self.split, f"not one of {', '.join(SPLITS)}")
 
 
-RECIPE_KEYS = ("recipe", "model", "ensemble", "seeds", "blend", "time_limit")
+RECIPE_KEYS = ("recipe", "model", "ensemble", "stack", "seeds", "blend", "time_limit")
 FEATURE_KEYS = tuple(f.name for f in fields(FeatureParams))
 FOLD_KEYS = tuple(f.name for f in fields(FoldParams))
 
@@ -47,8 +47,9 @@ class Recipe:
     """``seeds``: each member is trained that many times and averaged (torch members from as
     many initialisations, scikit-learn members with a ``random_state`` from consecutive states;
     the others are deterministic and fit once). ``blend``: ``mean`` or ``greedy`` (ensemble
-    selection). ``time_limit``: the seconds a command may spend, planned as
-    :mod:`pipeline.tabular.budget` says."""
+    selection) of every member, of both levels. ``stack``: level-2 members, trained on the
+    members' out-of-fold predictions besides the features (:mod:`pipeline.tabular.stacking`).
+    ``time_limit``: the seconds a command may spend, planned as :mod:`pipeline.tabular.budget` says."""
 
     name: str
     features: FeatureParams
@@ -57,6 +58,7 @@ class Recipe:
     blend: str = "mean"
     seeds: int = 1
     time_limit: float | None = None  # seconds for a command's whole work (see pipeline.tabular.budget)
+    stack: tuple[Member, ...] = ()
 
     def __post_init__(self):
         if self.blend not in BLENDS:
@@ -74,11 +76,18 @@ class Recipe:
         if self.time_limit is not None:
             out.update(time_limit=self.time_limit)
         used = [{k: plain(v) for k, v in m.used_params(task).items()} for m in self.members]
-        if len(used) == 1:
+        if len(used) == 1 and not self.stack:
             out.update(used[0])
         else:
             out.update(blend=self.blend, ensemble=used)
+        if self.stack:
+            out.update(stack=[{k: plain(v) for k, v in m.used_params(task).items()} for m in self.stack])
         return dict(sorted(out.items()))
+
+    @property
+    def every_member(self) -> tuple[Member, ...]:
+        """The members of both levels, the level-1 ones first (as a CV's results list them)."""
+        return self.members + self.stack
 
     def torch_config(self) -> TrainParams:
         """The one torch model a sweep trains."""
@@ -105,14 +114,14 @@ def resolve(target, stored: dict, flags: dict, *, single: bool = False) -> Recip
     flat = {**target.defaults, **{k: v for k, v in preset.items() if k != "ensemble"}, **given}
     written = "ensemble" in given and not single
     tables = (given["ensemble"] if written else preset.get("ensemble")) or [{"model": flat.get("model", "linear")}]
-    if not isinstance(tables, list):
-        raise ParamError("ensemble", tables, "must be a list of member tables")
-    members = tuple(_member(target, table, given, written) for table in tables)
-    _check_used(flags, members, target)
+    members = _members(target, "ensemble", tables, given, written)
+    stacked = "stack" in given and not single
+    stack = _members(target, "stack", (given["stack"] if stacked else preset.get("stack")) or [], given, stacked)
+    _check_used(flags, members + stack, target)
     try:
         return Recipe(name, FeatureParams(**{k: flat[k] for k in FEATURE_KEYS if k in flat}),
                       FoldParams(**{k: flat[k] for k in FOLD_KEYS if k in flat}), members,
-                      flat.get("blend", "mean"), int(flat.get("seeds", 1)), seconds(flat.get("time_limit")))
+                      flat.get("blend", "mean"), int(flat.get("seeds", 1)), seconds(flat.get("time_limit")), stack)
     except TypeError as exc:  # a value of the wrong type, e.g. folds = "five"
         raise UsageError(f"target {target.name}: {exc}") from None
 
@@ -128,11 +137,17 @@ def _preset(target, given: dict, single: bool) -> tuple[dict, str]:
     return target.model_presets.get(model, {"ensemble": [{"model": model}]}), ""
 
 
-def _member(target, table, given: dict, written: bool) -> Member:
+def _members(target, key: str, tables, given: dict, written: bool) -> tuple[Member, ...]:
+    if not isinstance(tables, list):
+        raise ParamError(key, tables, "must be a list of member tables")
+    return tuple(_member(target, key, table, given, written) for table in tables)
+
+
+def _member(target, key: str, table, given: dict, written: bool) -> Member:
     """A member table over its family's defaults and the target's: given values override a
     preset's table, and a table written by the user overrides the given values."""
     if not isinstance(table, dict) or not isinstance(table.get("model"), str):
-        raise ParamError("ensemble", table, f"each member is a table with a model, one of {', '.join(families.FAMILIES)}")
+        raise ParamError(key, table, f"each member is a table with a model, one of {', '.join(families.FAMILIES)}")
     family = table["model"]
     if family not in families.FAMILIES:
         raise ParamError("model", family, f"not one of {', '.join(families.FAMILIES)}")

@@ -21,7 +21,8 @@ def cv_report(run_dir: Path, target: str, features: Features, recipe: Recipe, re
     score, metric = result.score, features.spec.scorer
     pictures = _pictures(run_dir, target, features, recipe, result)
     report = {
-        "run": run_dir.name, "target": target, "command": "cv", "metric": metric.name,
+        "run": run_dir.name, "target": target, "command": "cv", "recipe": recipe.name or "one model",
+        "metric": metric.name,
         "higher_is_better": metric.higher_is_better, "params": recipe.used_params(metric.task),
         "folds": [{"train": tr, "valid": va, "failed_epoch": fe}
                   for tr, va, fe in zip(score.train, score.valid, score.failed_epoch)],

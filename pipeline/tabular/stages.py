@@ -82,7 +82,7 @@ def cv(ctx: Context) -> tuple[list[Path], dict]:
         bad = [f"fold {i + 1} at epoch {e}" for i, e in enumerate(result.score.failed_epoch) if e]
         log.warning("training diverged (non-finite loss): %s; lower lr", ", ".join(bad))
     oof = checkpoints.save(_oof_path(ctx), OOF_FORMAT, {
-        "members": [m.label for m in recipe.members], "kept": result.kept, "predictions": result.oof,
+        "members": [m.label for m in recipe.every_member], "kept": result.kept, "predictions": result.oof,
         "weights": result.weights, "budgets": result.budgets,
         "diverged": [m.label for m in result.members if m.failed]})
     kept = runs.write(run_dir / "oof.csv", features.spec.id, features.train_ids or list(range(len(features.y))),
@@ -99,15 +99,18 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
     recipe, remake, budget = ctx.config, f"pipeline cv {ctx.target.name}", _budget(ctx, "train")
     oof = checkpoints.load(_oof_path(ctx), OOF_FORMAT, "out-of-fold", remake)
     with checkpoints.restoring(_oof_path(ctx), remake):
-        if oof["members"] != [m.label for m in recipe.members]:
+        every = recipe.every_member
+        if oof["members"] != [m.label for m in every]:
             raise ValueError(f"members {oof['members']} are not the recipe's")
-        members = [recipe.members[i] for i in oof["kept"]]
+        members = [every[i] for i in oof["kept"]]
+        level1 = sum(i < len(recipe.members) for i in oof["kept"])
         weights, budgets, diverged = list(oof["weights"]), list(oof["budgets"]), list(oof["diverged"])
+        level1_oof = oof["predictions"][:level1]
     if diverged:  # whatever its weight: the recipe as asked for does not train
         raise TrainingError(f"training diverged (non-finite loss) in the CV of {', '.join(diverged)}; "
                             "no model was saved; lower lr")
     model, train_score = fit_final(features, recipe, members, weights, budgets, device=device, budget=budget,
-                                   progress=ctx.progress(f"train {ctx.target.name}"))
+                                   progress=ctx.progress(f"train {ctx.target.name}"), level1=level1, oof=level1_oof)
     path = model.save(model_path(ctx), target=ctx.target.name, params=ctx.params, features=features.names)
     summary = {"model": ctx.rel(path), "train": train_score, "seconds": sum(m.report.seconds for m in model.members),
                "device": str(device), "weights": model.weights}
