@@ -18,7 +18,8 @@ from pipeline.tabular.features import FeatureParams
 from pipeline.tabular.model import TrainedModel
 from pipeline.tabular.recipe import FoldParams, Recipe
 from pipeline.tabular.stacking import StackedColumns
-from pipeline.tabular.members import SklearnMember
+from pipeline.tabular.members import LightGBMMember, SklearnMember
+from pipeline.tabular.members.boosting import LightGBMParams
 from test_recipes import REAL, Memorizer, classification_competition, prices  # noqa: F401  (a fixture)
 from test_members import _one_thread  # noqa: F401  (autouse: OpenMP on one thread in this module too)
 
@@ -88,3 +89,32 @@ def test_a_saved_stacked_model_predicts_as_before(prices, tmp_path):
     np.testing.assert_allclose(loaded.predict(loaded.test_inputs(prices, CPU)), before, rtol=1e-6)
     alone = model.predictions(inputs)
     assert not torch.allclose(alone[1], alone[2])  # the level-2 member is its own model
+
+
+@pytest.fixture(scope="module")
+def shuffled_benefits(shared_datasets, tmp_path_factory):
+    """../shared/competitions' benefits with its labels shuffled: coin flips at its rate of
+    yes, so any CV AUC clearly above 0.5 is learnt from labels a model should not have seen."""
+    from pipeline.tabular.tables import TableSpec, load_tables
+    from pipeline.tabular.features import build_features
+    folder = shared_datasets.parent / "competitions" / "benefits"
+    root = tmp_path_factory.mktemp("shuffled")
+    train = pd.read_csv(folder / "train.csv")
+    train.assign(ui=np.random.default_rng(1).permutation(train["ui"].to_numpy())).to_csv(root / "train.csv",
+                                                                                           index=False)
+    tables = load_tables(root / "train.csv", folder / "test.csv",
+                         TableSpec("Id", "ui", "classification", "auc", positive="yes"))
+    return build_features(tables, FeatureParams(numeric_bins="auto"))
+
+
+def test_a_level2_model_on_the_features_learns_nothing_from_labels_it_should_not_see(shuffled_benefits):
+    """A level-2 linear model on the features and level-1 columns can read a fold's labels out
+    of out-of-fold columns that models trained on that fold made (shuffled benefits: AUC 0.58
+    so); its training rows' columns come from level-1 models fit inside the fold's training
+    rows, so it cannot."""
+    members = (SklearnMember("glm"), LightGBMMember(LightGBMParams(n_estimators=200)))
+    result, _ = cross_validate_recipe(shuffled_benefits, Recipe(
+        "", FeatureParams(), FoldParams(5, "shuffled", 0), members, "greedy", stack=(SklearnMember("glm"),)))
+    level1, level2 = result.members[:2], result.members[2]
+    assert level2.label == "glm (level 2)"
+    assert level2.mean_valid < 0.52 and level2.mean_valid < max(m.mean_valid for m in level1) + 0.015

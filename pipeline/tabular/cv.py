@@ -25,9 +25,12 @@ from pipeline.tabular.ensemble import blend, fit_weights
 from pipeline.tabular.features import Features
 from pipeline.tabular.members import TrainingSet, score_groups
 from pipeline.tabular.recipe import FoldParams, Recipe
-from pipeline.tabular.stacking import StackedColumns, with_columns
+from pipeline.tabular.stacking import StackedColumns
 from pipeline.tabular.trainer import FitResult, TrainParams, fit
 
+# Folds inside each fold's training rows, whose level-1 models make the level-2 members'
+# training columns (see _level2): 3 keeps their cost near twice the level-1 CV's.
+INNER_FOLDS = 3
 # A fold's train score is taken on this many of its training rows at most: predicting every
 # training row of every fold cost LightGBM 94 s of a 180 s CV on 200,000 rows.
 TRAIN_SCORED = 20_000
@@ -246,19 +249,31 @@ def member_task(shared: Shared, member, deadline: float | None, progress: Progre
                      report.budget, report.seconds, report.shortened)
 
 
-def fit_members(shared: Shared, members: tuple, backend, progress: Progress,
-                budget: Budget | None = None, after: int = 0) -> list[MemberRun]:
-    """Each member's CV, as tasks of ``backend``; under a ``budget`` one after another, each
-    given an even share of what is left to it and the ``after`` members still to come (on a
-    cluster, which runs them together: all of what this level may take)."""
+def inner_task(shared: Shared, member, deadline: float | None, progress: Progress) -> MemberRun:
+    """A stacked recipe's task: one level-1 member fit on the row sets inside every fold's
+    training rows, predicting their validation rows (the level-2 training columns)."""
+    data, train_rows, valid_rows = shared.data()
+    try:
+        fitted = member.fit(data, train_rows, valid_rows=valid_rows, seeds=shared.seeds, seed=shared.seed,
+                            progress=progress, deadline=deadline)
+    except OutOfTime as exc:
+        return MemberRun(member.label, None, cut=exc.why)
+    return MemberRun(fitted.label, fitted.predict(data.train, valid_rows).cpu(), seconds=fitted.report.seconds)
+
+
+def fit_members(shared: Shared, members: tuple, backend, progress: Progress, budget: Budget | None = None,
+                after: int = 0, task=member_task) -> list[MemberRun]:
+    """Each member's ``task`` (its CV), as tasks of ``backend``; under a ``budget`` one after
+    another, each given an even share of what is left to it and the ``after`` pieces of work
+    still to come (on a cluster, which runs them together: all of what these may take)."""
     backend = backend or Local()
     if budget is None or backend.workers > 1:
         deadline = None if budget is None else budget.share(after + 1) if after else budget.deadline
-        return backend.map(member_task, shared, [Task(m.label, (m, deadline)) for m in members], progress)
+        return backend.map(task, shared, [Task(m.label, (m, deadline)) for m in members], progress)
     runs = []
     for i, member in enumerate(members):
-        [run] = backend.map(member_task, shared,
-                            [Task(member.label, (member, budget.share(len(members) - i + after)))], progress)
+        [run] = backend.map(task, shared, [Task(member.label, (member, budget.share(len(members) - i + after)))],
+                            progress)
         runs.append(run)
     return runs
 
@@ -301,9 +316,11 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
     """
     started = time.perf_counter()
     shared = _shared(features, recipe.folds, device, seeds=recipe.seeds)
-    runs = fit_members(shared, recipe.members, backend, progress, budget, after=len(recipe.stack))
+    stacked = len(recipe.members) + len(recipe.stack) if recipe.stack else 0  # the fits inside the folds, level 2
+    runs = fit_members(shared, recipe.members, backend, progress, budget, after=stacked)
     if recipe.stack:
-        runs += _level2(shared, [run for run in runs if not run.cut], recipe.stack, backend, progress, budget)
+        level1 = [(member, run) for member, run in zip(recipe.members, runs) if not run.cut]
+        runs += _level2(shared, recipe.folds, level1, recipe.stack, backend, progress, budget)
     kept = [i for i, run in enumerate(runs) if not run.cut]
     if budget is not None:
         budget.cut += [{"member": run.label, "why": run.cut} for run in runs if run.cut]
@@ -315,23 +332,54 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
     return result, time.perf_counter() - started
 
 
-def _level2(shared: Shared, level1: list[MemberRun], stack: tuple, backend, progress: Progress,
+def _level2(shared: Shared, folds: FoldParams, level1: list[tuple], stack: tuple, backend, progress: Progress,
             budget: Budget | None) -> list[MemberRun]:
-    """The level-2 members' CV on the same folds, each row's level-1 out-of-fold predictions
-    added to its columns (see :mod:`pipeline.tabular.stacking`); cut, with the reason, when a
-    row has none (a time split's first block)."""
-    oof = torch.stack([out_of_fold(run.predictions, shared.valid_rows) for run in level1]) if level1 else None
-    why = ("no level-1 member was kept" if oof is None else
-           "a time split leaves its first rows without out-of-fold predictions" if oof.isnan().any() else "")
+    """The level-2 members' CV on the same folds (see :mod:`pipeline.tabular.stacking`): fold
+    k's validation rows take the level-1 members' out-of-fold predictions, and its training rows
+    those of the level-1 members fit again inside them (INNER_FOLDS), so no column a fold's
+    model learns from was made by a model that saw that fold's labels. Cut, with the reason,
+    when that cannot be (a time split, a level-1 member out of time)."""
+    labels = [f"{member.label} (level 2)" for member in stack]
+    why = ("no level-1 member was kept" if not level1 else
+           "a time split leaves its first rows without out-of-fold predictions" if folds.split == "time" else "")
     if why:
-        return [MemberRun(f"{member.label} (level 2)", None, cut=why) for member in stack]
+        return [MemberRun(label, None, cut=why) for label in labels]
+    oof = torch.stack([out_of_fold(run.predictions, shared.valid_rows) for _, run in level1])
+    inner, outer = _inner_folds(shared, folds)
+    inner_runs = fit_members(inner, tuple(member for member, _ in level1), backend, progress, budget,
+                             after=len(stack), task=inner_task)
+    if any(run.cut for run in inner_runs):
+        return [MemberRun(label, None, cut="its level-1 members' fits inside the folds ran out of time")
+                for label in labels]
     metric = shared.features.spec.scorer
-    columns = StackedColumns.fit(oof, metric).columns(oof, metric)
-    level2 = replace(shared, extra=with_columns(shared.extra, columns, len(shared.train_rows)))
+    scaled = StackedColumns.fit(oof, metric)
+    columns = scaled.columns(oof, metric).unsqueeze(0).repeat(len(shared.train_rows), 1, 1)
+    for k, rows in enumerate(shared.train_rows):
+        inside = torch.full_like(oof, float("nan"))
+        for g in (g for g, of in enumerate(outer) if of == k):
+            valid = inner.valid_rows[g]
+            inside[:, valid] = torch.stack([run.predictions[g, valid] for run in inner_runs])
+        columns[k, rows] = scaled.columns(inside[:, rows], metric)
+    level2 = replace(shared, extra=columns if shared.extra is None else torch.cat([shared.extra, columns], 2))
     runs = fit_members(level2, stack, backend, progress, budget)
-    for run in runs:
-        run.label = f"{run.label} (level 2)"
+    for run, label in zip(runs, labels):
+        run.label = label
     return runs
+
+
+def _inner_folds(shared: Shared, folds: FoldParams) -> tuple[Shared, list[int]]:
+    """Each fold's training rows split again into INNER_FOLDS, as row sets to fit (with the
+    in-fold columns of their fold), and the fold each row set is inside."""
+    features, train, valid, outer = shared.features, [], [], []
+    for k, rows in enumerate(shared.train_rows):
+        groups = None if features.groups is None else features.groups[rows].numpy()
+        for inner_train, inner_valid in fold_rows(features.y[rows], INNER_FOLDS, folds.split, folds.seed,
+                                                  stratify=features.spec.scorer.task.stratify, groups=groups):
+            train.append(rows[inner_train])
+            valid.append(rows[inner_valid])
+            outer.append(k)
+    extra = None if shared.extra is None else shared.extra[outer]
+    return replace(shared, train_rows=train, valid_rows=valid, extra=extra), outer
 
 
 def _blended(shared: Shared, runs: list[MemberRun], blend_with: str, device: torch.device) -> RecipeScore:
