@@ -293,3 +293,22 @@ def test_epochs_flag_reaches_the_auto_recipes_mlp_but_not_a_user_written_ensembl
     assert glm == {"model": "glm", "log_target": "auto"}
     assert [m["model"] for m in report["members"]] == ["mlp", "glm"]
     assert 1 <= report["members"][0]["budget"] <= 2  # the member's own 2 epochs, not the flag's 3
+
+
+# ----------------------------------------------------------------------------- the best preset
+
+
+def test_the_best_preset_leaves_out_a_member_whose_library_is_missing(tmp_path, capsys, monkeypatch, caplog):
+    """`--recipe best` without CatBoost installed runs the rest and says what to install; a
+    catboost member written in params.toml is a one-line error before any work."""
+    from pipeline.tabular.members.catboost import CatBoostMember
+    monkeypatch.setattr(CatBoostMember, "missing", lambda self: 'pip install "foldstack[best]"')
+    ws, _ = classification_competition(tmp_path, "churn", ("no", "yes"), "auc", "yes")
+    (ws / "params.toml").write_text("[churn]\nfolds = 3\nepochs = 10\nseeds = 1\n")
+    report = cv_report(ws, capsys, "churn", "--recipe", "best")
+    assert report["recipe"] == "best"
+    assert [m["model"] for m in report["members"]] == ["mlp", "lightgbm", "glm", "lightgbm", "extratrees"]
+    assert 'catboost member is left out: it is not installed (pip install "foldstack[best]")' in caplog.text
+    (ws / "params.toml").write_text('[churn]\nfolds = 3\nensemble = [{model = "catboost"}]\n')
+    code, _, err = run_cli(ws, capsys, "cv", "churn")
+    assert_one_line_error(code, err, 'model catboost is not installed: pip install "foldstack[best]"')

@@ -10,6 +10,7 @@ LightGBM alone, which has no epochs. A flag that no member uses is refused; a ke
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, fields
 
 from pipeline.errors import ParamError, UsageError
@@ -36,6 +37,8 @@ class FoldParams:
         if self.split not in SPLITS:
             raise ParamError("split", self.split, f"not one of {', '.join(SPLITS)}")
 
+
+log = logging.getLogger(__name__)
 
 RECIPE_KEYS = ("recipe", "model", "ensemble", "stack", "seeds", "blend", "time_limit")
 FEATURE_KEYS = tuple(f.name for f in fields(FeatureParams))
@@ -114,9 +117,10 @@ def resolve(target, stored: dict, flags: dict, *, single: bool = False) -> Recip
     flat = {**target.defaults, **{k: v for k, v in preset.items() if k != "ensemble"}, **given}
     written = "ensemble" in given and not single
     tables = (given["ensemble"] if written else preset.get("ensemble")) or [{"model": flat.get("model", "linear")}]
-    members = _members(target, "ensemble", tables, given, written)
+    members = _installed(_members(target, "ensemble", tables, given, written), written or not name)
     stacked = "stack" in given and not single
-    stack = _members(target, "stack", (given["stack"] if stacked else preset.get("stack")) or [], given, stacked)
+    stack = _installed(_members(target, "stack", (given["stack"] if stacked else preset.get("stack")) or [], given,
+                                stacked), stacked)
     _check_used(flags, members + stack, target)
     try:
         return Recipe(name, FeatureParams(**{k: flat[k] for k in FEATURE_KEYS if k in flat}),
@@ -135,6 +139,17 @@ def _preset(target, given: dict, single: bool) -> tuple[dict, str]:
         return target.presets[name], name
     model = given.get("model", target.defaults.get("model", "linear"))
     return target.model_presets.get(model, {"ensemble": [{"model": model}]}), ""
+
+
+def _installed(members: tuple[Member, ...], written: bool) -> tuple[Member, ...]:
+    """A preset's members whose library is installed (the others left out, with a warning); a
+    member the user wrote whose library is not is a one-line error, before any work."""
+    for member in members:
+        if member.missing() and written:
+            raise UsageError(f"model {member.label} is not installed: {member.missing()}")
+        if member.missing():
+            log.warning("the recipe's %s member is left out: it is not installed (%s)", member.label, member.missing())
+    return tuple(member for member in members if not member.missing())
 
 
 def _members(target, key: str, tables, given: dict, written: bool) -> tuple[Member, ...]:

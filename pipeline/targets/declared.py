@@ -25,7 +25,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.hub import DataFile
 from pipeline.metrics import Metric, metric_for
 from pipeline.params import read_toml
-from pipeline.tabular.presets import AUTO, DECLARED_FAMILIES, DECLARED_MODELS
+from pipeline.tabular.presets import AUTO, BEST, DECLARED_FAMILIES, DECLARED_MODELS
 from pipeline.tabular.tables import TableSpec
 from pipeline.targets.base import Target
 from pipeline.targets.builtin import BUILTIN
@@ -51,7 +51,7 @@ def declared_targets(workspace: Workspace) -> dict[str, Target]:
         archive, sources = _files(name, table, path.parent, where)
         labels, spec = _spec(table, task, metric, where)
         target = TabularTarget(name, sources["train"], sources["test"], spec,
-                               {"model": "linear", "split": "shuffled"}, DECLARED_FAMILIES, {"auto": AUTO},
+                               {"model": "linear", "split": "shuffled"}, DECLARED_FAMILIES, {"auto": AUTO, "best": BEST},
                                "auto", DECLARED_MODELS, archive=archive, sample=sources.get("sample"),
                                kaggle=table.get("kaggle"))
         targets.update(SeveralLabels.of(target, labels) if len(labels) > 1 else {name: target})

@@ -19,6 +19,7 @@ from pipeline.tabular.members.neural import TorchMember
 from pipeline.tabular.members.boosting import LightGBMMember
 from pipeline.tabular.members.scikit import SklearnMember
 from pipeline.tabular.members import extra_trees  # noqa: F401  (registers extratrees)
+from pipeline.tabular.members import catboost  # noqa: F401  (registers catboost)
 
 
 def declared(family: str) -> dict:

@@ -161,6 +161,11 @@ class Member(ABC):
         """The stacked trainer's config that a sweep varies, or None: only torch families are swept."""
         return None
 
+    def missing(self) -> str | None:
+        """What this member needs that is not installed, as the command that installs it; None
+        when nothing is missing."""
+        return None
+
     def supports(self, task) -> bool:
         """Whether this member learns ``task`` (fitting one it does not is a one-line error)."""
         return True

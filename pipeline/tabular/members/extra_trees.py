@@ -37,6 +37,11 @@ class ExtraTreesMember(ConfiguredMember):
     Params = ExtraTreesParams
     family = "extratrees"
 
+    def columns(self, inputs, group: int) -> np.ndarray:
+        """The native columns (numbers as they are, NaN routed by the trees, category codes): on
+        benefits 5-fold AUC 0.6387 in 10 s, on the dense ones 0.6294 in 14 s; computers equal."""
+        return inputs.native_of(group)
+
     def _fit_one(self, X: np.ndarray, target: np.ndarray, rows: np.ndarray, one: OneFit):
         forest = ExtraTreesRegressor if one.data.task.continuous else ExtraTreesClassifier
         options = {k: v for k, v in self.params().items() if k != "log_target"}
