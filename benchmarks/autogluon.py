@@ -4,8 +4,9 @@ both scored here on the held-out 20% by the same functions. Prints both scores a
 
 Why: AutoGluon is the strongest off-the-shelf tabular AutoML; a recipe worth its time should
 come close to it on tables neither was tuned for. AutoGluon runs in its own environment
-(``--autogluon-python``, else ``$AUTOGLUON_PYTHON``, else /work/agenv/bin/python) and is never
-imported here, nor by the package or its tests. Ours runs in a fresh process whose
+(``--autogluon-python``, else ``$AUTOGLUON_PYTHON``: a virtual environment made with ``pip
+install torch==2.13.0 "autogluon.tabular[lightgbm,catboost,xgboost]"``) and is never imported
+here, nor by the package or its tests. Ours runs in a fresh process whose
 ``PYTHONPATH`` is this checkout, through the library API (``submit``: preprocess, CV, train,
 submit). The two sides alternate which goes first, competition by competition, so that the
 machine's noise falls on both.
@@ -48,7 +49,7 @@ print(json.dumps({"submission": dict(summary).get("submission"), "seconds": time
 # AutoGluon, by its own interpreter: argv = folder (fit.csv, valid.csv), seconds, JSON of the competition.
 # rmsle: AutoGluon's own root_mean_squared_log_error where the installed version has one; else
 # the label's log1p fit with root_mean_squared_error and the predictions expm1'd back (1.6.3,
-# installed at /work/agenv when this was written, has no rmsle: the log1p route is what runs).
+# the version this was written with, has no rmsle: the log1p route is what runs).
 AUTOGLUON = """
 import json, sys, time
 from pathlib import Path
@@ -120,10 +121,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the 80/20 split's seed")
     parser.add_argument("--only", choices=("ours", "autogluon"), help="run one side alone")
     parser.add_argument("--ours-recipe", default="best", help="our preset recipe (auto where best is missing)")
-    parser.add_argument("--autogluon-python", default=os.environ.get("AUTOGLUON_PYTHON", "/work/agenv/bin/python"))
+    parser.add_argument("--autogluon-python", default=os.environ.get("AUTOGLUON_PYTHON"),
+                        help="the python of AutoGluon's own environment (default: $AUTOGLUON_PYTHON)")
     parser.add_argument("--shared", type=Path, default=HERE.parent / "shared")
     args = parser.parse_args()
     limit = seconds(args.time_limit)
+    if args.only != "ours" and not args.autogluon_python:
+        parser.error("give --autogluon-python (or set AUTOGLUON_PYTHON): an environment with "
+                     'pip install torch==2.13.0 "autogluon.tabular[lightgbm,catboost,xgboost]"')
     sides = [s for s in ("autogluon", "ours") if args.only in (None, s)]
     results = []
     for i, name in enumerate(args.targets.split(",")):

@@ -22,6 +22,10 @@ from pipeline.tabular.members.base import Inputs, register
 from pipeline.tabular.members.library import ConfiguredMember, OneFit
 
 EARLY_STOPPING = 200  # rounds without improvement on the inner split
+# Plain boosting and no combinations of categories: on hotel (10,800 rows, three categories of
+# 98-167 levels) its 5-fold CV took 448 s with CatBoost's defaults (ordered boosting, ctr
+# combinations up to 4) and 138 s so, RMSLE 0.1383 and 0.1393 (LightGBM 0.1401 in 15 s).
+SPEED = {"boosting_type": "Plain", "max_ctr_complexity": 1}
 INSTALL = 'pip install "foldstack[best]"'
 LOSSES = {"regression": "RMSE", "binary": "Logloss", "multiclass": "MultiClass"}  # for each Task.problem
 
@@ -68,6 +72,7 @@ class CatBoostMember(ConfiguredMember):
             "loss_function": LOSSES[problem], "learning_rate": self.config.learning_rate, "depth": self.config.depth,
             "l2_leaf_reg": self.config.l2_leaf_reg, "random_seed": one.seed, "verbose": False,
             "allow_writing_files": False, "thread_count": os.cpu_count() or 1,
+            **SPEED,
             "iterations": max(1, round(one.budget)) if one.budget is not None else self.config.iterations,
             **({"eval_metric": "AUC"} if ranked else {})})
         categorical = one.data.train.categorical
