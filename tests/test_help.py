@@ -74,9 +74,9 @@ def test_help_without_a_target_says_the_options_depend_on_it(ws, capsys):
 
 
 def test_declared_targets_are_not_offered_a_preset_they_refuse(ws, capsys):
-    """The help once offered `best` to declared targets, which then refused it."""
+    """The help once offered house's presets to declared targets, which then refused d2l."""
     _, out, _ = run_cli(ws, capsys, "cv", "toy", "--help")
-    assert "A preset recipe (auto)." in " ".join(out.split())
+    assert "A preset recipe (auto, best)." in " ".join(out.split())
     _, out, _ = run_cli(ws, capsys, "cv", "house", "--help")
     assert "A preset recipe (d2l, best, auto)." in " ".join(out.split())
 
