@@ -98,12 +98,16 @@ class Pipeline:
             return [str(p) for p in hub.download_group(name, self.workspace.data, self.mirrors).values()]
 
     def init(self, path: str | Path, name: str | None = None) -> Result:
-        """Declare the competition whose files (train.csv, test.csv, sample_submission.csv) are
-        in the folder or zip at ``path``: a commented ``[target.NAME]`` added to pipeline.toml."""
+        """Declare the competition whose files are in the folder or zip at ``path``: a commented
+        ``[target.NAME]`` added to pipeline.toml. Images (a folder of image files with a CSV of
+        labels, or CSVs of pixels) make an image target; train.csv, test.csv and
+        sample_submission.csv otherwise a tabular one."""
+        from pipeline.images import declare as images
         from pipeline.tabular import declare
 
         with self.workspace.exclusive(self.wait):
-            declaration = declare.declare(Path(path), self.workspace.root, name)
+            root = self.workspace.root
+            declaration = images.declare(Path(path), root, name) or declare.declare(Path(path), root, name)
             text = declare.write(declaration, self.workspace.config_file)
         return Result({"target": declaration.name, "config": str(self.workspace.config_file), "declaration": text})
 
@@ -213,7 +217,7 @@ class Pipeline:
         reports_json = [p for p in outs if p.name == "report.json" and p.exists()]
         if reports_json:
             report = json.loads(reports_json[-1].read_text())
-            score = report.get("mean_valid", report.get("score"))
+            score = report.get("mean_valid", report.get("score", report.get("test_accuracy")))
             outcome.update({"metric": report.get("metric"), "score": score,
                             "report": str(reports_json[-1].with_name("report.html"))})
         submissions = [p for p in outs if p.parent == self.workspace.submissions]

@@ -215,7 +215,8 @@ def download(p: Pipeline, name):
 @click.pass_obj
 def init(p: Pipeline, path, name):
     """Declare a competition from its files: a folder or a zip with train.csv, test.csv and
-    sample_submission.csv (each may be zipped). Writes a commented [target.NAME] to pipeline.toml."""
+    sample_submission.csv (each may be zipped), or images (folders train/ and test/ with a labels
+    CSV and the sample, or CSVs of pixels). Writes a commented [target.NAME] to pipeline.toml."""
     done = p.init(path, name)
     click.echo(done["declaration"])
     click.echo(f"\nadded to {done['config']}: check the guesses, then `pipeline run {done['target']}`")

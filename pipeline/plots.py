@@ -17,6 +17,8 @@ from matplotlib.ticker import MaxNLocator
 
 from pipeline.workspace import atomic_path
 
+COUNTED_CLASSES = 30  # a confusion matrix of more classes shows rates by colour, without each cell's count
+
 
 def _save(fig: Figure, path: str | Path) -> Path:
     FigureCanvasAgg(fig)
@@ -32,16 +34,18 @@ def confusion_matrix_png(
     counts = np.asarray(confusion, dtype=np.int64)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     k = len(class_names)
-    fig = Figure(figsize=(1.0 + 0.75 * k, 0.8 + 0.7 * k))
+    cell = 0.75 if k <= COUNTED_CLASSES else max(0.12, 0.75 * COUNTED_CLASSES / k)  # 120 dog breeds fit a page
+    fig = Figure(figsize=(1.0 + cell * k, 0.8 + cell * 0.93 * k))
     ax = fig.add_subplot()
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    for i in range(k):
+    for i in range(k if k <= COUNTED_CLASSES else 0):  # more cells than that: the colour alone
         for j in range(k):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(k), class_names)
+    small = {} if k <= COUNTED_CLASSES else {"fontsize": 5}
+    ax.set_xticks(range(k), class_names, rotation=45 if k <= COUNTED_CLASSES else 90, ha="right", **small)
+    ax.set_yticks(range(k), class_names, **small)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"confusion matrix (accuracy {np.trace(counts) / max(counts.sum(), 1):.4f})")
@@ -51,16 +55,18 @@ def confusion_matrix_png(
 def prediction_grid_png(
     images, true, pred, class_names: Sequence[str], path: str | Path, n: int = 18
 ) -> Path:
-    """The first ``n`` images titled "true\\npred", mistakes in red (d2l's ``predict_ch3``)."""
-    images = torch.as_tensor(images)[:n]
-    images = images.reshape(len(images), *images.shape[-2:]).cpu().numpy()  # drop a channel axis
+    """The first ``n`` images titled "true\\npred", mistakes in red (d2l's ``predict_ch3``); grey
+    (N, H, W) or (N, 1, H, W), or colour (N, 3, H, W)."""
+    images = torch.as_tensor(images)[:n].cpu()
+    colour = images.dim() == 4 and images.shape[1] == 3
+    images = (images.permute(0, 2, 3, 1) if colour else images.reshape(len(images), *images.shape[-2:])).numpy()
     true, pred = torch.as_tensor(true)[:n].tolist(), torch.as_tensor(pred)[:n].tolist()
     cols = min(len(images), 9)
     rows = max(1, -(-len(images) // cols))
     fig = Figure(figsize=(1.5 * cols, 1.9 * rows))
     for i, (image, t, p) in enumerate(zip(images, true, pred)):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(image, cmap="gray_r")
+        ax.imshow(image, cmap=None if colour else "gray_r")
         ax.set_title(f"{class_names[t]}\n{class_names[p]}", fontsize=8, color="black" if t == p else "red")
         ax.axis("off")
     return _save(fig, path)

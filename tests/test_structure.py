@@ -15,7 +15,7 @@ from pipeline.images.models import MODELS as IMAGE_MODELS
 from pipeline.metrics import METRICS
 from pipeline.tabular.members import FAMILIES
 from pipeline.tabular.roles import ROLES, declarable
-from pipeline.targets import BUILTIN, ImageTarget, SeveralLabels, TabularTarget
+from pipeline.targets import BUILTIN, DeclaredImages, HubImages, ImageTarget, SeveralLabels, TabularTarget
 from pipeline.tasks import TASKS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
@@ -47,7 +47,7 @@ KINDS = {
 KIND_CLASSES = {
     "models": {cls.__name__ for cls in FAMILIES.values()},
     "roles": {type(role).__name__ for role in ROLES.values()},
-    "targets": {cls.__name__ for cls in (TabularTarget, ImageTarget, SeveralLabels)},
+    "targets": {cls.__name__ for cls in (TabularTarget, ImageTarget, HubImages, DeclaredImages, SeveralLabels)},
 }
 
 

@@ -1,7 +1,9 @@
-"""Fashion-MNIST classifiers: softmax regression, an MLP, LeNet, a batch-norm convnet and a ResNet-18.
+"""Image classifiers: softmax regression, an MLP, LeNet, a batch-norm convnet and a ResNet-18.
 
-Every model takes raw uint8 images (B, 28, 28) (or floats in [0, 1]) and does its own scaling,
-so a saved model needs no separate preprocessing recipe.
+Every model takes raw uint8 images (B, H, W) or (B, C, H, W) (or floats in [0, 1]) and does its
+own scaling, so a saved model needs no separate preprocessing recipe. Each is built for a
+:class:`Shape`: its images' channels and size, their pixel statistics and the number of classes
+(by default Fashion-MNIST's).
 """
 
 from __future__ import annotations
@@ -14,21 +16,53 @@ from torch import nn
 
 from pipeline.constraints import Interval, Satisfies, check
 from pipeline.errors import ParamError, UsageError
-from pipeline.images.data import CLASS_NAMES
 
-NUM_CLASSES = len(CLASS_NAMES)
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics (of x / 255)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What a classifier takes and gives: ``channels`` x ``height`` x ``width`` images whose
+    pixels (of x / 255) have each channel's ``mean`` and ``std``, and ``classes`` scores. The
+    defaults are Fashion-MNIST's."""
+
+    channels: int = 1
+    height: int = 28
+    width: int = 28
+    classes: int = 10
+    mean: tuple = (MEAN,)
+    std: tuple = (STD,)
+
+    @property
+    def pixels(self) -> int:
+        return self.channels * self.height * self.width
+
+    def at_least(self, side: int, model: str) -> None:
+        """A size the model cannot take is a one-line error before any training."""
+        if min(self.height, self.width) < side:
+            raise ParamError("size", [self.height, self.width],
+                             f"{model} takes images of at least {side}x{side} pixels; declare a larger size")
+
+
 class Pixels(nn.Module):
-    """uint8 (B, H, W) or float (B, 1, H, W) images -> standardised float (B, 1, H, W)."""
+    """uint8 (B, H, W) or (B, C, H, W) images, or floats in [0, 1] -> standardised float (B, C, H, W).
+    The scale and shift are buffers left out of the state dict: they follow the model to its
+    device, and a checkpoint's weights stay those of the layers alone."""
+
+    def __init__(self, shape: Shape):
+        super().__init__()
+        # each computed in double and rounded once, as a Python scalar operand would be
+        for name, values in (("scale", [1 / (255 * s) for s in shape.std]), ("shift", [m / s for m, s in
+                                                                                    zip(shape.mean, shape.std)]),
+                             ("mean", shape.mean), ("std", shape.std)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(-1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(1)
         if x.dtype == torch.uint8:  # one new tensor, scaled in place: a third of the passes
-            return x.float().mul_(1 / (255 * STD)).sub_(MEAN / STD)
-        return (x - MEAN) / STD
+            return x.float().mul_(self.scale).sub_(self.shift)
+        return (x - self.mean) / self.std
 
 
 class Head(nn.Linear):
@@ -59,10 +93,10 @@ class Architecture:
         """The params in ``params`` that are this architecture's, checked against its rules."""
         return check({k: v for k, v in params.items() if k in self.defaults}, self.rules)
 
-    def build(self, params: dict) -> nn.Module:
-        """The model with ``params`` over the defaults; any other key is refused."""
+    def build(self, params: dict, shape: Shape = Shape()) -> nn.Module:
+        """The model for ``shape`` with ``params`` over the defaults; any other key is refused."""
         refuse_unknown(self.name, params, self.defaults)
-        return self.factory(**{**self.defaults, **self.own(params)})
+        return self.factory(shape, **{**self.defaults, **self.own(params)})
 
 
 MODELS: dict[str, Architecture] = {}
@@ -92,33 +126,35 @@ def _widths(value, count: int | None = None) -> bool:
 
 
 @_classifier("softmax")
-def _softmax() -> nn.Module:
+def _softmax(shape: Shape) -> nn.Module:
     """d2l 3.6: softmax regression, one linear layer on the flattened pixels."""
-    return nn.Sequential(Pixels(), nn.Flatten(), Head(784, NUM_CLASSES))
+    return nn.Sequential(Pixels(shape), nn.Flatten(), Head(shape.pixels, shape.classes))
 
 
 @_classifier("mlp", rules={"hidden": Satisfies(lambda h: _widths([h]), "expected one width, a whole number >= 1"),
                            "dropout": Interval(float, 0, 1, open="high")}, hidden=256, dropout=0.0)
-def _mlp(hidden: int, dropout: float) -> nn.Module:
+def _mlp(shape: Shape, hidden: int, dropout: float) -> nn.Module:
     """d2l 4.2/4.3 (4.6 with ``dropout``): one hidden ReLU layer."""
     return nn.Sequential(
-        Pixels(), nn.Flatten(),
-        nn.Linear(784, hidden), nn.ReLU(), nn.Dropout(dropout),
-        Head(hidden, NUM_CLASSES),
+        Pixels(shape), nn.Flatten(),
+        nn.Linear(shape.pixels, hidden), nn.ReLU(), nn.Dropout(dropout),
+        Head(hidden, shape.classes),
     )
 
 
 @_classifier("lenet", convnet=True)
-def _lenet() -> nn.Module:
-    """d2l 7.6 LeNet-5, with ReLU and max-pooling instead of sigmoid and average-pooling."""
+def _lenet(shape: Shape) -> nn.Module:
+    """d2l 7.6 LeNet-5, with ReLU and max-pooling instead of sigmoid and average-pooling: 16
+    maps of 5x5 pixels from 28x28 images."""
+    shape.at_least(12, "lenet")
     return nn.Sequential(
-        Pixels(),
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        Pixels(shape),
+        nn.Conv2d(shape.channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
+        nn.Linear(16 * ((shape.height // 2 - 4) // 2) * ((shape.width // 2 - 4) // 2), 120), nn.ReLU(),
         nn.Linear(120, 84), nn.ReLU(),
-        Head(84, NUM_CLASSES),
+        Head(84, shape.classes),
     )
 
 
@@ -130,13 +166,14 @@ def _lenet() -> nn.Module:
     lambda c: isinstance(c, (list, tuple)) and len(c) > 0 and all(_widths(s if isinstance(s, (list, tuple)) else [s])
                                                                  for s in c),
     "expected a list of stages, each a width or a list of widths")}, channels=[16, 32, [64, 64], [128, 128]])
-def _cnn(channels: list) -> nn.Module:
+def _cnn(shape: Shape, channels: list) -> nn.Module:
     """A small modern convnet: stages of conv-BN-ReLU blocks, max-pooling between stages, a
     global-average head. A stage is a width (one conv) or a list of widths (a conv each):
     ``[16, 32, [64, 64], [128, 128]]``."""
     stages = [stage if isinstance(stage, (list, tuple)) else [stage] for stage in channels]
-    layers: list[nn.Module] = [Pixels()]
-    width = 1
+    shape.at_least(2 ** (len(stages) - 1), "cnn")
+    layers: list[nn.Module] = [Pixels(shape)]
+    width = shape.channels
     for i, stage in enumerate(stages):
         if i:
             layers.append(nn.MaxPool2d(2))
@@ -144,7 +181,7 @@ def _cnn(channels: list) -> nn.Module:
             # no conv bias: BatchNorm's shift replaces it
             layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
             width = out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), Head(width, NUM_CLASSES)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), Head(width, shape.classes)]
     return nn.Sequential(*layers)
 
 
@@ -198,9 +235,10 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet_backbone(blocks: list[int], use_torchvision: bool | None = None) -> nn.Module:
-    """ResNet with ``blocks`` BasicBlocks per stage: torchvision's where it imports (or when
-    ``use_torchvision``), :class:`ResNet` elsewhere; their state dicts are interchangeable."""
+def resnet_backbone(blocks: list[int], use_torchvision: bool | None = None, classes: int = 10) -> nn.Module:
+    """ResNet with ``blocks`` BasicBlocks per stage and ``classes`` outputs: torchvision's where it
+    imports (or when ``use_torchvision``), :class:`ResNet` elsewhere; their state dicts are
+    interchangeable."""
     if use_torchvision is None:
         try:
             import torchvision.models.resnet  # noqa: F401
@@ -209,24 +247,25 @@ def resnet_backbone(blocks: list[int], use_torchvision: bool | None = None) -> n
             use_torchvision = False
     if use_torchvision:
         from torchvision.models.resnet import BasicBlock as TorchvisionBlock, ResNet as TorchvisionResNet
-        return TorchvisionResNet(TorchvisionBlock, list(blocks), num_classes=NUM_CLASSES)
-    return ResNet(list(blocks), NUM_CLASSES)
+        return TorchvisionResNet(TorchvisionBlock, list(blocks), num_classes=classes)
+    return ResNet(list(blocks), classes)
 
 
 # ResNet-18 is a GPU model: about 0.45 GFLOP an image, some 15 minutes an epoch on 2 CPU cores.
 @_classifier("resnet", convnet=True, rules={"blocks": Satisfies(
     lambda b: _widths(b, 4), "expected 4 block counts, whole numbers >= 1")}, blocks=[2, 2, 2, 2])
-def _resnet(blocks: list[int]) -> nn.Module:
-    """ResNet-18 (``blocks`` 2, 2, 2, 2) for 28x28 images, as CIFAR ResNets do it: a 3x3 stride-1
-    stem on the one channel and no max-pool, so the four stages see 28, 14, 7 and 4 pixels."""
-    backbone = resnet_backbone(blocks)
-    backbone.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
+def _resnet(shape: Shape, blocks: list[int]) -> nn.Module:
+    """ResNet-18 (``blocks`` 2, 2, 2, 2) for small images, as CIFAR ResNets do it: a 3x3 stride-1
+    stem on the images' channels and no max-pool, so the four stages see 28, 14, 7 and 4 pixels
+    of a 28x28 image."""
+    backbone = resnet_backbone(blocks, classes=shape.classes)
+    backbone.conv1 = nn.Conv2d(shape.channels, 64, 3, 1, 1, bias=False)
     nn.init.kaiming_normal_(backbone.conv1.weight, mode="fan_out", nonlinearity="relu")
     backbone.maxpool = nn.Identity()
-    head = Head(512, NUM_CLASSES)
+    head = Head(512, shape.classes)
     head.load_state_dict(backbone.fc.state_dict())
     backbone.fc = head
-    return nn.Sequential(Pixels(), backbone)
+    return nn.Sequential(Pixels(shape), backbone)
 
 
 def architecture(name: str) -> Architecture:
@@ -236,6 +275,7 @@ def architecture(name: str) -> Architecture:
     return MODELS[name]
 
 
-def build_classifier(name: str, **params) -> nn.Module:
-    """A fresh model by name; ``params`` are the model's own (e.g. ``hidden``) over its defaults."""
-    return architecture(name).build(params)
+def build_classifier(name: str, shape: Shape = Shape(), **params) -> nn.Module:
+    """A fresh model by name for ``shape``; ``params`` are the model's own (e.g. ``hidden``) over
+    its defaults."""
+    return architecture(name).build(params, shape)

@@ -1,4 +1,4 @@
-"""Training Fashion-MNIST classifiers on one device-resident tensor of images.
+"""Training image classifiers on one device-resident tensor of images.
 
 The loop never syncs with the device inside an epoch: metrics accumulate in device tensors and
 are read once per epoch. Batches are index slices of a device-side permutation, augmented on
@@ -22,7 +22,7 @@ from pipeline.constraints import FLAG, Interval, OneOf, Satisfies, at_least, par
 from pipeline.devices import make_generator, one_cpu_thread, resolve_device
 from pipeline.errors import TrainingError, UsageError
 from pipeline.images.data import augment
-from pipeline.images.models import MODELS, NUM_CLASSES, architecture, refuse_unknown
+from pipeline.images.models import MODELS, Shape, architecture, refuse_unknown
 from pipeline.progress import Progress, Step
 
 # Models with fewer parameters train on one CPU thread: measured on 2 cores, softmax regression
@@ -123,10 +123,13 @@ def fit_classifier(
     device: torch.device | str = "auto",
     seed: int = 0,
     progress: Progress = Progress(),
+    shape: Shape = Shape(),
 ) -> tuple[nn.Module, list[dict]]:
-    """Train ``model_name`` with ``DEFAULTS[model_name]`` updated by ``params``.
+    """Train ``model_name`` with ``DEFAULTS[model_name]`` updated by ``params``, for images of
+    ``shape`` (by default Fashion-MNIST's).
 
-    ``train_x`` is uint8 (N, 28, 28), ``train_y`` class indices; pass any index subset for folds.
+    ``train_x`` is uint8 (N, H, W) or (N, C, H, W), ``train_y`` class indices; pass any index
+    subset for folds.
     Returns the model (eval mode, on ``device``) and one history dict per epoch. The same seed on
     the same device gives the same model. Each epoch advances a step of ``progress``, with its
     train and valid cross-entropy.
@@ -140,7 +143,7 @@ def fit_classifier(
     generator = make_generator(seed, device)  # the batches' order and augmentation
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # weight init and dropout, without disturbing the caller's RNG
-        run = _setup(p, len(x), device)
+        run = _setup(p, len(x), device, shape)
         small = sum(w.numel() for w in run.model.parameters()) < SMALL_MODEL
         with one_cpu_thread(device, enabled=small):
             history = _epochs(run, x, y, valid, generator, progress.step(model_name, p.training.epochs, "epoch"))
@@ -162,11 +165,11 @@ class _Run:
     seen: int  # the images an epoch trains on
 
 
-def _setup(p: ClassifierParams, n: int, device: torch.device) -> _Run:
+def _setup(p: ClassifierParams, n: int, device: torch.device, shape: Shape) -> _Run:
     """The model (weights from torch's global RNG), its optimizer, schedule and autocast for ``n`` images."""
     t, arch = p.training, architecture(p.model)
     seen = n - 1 if n % t.batch_size == 1 else n  # BatchNorm cannot train on a final batch of one sample
-    model = arch.build(p.architecture).to(device)
+    model = arch.build(p.architecture, shape).to(device)
     if arch.convnet:
         model = model.to(memory_format=torch.channels_last)  # faster convs on CPU (oneDNN) and GPU
     forward = _compiled(model, t.compile)
@@ -264,7 +267,7 @@ def predict(
     model: nn.Module, x: torch.Tensor, device: torch.device | str = "auto", batch_size: int = 1024,
     tta: bool = False,
 ) -> torch.Tensor:
-    """Float32 logits (N, 10) on ``device`` for images ``x``; ``.softmax(1)`` gives probabilities.
+    """Float32 logits (N, classes) on ``device`` for images ``x``; ``.softmax(1)`` gives probabilities.
     ``tta``: log of the mean probabilities of each image and its mirror image (the flip that
     training's augmentation uses)."""
     device = resolve_device(device) if isinstance(device, str) else device
@@ -294,8 +297,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
     device = resolve_device(device) if isinstance(device, str) else device
     y = y.to(device, torch.long)
     logits = predict(model, x, device, tta=tta)
-    confusion = torch.bincount(y * NUM_CLASSES + logits.argmax(1), minlength=NUM_CLASSES**2)
-    confusion = confusion.reshape(NUM_CLASSES, NUM_CLASSES).tolist()
+    k = logits.shape[1]
+    confusion = torch.bincount(y * k + logits.argmax(1), minlength=k**2).reshape(k, k).tolist()
     hits = [row[i] for i, row in enumerate(confusion)]
     counts = [sum(row) for row in confusion]
     return {

@@ -1,5 +1,5 @@
-"""Competition targets: the built-in ``house`` and ``fashion``, and tabular targets declared in
-the workspace's ``pipeline.toml`` (:mod:`pipeline.targets.declared`), each a
+"""Competition targets: the built-in ``house`` and ``fashion``, and tabular and image targets
+declared in the workspace's ``pipeline.toml`` (:mod:`pipeline.targets.declared`), each a
 :class:`~pipeline.targets.base.Target`.
 
 A target knows where its data come from, its stage graph and the commands it takes, its
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-HOMES = {"Target": "base", "TabularTarget": "tabular", "ImageTarget": "images", "SeveralLabels": "several",
+HOMES = {"Target": "base", "TabularTarget": "tabular", "ImageTarget": "images", "HubImages": "images",
+         "DeclaredImages": "declared_images", "SeveralLabels": "several",
          "HOUSE": "builtin", "FASHION": "builtin", "BUILTIN": "builtin", "declared_targets": "declared",
          "all_targets": "lookup", "get_target": "lookup"}
 

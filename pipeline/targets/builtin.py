@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.hub import DATA_HUB, GROUPS
 from pipeline.tabular.presets import AUTO, FAMILY_DEFAULTS, MLP
 from pipeline.tabular.tables import TableSpec
-from pipeline.targets.images import ImageTarget
+from pipeline.targets.images import IMAGE_DEFAULTS, HubImages
 from pipeline.targets.tabular import TabularTarget
 
 # d2l 4.10's recipe, reachable with flags (see the README): linear, raw prices, lr 5, 5 contiguous folds.
@@ -36,6 +36,5 @@ HOUSE = TabularTarget("house", DATA_HUB["kaggle_house_train"], DATA_HUB["kaggle_
                       TableSpec(id="Id", label="SalePrice", task="regression", metric="log_rmse"),
                       {"model": "linear", "split": "contiguous", **D2L_FEATURES}, {**FAMILY_DEFAULTS, "linear": D2L_LINEAR},
                       {"d2l": {}, "best": BEST_HOUSE, "auto": AUTO}, "best", {"mlp": HOUSE_MLP})
-FASHION = ImageTarget("fashion", tuple(DATA_HUB[n] for n in GROUPS["fashion"]),
-                      {"model": "mlp", "valid_fraction": 0.1, "folds": 0, "seed": 0, "tta": False})
+FASHION = HubImages("fashion", IMAGE_DEFAULTS, tuple(DATA_HUB[n] for n in GROUPS["fashion"]))
 BUILTIN = {"house": HOUSE, "fashion": FASHION}

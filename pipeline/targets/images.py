@@ -1,4 +1,6 @@
-"""An image target: an image-classification competition from the data hub."""
+"""An image target: an image-classification competition, its classifiers' params and stages;
+Fashion-MNIST's files come from the data hub (:class:`HubImages`), a competition declared in
+pipeline.toml from Kaggle's files (:class:`~pipeline.targets.declared_images.DeclaredImages`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from pipeline.targets.base import Target
 
 IMAGE_FLAGS = frozenset({"model", "valid_fraction", "folds", "seed", "hidden", "dropout", "epochs", "lr",
                          "weight_decay", "batch_size", "optimizer", "schedule", "augment", "tta"})
+# the params that are the target's, not a classifier's
+IMAGE_DEFAULTS = {"model": "mlp", "valid_fraction": 0.1, "folds": 0, "seed": 0, "tta": False}
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,6 @@ class ImageTarget(Target):
     params.toml may hold any classifier param (``known`` is None): fit_classifier checks them."""
 
     name: str
-    files: tuple[DataFile, ...]
     defaults: dict
     flags = IMAGE_FLAGS
     stages = image_stages.STAGES
@@ -49,6 +52,13 @@ class ImageTarget(Target):
         if isinstance(hidden, list) and len(hidden) == 1:
             given = {**given, "hidden": hidden[0]}
         return given
+
+
+@dataclass(frozen=True)
+class HubImages(ImageTarget):
+    """Images whose files the data hub holds and verifies: Fashion-MNIST's four IDX files."""
+
+    files: tuple[DataFile, ...] = ()
 
     def fetch(self, data_dir: Path, mirrors: list[str]) -> list[Path]:
         return [hub.download(f, data_dir, mirrors) for f in self.files]

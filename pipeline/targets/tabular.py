@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import hub
-from pipeline.errors import DataError
 from pipeline.folds import SPLITS
 from pipeline.hub import DataFile
 from pipeline.tabular import stages as tabular_stages
@@ -20,6 +18,7 @@ from pipeline.tabular.recipe import Recipe, known_params, resolve
 from pipeline.tabular.stacked import ACTIVATIONS
 from pipeline.tabular.tables import TableSpec
 from pipeline.tabular.trainer import SCHEDULES
+from pipeline.targets import files
 from pipeline.targets.base import Target
 
 
@@ -81,56 +80,21 @@ class TabularTarget(Target):
     def time_limit(self, config: Recipe) -> float | None:
         return config.time_limit
 
-    def _archive_dir(self, data_dir: Path) -> Path:
-        return data_dir / (self.part_of or self.name) / "archive"  # a label column's: its competition's
+    @property
+    def _origin(self) -> files.Origin:
+        return files.Origin(self.part_of or self.name, self.archive, self.kaggle)  # a label column's: its competition's
 
     def table_paths(self, data_dir: Path) -> tuple[Path, Path]:
         """Where the train and test CSVs are once :meth:`fetch` has run."""
-        return tuple(self._where(source, data_dir) for source in (self.train, self.test))
+        return tuple(self._origin.where(source, data_dir) for source in (self.train, self.test))
 
     def sample_path(self, data_dir: Path) -> Path | None:
-        return None if self.sample is None else self._where(self.sample, data_dir)
-
-    def _where(self, source, data_dir: Path) -> Path:
-        if self.archive is not None or self.kaggle is not None:
-            return self._archive_dir(data_dir) / source
-        return source if isinstance(source, Path) else data_dir / source.path
+        return None if self.sample is None else self._origin.where(self.sample, data_dir)
 
     def fetch(self, data_dir: Path, mirrors: list[str]) -> list[Path]:
         """Download (and verify) what is remote, unpack an archive; the CSVs' paths."""
-        if self.kaggle is not None:
-            hub.extract_archive(self._kaggle_zip(data_dir), self._archive_dir(data_dir))
-        elif isinstance(self.archive, DataFile):
-            hub.download_extract(self.archive, data_dir, mirrors, folder=self._archive_dir(data_dir))
-        elif self.archive is not None:
-            hub.extract_archive(self.archive, self._archive_dir(data_dir))
-        else:
-            for source in (self.train, self.test, self.sample):
-                if isinstance(source, DataFile):
-                    hub.download(source, data_dir, mirrors)
         sources = [s for s in (self.train, self.test, self.sample) if s is not None]
-        paths = [self._where(source, data_dir) for source in sources]
-        for path, member in zip(paths, sources):
-            if (self.archive is not None or self.kaggle is not None) and not path.is_file():
-                raise DataError(f"archive {self.archive_name} has no member {member!r}; "
-                                f"fix train/test/sample in [target.{self.name}]")
-        return paths if self.kaggle is None else [self._kaggle_zip(data_dir), *paths]
+        return self._origin.fetch(sources, data_dir, mirrors, f"train/test/sample in [target.{self.name}]")
 
     def kaggle_zip(self, data_dir: Path) -> Path | None:
-        return None if self.kaggle is None else self._archive_dir(data_dir).parent / f"{self.kaggle}.zip"
-
-    def _kaggle_zip(self, data_dir: Path) -> Path:
-        """The competition's zip from Kaggle's client, fetched once: the lock records its SHA-1,
-        so a changed zip makes every later stage stale."""
-        path = self.kaggle_zip(data_dir)  # one download for every label column
-        if not path.is_file():
-            from pipeline import kaggle_client
-
-            kaggle_client.Competition(self.kaggle).download(path.parent)
-        return path
-
-    @property
-    def archive_name(self) -> str:
-        if self.kaggle is not None:
-            return f"Kaggle's {self.kaggle}.zip"
-        return self.archive.url if isinstance(self.archive, DataFile) else str(self.archive)
+        return self._origin.kaggle_zip(data_dir)
