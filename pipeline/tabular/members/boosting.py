@@ -71,9 +71,7 @@ class LightGBMMember(ConfiguredMember):
         if one.budget is not None:
             train = lightgbm.Dataset(X[rows], target[rows], categorical_feature=categorical)
             return lightgbm.train(params, train, max(1, round(one.budget)), callbacks=callbacks), None
-        order = one.generator.permutation(rows)
-        cut = max(1, round(self.config.inner_valid * len(order)))
-        held, kept = order[:cut], order[cut:]
+        kept, held = one.inner_split(rows, self.config.inner_valid)
         train = lightgbm.Dataset(X[kept], target[kept], categorical_feature=categorical)
         check_rows = lightgbm.Dataset(X[held], target[held], reference=train, categorical_feature=categorical)
         booster = lightgbm.train(params, train, self.config.n_estimators, valid_sets=[check_rows],

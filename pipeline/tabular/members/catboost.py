@@ -84,9 +84,7 @@ class CatBoostMember(ConfiguredMember):
         if one.budget is not None:
             model.fit(pool(rows), callbacks=callbacks)
             return model, None
-        order = one.generator.permutation(rows)
-        cut = max(1, round(self.config.inner_valid * len(order)))
-        held, kept = order[:cut], order[cut:]
+        kept, held = one.inner_split(rows, self.config.inner_valid)
         model.fit(pool(kept), eval_set=pool(held),
                   early_stopping_rounds=EARLY_STOPPING, use_best_model=True, callbacks=callbacks)
         return model, model.get_best_iteration() + 1

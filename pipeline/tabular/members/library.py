@@ -37,6 +37,12 @@ class OneFit:
     budget: float | None
     stop: float | None
 
+    def inner_split(self, rows: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+        """``rows`` shuffled into the ones a model trains on and the ``share`` it stops early on."""
+        order = self.generator.permutation(rows)
+        cut = max(1, round(share * len(order)))
+        return order[cut:], order[:cut]
+
 
 class LibraryMember(Member):
     """A family of one library model per row set and seed."""
