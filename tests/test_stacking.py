@@ -118,3 +118,17 @@ def test_a_level2_model_on_the_features_learns_nothing_from_labels_it_should_not
     level1, level2 = result.members[:2], result.members[2]
     assert level2.label == "glm (level 2)"
     assert level2.mean_valid < 0.52 and level2.mean_valid < max(m.mean_valid for m in level1) + 0.015
+
+
+def test_a_final_fit_whose_time_was_spent_still_makes_a_model_of_the_heaviest_member(prices):
+    """A CV that overran its share of a limit (a busy machine) once ended in no model at all."""
+    import time
+    from pipeline.tabular.budget import Budget
+    from pipeline.tabular.model import fit_final
+    budget = Budget(time.monotonic() - 1)
+    model, score = fit_final(prices, stacked(*REAL), list(REAL), [0.3, 0.7], [None, 50], budget=budget)
+    assert [m.label for m in model.members] == ["lightgbm"] and model.weights == [1.0]
+    assert [c["member"] for c in budget.cut] == ["glm"]
+    assert budget.shortened == [{"member": "lightgbm",
+                                 "how": "fit alone, for its CV's length, after the time limit was spent"}]
+    assert 0 < score < 0.2 and np.isfinite(model.predict(model.test_inputs(prices, CPU))).all()

@@ -93,7 +93,8 @@ def fit_final(features: Features, recipe: Recipe, members: list, weights: list[f
     trained as long as its CV chose, but those the blend gives no weight; refused in one line when
     a member diverges or predicts test values the metric cannot take. Also the blend's score on
     the training rows. Under ``budget`` each member gets an even share of what is left; one that
-    cannot fit is left out of the blend, whose weights then sum to 1 again.
+    cannot fit is left out of the blend, whose weights then sum to 1 again; when none can (the CV
+    overran its share), the heaviest level-1 member is fit anyway, for the length its CV chose.
 
     ``members[level1:]`` are level 2: they take the level-1 members' out-of-fold predictions
     ``oof`` (level1, rows, outputs) of the training rows and those members' predictions of
@@ -106,10 +107,11 @@ def fit_final(features: Features, recipe: Recipe, members: list, weights: list[f
     second = [i for i in range(level1, len(members)) if weights[i] > 0]
     fitted: dict[int, Fitted] = {}
 
-    def fit(i: int, on: TrainingSet, left: int) -> None:
+    def fit(i: int, on: TrainingSet, left: int | None) -> None:
         try:
             member = members[i].fit(on, rows, seeds=recipe.seeds, seed=recipe.folds.seed, progress=progress,
-                                    budget=budgets[i], deadline=None if budget is None else budget.share(left))
+                                    budget=budgets[i], deadline=None if budget is None or left is None
+                                    else budget.share(left))
         except OutOfTime as exc:
             budget.cut.append({"member": members[i].label, "why": exc.why})
             return
@@ -131,11 +133,15 @@ def fit_final(features: Features, recipe: Recipe, members: list, weights: list[f
                              with_columns(data.test.extra, stacked.columns(test, data.metric), 1))
         for n, i in enumerate(second):
             fit(i, level2, len(second) - n)
-    if not fitted:
-        raise TrainingError("no member fits in the time limit's final fit; give more time")
+    if not fitted:  # the CV overran its share (a busy machine): a submission from the heaviest level-1 member
+        heaviest = max(range(level1), key=lambda i: weights[i])
+        fit(heaviest, data, None)
+        budget.cut = [c for c in budget.cut if c["member"] != members[heaviest].label]
+        budget.shortened.append({"member": members[heaviest].label,
+                                 "how": "fit alone, for its CV's length, after the time limit was spent"})
     order = sorted(fitted)
     kept = [weights[i] for i in order]
-    weights = [w / sum(kept) for w in kept]
+    weights = [w / sum(kept) for w in kept] if sum(kept) else [1.0]
     model_level1 = sum(i < level1 for i in order)
     model = TrainedModel([fitted[i] for i in order], weights, features.builder, data.metric, features.classes,
                          encoders, model_level1, stacked if any(i >= level1 for i in order) else None)
