@@ -234,15 +234,24 @@ class MemberRun:
     cut: str = ""
 
 
+def _fit(shared: Shared, member, deadline: float | None, progress: Progress):
+    """``member`` fit on ``shared``'s row sets: the data, the validation rows and the fitted
+    member, or the reason a time limit left it out."""
+    data, train_rows, valid_rows = shared.data()
+    try:
+        return data, train_rows, valid_rows, member.fit(data, train_rows, valid_rows=valid_rows, seeds=shared.seeds,
+                                                        seed=shared.seed, progress=progress, deadline=deadline)
+    except OutOfTime as exc:
+        return MemberRun(member.label, None, cut=exc.why)
+
+
 def member_task(shared: Shared, member, deadline: float | None, progress: Progress) -> MemberRun:
     """A recipe CV's task: one member fit on every fold (a torch member: one stacked model),
     predicting each fold's validation rows and the training rows its train score is taken on."""
-    data, train_rows, valid_rows = shared.data()
-    try:
-        fitted = member.fit(data, train_rows, valid_rows=valid_rows, seeds=shared.seeds, seed=shared.seed,
-                            progress=progress, deadline=deadline)
-    except OutOfTime as exc:
-        return MemberRun(member.label, None, cut=exc.why)
+    done = _fit(shared, member, deadline, progress)
+    if isinstance(done, MemberRun):
+        return done
+    data, train_rows, valid_rows, fitted = done
     report = fitted.report
     wanted = [torch.cat([valid, train]) for valid, train in zip(valid_rows, scored(train_rows, shared.seed))]
     return MemberRun(fitted.label, fitted.predict(data.train, wanted).cpu(), report.curves, report.failed_epoch,
@@ -252,12 +261,10 @@ def member_task(shared: Shared, member, deadline: float | None, progress: Progre
 def inner_task(shared: Shared, member, deadline: float | None, progress: Progress) -> MemberRun:
     """A stacked recipe's task: one level-1 member fit on the row sets inside every fold's
     training rows, predicting their validation rows (the level-2 training columns)."""
-    data, train_rows, valid_rows = shared.data()
-    try:
-        fitted = member.fit(data, train_rows, valid_rows=valid_rows, seeds=shared.seeds, seed=shared.seed,
-                            progress=progress, deadline=deadline)
-    except OutOfTime as exc:
-        return MemberRun(member.label, None, cut=exc.why)
+    done = _fit(shared, member, deadline, progress)
+    if isinstance(done, MemberRun):
+        return done
+    data, _, valid_rows, fitted = done
     return MemberRun(fitted.label, fitted.predict(data.train, valid_rows).cpu(), seconds=fitted.report.seconds)
 
 

@@ -127,10 +127,7 @@ def fit_final(features: Features, recipe: Recipe, members: list, weights: list[f
         budget.cut += [{"member": members[i].label, "why": "a level-1 member it takes did not fit in time"}
                        for i in second]
     elif second:
-        stacked = StackedColumns.fit(oof, data.metric)
-        test = torch.stack([fitted[i].predict(data.test)[0] for i in range(level1)])
-        level2 = TrainingSet(features, device, with_columns(data.extra, stacked.columns(oof.to(device), data.metric), 1),
-                             with_columns(data.test.extra, stacked.columns(test, data.metric), 1))
+        stacked, level2 = _level2_data(features, data, [fitted[i] for i in range(level1)], oof, device)
         for n, i in enumerate(second):
             fit(i, level2, len(second) - n)
     if not fitted:  # the CV overran its share (a busy machine): a submission from the heaviest level-1 member
@@ -148,6 +145,17 @@ def fit_final(features: Features, recipe: Recipe, members: list, weights: list[f
     predictions = [fitted[i].predict((data if i < level1 else level2).train) for i in order]
     [train_score] = score_groups(blend(predictions, data.metric, weights), data.y, rows, data.metric)
     return model, train_score
+
+
+def _level2_data(features: Features, data: TrainingSet, level1: list[Fitted], oof: torch.Tensor,
+                 device: torch.device) -> tuple[StackedColumns, TrainingSet]:
+    """The level-2 members' training set: the training rows' out-of-fold columns ``oof`` and
+    the test rows' columns of the ``level1`` members fit on every row."""
+    stacked = StackedColumns.fit(oof, data.metric)
+    test = torch.stack([member.predict(data.test)[0] for member in level1])
+    return stacked, TrainingSet(features, device,
+                                with_columns(data.extra, stacked.columns(oof.to(device), data.metric), 1),
+                                with_columns(data.test.extra, stacked.columns(test, data.metric), 1))
 
 
 def stacked_inputs(inputs: Inputs, columns: torch.Tensor) -> Inputs:

@@ -72,10 +72,7 @@ def labels(frame: pd.DataFrame, spec: ImageSpec, path: Path, ids: pd.Series, nam
     """Each row's class index, and the classes (declared, else the labels' values sorted). A
     missing label or one of no declared class is a one-line error naming the file and the row
     (``named`` says what ``ids`` are: the id column, or line numbers)."""
-    if spec.label not in frame.columns:
-        raise DataError(f"{path}: no column {spec.label!r} (its columns: {', '.join(map(str, frame.columns))}); "
-                        "fix label in pipeline.toml")
-    values = frame[spec.label]
+    values = _column(frame, spec.label, "label", path)
     missing = values.isna().to_numpy()
     if missing.any():
         raise DataError(f"{path}: {named} {shown(ids[missing].iloc[0])!r} has no {spec.label}")
@@ -93,10 +90,7 @@ def labels(frame: pd.DataFrame, spec: ImageSpec, path: Path, ids: pd.Series, nam
 
 def id_column(frame: pd.DataFrame, spec: ImageSpec, path: Path) -> pd.Series:
     """The ``id`` column of ``frame`` (read from ``path``): present, and no id twice."""
-    if spec.id not in frame.columns:
-        raise DataError(f"{path}: no column {spec.id!r} (its columns: {', '.join(map(str, frame.columns))}); "
-                        "fix id in pipeline.toml")
-    ids = frame[spec.id]
+    ids = _column(frame, spec.id, "id", path)
     repeated = ids.duplicated().to_numpy()
     if repeated.any():
         raise DataError(f"{path}: {spec.id} {shown(ids[repeated].iloc[0])!r} appears twice")
@@ -115,3 +109,11 @@ def written(writer: store.Writer, classes: list, indices: np.ndarray, test_ids: 
             "test": len(test_ids), "classes": classes, "labels": indices.tolist(),
             "test_ids": [shown(i) for i in test_ids], "mean": mean, "std": std,
             "images_per_second": round(writer.count / max(seconds, 1e-9))}
+
+
+def _column(frame: pd.DataFrame, column: str, key: str, path: Path) -> pd.Series:
+    """The column that pipeline.toml's ``key`` names, or a one-line error naming the file."""
+    if column not in frame.columns:
+        raise DataError(f"{path}: no column {column!r} (its columns: {', '.join(map(str, frame.columns))}); "
+                        f"fix {key} in pipeline.toml")
+    return frame[column]
