@@ -4,14 +4,15 @@ Runs each anchor script and the pipeline on the same data and settings in one se
 prints time ratios and both sides' quality numbers next to the targets of issue 6. Absolute
 times drift on these shared machines; the ratios are what to quote.
 
-    python benchmarks/bench.py [--shared ../shared] [--device auto|cpu|cuda] [--skip-fashion] [--skip-commands]
-                               [--skip-recipes] [--skip-tables] [--skip-scale] [--skip-rows] [--million]
+    python benchmarks/bench.py [--shared ../shared] [--device auto|cpu|cuda] [--skip-fashion] [--skip-images]
+                               [--skip-commands] [--skip-recipes] [--skip-tables] [--skip-scale] [--skip-rows] [--million]
 
 The recipes' rows (issue 14: our CV against scikit-learn's defaults on the same folds) come from
 benchmarks/recipes.py, real Kaggle tables' (issue 23: dates, text, high-cardinality columns)
 from benchmarks/tables.py, the Ray and TPE sweeps' (issue 16) from benchmarks/scale.py, and
-the default recipe's time and memory against rows (issue 24) from benchmarks/rows.py; each
-also runs alone.
+the default recipe's time and memory against rows (issue 24) from benchmarks/rows.py, image
+competitions in Kaggle's shapes (issue 32) from benchmarks/image_competitions.py; each also runs
+alone.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pipeline.tabular.recipe import FoldParams
 from pipeline.tabular.tables import TableSpec, load_tables
 from pipeline.tabular.trainer import TrainParams
 from convnets import bench_convnets  # benchmarks/convnets.py, beside this script
+from image_competitions import bench_image_competitions
 from recipes import bench_recipes
 from scale import bench_scale  # benchmarks/scale.py
 from rows import bench_rows  # benchmarks/rows.py
@@ -202,6 +204,9 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-fashion", action="store_true")
+    parser.add_argument("--skip-images", action="store_true",
+                        help="Skip Fashion-MNIST as Kaggle's two image-competition shapes against the built-in "
+                             "target, and 200,000 PNGs preprocessed (benchmarks/image_competitions.py, 15 minutes).")
     parser.add_argument("--skip-commands", action="store_true",
                         help="Skip `pipeline cv house` (best recipe's score) and the peak-memory runs (minutes).")
     parser.add_argument("--skip-recipes", action="store_true",
@@ -223,6 +228,10 @@ def main() -> None:
     results = bench_house(args.shared, device)
     if not args.skip_fashion:
         results += bench_fashion(args.shared, device)
+    if not args.skip_images:
+        print("image competitions from Kaggle's files (issue 32): each shape's cnn against the built-in target's:",
+              flush=True)
+        results += bench_image_competitions(args.shared)
     if not args.skip_commands:
         results += bench_commands(args.shared)
     if not args.skip_recipes:
