@@ -77,6 +77,7 @@ PARAM_OPTIONS = (
     ("time_limit", str, "Time for the whole command (90s, 10m, 1.5h): members share it, and what does not fit "
                         "is cut (the report says what)."),
     ("augment", bool, "Images: random crop and flip."),
+    ("flip", bool, "Images: mirror images in the augmentation (--no-flip where a mirror changes the class: digits)."),
     ("valid_fraction", float, "Images: held-out share when --folds < 2."),
     ("tta", bool, "Images: evaluate and submit on each image and its mirror image, probabilities averaged."),
 )

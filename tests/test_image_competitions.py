@@ -218,6 +218,29 @@ def test_folds_score_each_fold_and_evaluate_scores_the_held_out_part(tmp_path, c
     assert_one_line_error(code, err, "--valid-fraction 0", "holds out a part of its labelled images")
 
 
+def test_no_flip_trains_without_mirror_images_and_refuses_tta(tmp_path, capsys, monkeypatch):
+    """Digits are not their mirror images: --no-flip keeps the augmentation's crops without
+    flips, and --tta (which averages each image with its mirror) is then refused in one line."""
+    import pipeline.images.train as training
+    flips = []
+    augment = training.augment
+    monkeypatch.setattr(training, "augment", lambda *args, **kw: flips.append(kw["flip"]) or augment(*args, **kw))
+    folder = _folder(tmp_path / "comp", train=60, test=12)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert run_cli(ws, capsys, "init", str(folder))[0] == 0
+    flags = (*FAST, "--augment", "--no-flip")
+    code, _, err = run_cli(ws, capsys, "train", "comp", *flags)
+    assert code == 0, err
+    assert flips and not any(flips)
+    code, _, err = run_cli(ws, capsys, "evaluate", "comp", *flags, "--tta")
+    assert_one_line_error(code, err, "--tta", "flip = false", "drop --tta")
+    assert run_cli(ws, capsys, "evaluate", "comp", *flags)[0] == 0
+    flips.clear()
+    assert run_cli(ws, capsys, "train", "comp", *FAST, "--augment")[0] == 0
+    assert flips and all(flips)
+
+
 def test_the_stages_code_holds_every_module_they_run(tmp_path):
     """The code graph of a declared image target's stages holds the layouts, the decoding and the
     tensor file: each stage run for real, and every module whose functions it called among its code."""

@@ -20,6 +20,7 @@ import torch
 
 from pipeline import checkpoints, plots, reports
 from pipeline.devices import resolve_device
+from pipeline.errors import ParamError
 from pipeline.folds import fold_rows
 from pipeline.images.data import CACHE_NAME, CLASS_NAMES, load_fashion
 from pipeline.images.models import Shape, architecture
@@ -159,7 +160,7 @@ def score(ctx: Context, images: Callable[[Context], ImageSet]) -> tuple[list[Pat
     data = images(ctx)
     device = resolve_device(ctx.device)
     model, state = load_classifier(_model_path(ctx), device)
-    tta = bool(ctx.params["tta"])
+    tta = _tta(ctx, state)
     x, y = data.evaluation(data.split(int(ctx.params["seed"]), float(ctx.params["valid_fraction"]))[1])
     result = evaluate_model(model, x, y, device, tta=tta)
     run_dir = reports.new_run_dir(ctx.workspace, ctx.target.name, "evaluate")
@@ -181,8 +182,18 @@ def score(ctx: Context, images: Callable[[Context], ImageSet]) -> tuple[list[Pat
 def test_logits(ctx: Context, data: ImageSet) -> torch.Tensor:
     """The saved model's logits for the test images (with ``tta``, of each image and its mirror), on the CPU."""
     device = resolve_device(ctx.device)
-    model, _ = load_classifier(_model_path(ctx), device)
-    return predict(model, data.test, device, tta=bool(ctx.params["tta"])).cpu()
+    model, state = load_classifier(_model_path(ctx), device)
+    return predict(model, data.test, device, tta=_tta(ctx, state)).cpu()
+
+
+def _tta(ctx: Context, state: dict) -> bool:
+    """``--tta``, refused for a model trained without mirror images (``flip = false``): its
+    classes are not the same mirrored (digits), so the mirror's vote would be noise."""
+    tta = bool(ctx.params["tta"])
+    if tta and not state["params"].get("flip", True):
+        raise ParamError("tta", True, f"averages each image with its mirror image, and {ctx.target.name}'s model "
+                         "trained with flip = false; drop --tta")
+    return tta
 
 
 STAGES = (

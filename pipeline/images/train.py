@@ -49,6 +49,7 @@ class TrainingParams:
     schedule: str = param("onecycle", OneOf(*SCHEDULES))
     augment: bool = param(False, FLAG)  # random crops and flips on the device
     crop_pad: int = param(2, at_least(0))  # the crops' zero padding: 0 flips only
+    flip: bool = param(True, FLAG)  # the augmentation's mirror images: false where they change the class (digits)
     label_smoothing: float = param(0.0, Interval(float, 0, 1))
     amp: bool = param(True, FLAG)  # bf16 autocast, for convnets on CUDA
     compile: bool | str = param(False, Satisfies(lambda v: v in (False, True, "false", "true", "none", *COMPILE_MODES),
@@ -207,7 +208,7 @@ def _train_epoch(run: _Run, x: torch.Tensor, y: torch.Tensor, generator: torch.G
         # index_select, not x[idx]: advanced indexing is ~20x slower on CPU for uint8 rows
         xb, yb = x.index_select(0, idx), y.index_select(0, idx)
         if t.augment:
-            xb = augment(xb, generator, pad=t.crop_pad)
+            xb = augment(xb, generator, pad=t.crop_pad, flip=t.flip)
         with run.autocast:
             logits = run.forward(xb)
         loss, hits = class_scores(logits, yb, t.label_smoothing)

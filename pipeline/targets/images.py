@@ -15,7 +15,7 @@ from pipeline.images.train import DEFAULTS as CLASSIFIERS, OPTIMIZERS as IMAGE_O
 from pipeline.targets.base import Target
 
 IMAGE_FLAGS = frozenset({"model", "valid_fraction", "folds", "seed", "hidden", "dropout", "epochs", "lr",
-                         "weight_decay", "batch_size", "optimizer", "schedule", "augment", "tta"})
+                         "weight_decay", "batch_size", "optimizer", "schedule", "augment", "flip", "tta"})
 # the params that are the target's, not a classifier's
 IMAGE_DEFAULTS = {"model": "mlp", "valid_fraction": 0.1, "folds": 0, "seed": 0, "tta": False}
 
