@@ -73,6 +73,7 @@ PARAM_OPTIONS = (
     ("clip_quantile", float, "Clip numeric columns to their [q, 1-q] quantiles (0: off)."),
     ("scaling", str, lambda t: f"Numeric columns' scaling ({_choices('scaling', t)})."),
     ("numeric_bins", int, "Also encode numeric columns piecewise-linearly between this many quantiles (0: off)."),
+    ("text_words", int, "Also give each free-text column's most frequent words, this many, as 0/1 columns (0: off)."),
     ("blend", str, lambda t: f"How members are weighed ({_choices('blend', t)}): equally, or by ensemble selection."),
     ("time_limit", str, "Time for the whole command (90s, 10m, 1.5h): members share it, and what does not fit "
                         "is cut (the report says what)."),
@@ -237,6 +238,7 @@ def hub_status(p: Pipeline):
 @click.option("--clip-quantile", "clip_quantile", type=float)
 @click.option("--scaling", "scaling", type=str)
 @click.option("--numeric-bins", "numeric_bins", type=int)
+@click.option("--text-words", "text_words", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
 def preprocess(p: Pipeline, target, as_json, **flags):

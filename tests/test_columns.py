@@ -4,6 +4,7 @@ statistics and an in-fold text model, categories of any cardinality, ids and con
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,34 @@ def test_each_role_becomes_its_features():
     assert table["shop"]["features"] == 19 and table["ref"]["features"] == 0
     assert "in-fold target encoding" in table["shop"]["note"] and "in-fold text model" in table["remarks"]["note"]
     assert sum(row["features"] for row in features.columns) == len(names)  # each feature is one column's
+
+
+def test_text_words_mark_the_most_frequent_words_within_the_cell_budget(monkeypatch):
+    """``text_words``: a free text's most frequent words (one character ones too: "2 GULLS") as
+    0/1 columns that mark exactly the texts holding them; off by default; fewer words when rows x
+    words would pass WORD_CELLS; kept with the fitted terms, and absent from terms saved before."""
+    tables = messy()
+    plain = build_features(tables, FeatureParams(max_levels=16, min_count=3))
+    assert not any(n.startswith("remarks:") for n in plain.names)
+    features = build_features(tables, FeatureParams(max_levels=16, min_count=3, text_words=40))
+    words = [n for n in features.native_names if n.startswith("remarks:")]
+    assert {"remarks:flock", "remarks:single", "remarks:a", "remarks:3"} <= set(words) and len(words) <= 40
+    remarks = tables.train["remarks"]
+    for word in ("flock", "3"):
+        marked = features.native[:, features.native_names.index(f"remarks:{word}")].numpy()
+        assert (marked == remarks.str.split().map(lambda ws: word in ws)).all()
+    table = {row["column"]: row for row in features.columns}
+    assert f"its {len(words)} most frequent words as 0/1 columns" in table["remarks"]["note"]
+    import pipeline.tabular.roles.text as text_role
+    monkeypatch.setattr(text_role, "WORD_CELLS", 3 * len(tables.train) + 3 * len(tables.test))
+    few = build_features(tables, FeatureParams(max_levels=16, min_count=3, text_words=40))
+    assert sum(n.startswith("remarks:") for n in few.native_names) == 3
+    terms = few.builder.derived.fitted["remarks"]
+    restored = pickle.loads(pickle.dumps(terms))
+    assert restored.words == terms.words and len(terms.words) == 3
+    before = object.__new__(type(terms))
+    before.__setstate__({"parts": terms.parts})  # saved before text_words
+    assert before.words == [] and before.indicators(remarks).shape == (500, 0)
 
 
 def test_test_dates_after_the_train_dates_are_warned_about_with_the_split_that_fits(caplog):

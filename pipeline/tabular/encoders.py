@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, RobustScaler, SplineTransformer, StandardScaler
@@ -61,12 +61,13 @@ class Strings:
 
 class TextTerms:
     """A text column's TF-IDF terms (see TEXT_VOCABULARY), fit on texts without labels; kept as
-    each vectorizer's params, terms and idf, and rebuilt from them when first used."""
+    each vectorizer's params, terms and idf, and rebuilt from them when first used. ``words``:
+    the most frequent word terms, at most ``words`` of them, that :meth:`indicators` marks."""
 
     KINDS = ({"ngram_range": (1, 2), "min_df": 2, "token_pattern": r"(?u)\b\w+\b"},
              {"analyzer": "char_wb", "ngram_range": (2, 5), "min_df": 3})
 
-    def __init__(self, texts: pd.Series):
+    def __init__(self, texts: pd.Series, words: int = 0):
         self.parts = []
         for kind in self.KINDS:
             vectorizer = TfidfVectorizer(sublinear_tf=True, max_features=TEXT_VOCABULARY, dtype=np.float32, **kind)
@@ -76,6 +77,7 @@ class TextTerms:
                 continue
             terms = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
             self.parts.append((kind, Strings(terms), vectorizer.idf_))
+        self.words = self._frequent(words)
 
     @property
     def size(self) -> int:
@@ -95,8 +97,26 @@ class TextTerms:
             return sp.csr_matrix((len(texts), 0), dtype=np.float32)
         return sp.hstack([v.transform(texts) for v in self.vectorizers], format="csr", dtype=np.float32)
 
+    def _frequent(self, count: int) -> list[str]:
+        """The ``count`` word terms in the most texts (the lowest idf), most frequent first."""
+        if count <= 0 or not self.parts or "analyzer" in self.parts[0][0]:  # no word terms
+            return []
+        _, terms, idf = self.parts[0]
+        names = terms.joined.split(terms.SEPARATOR)
+        return [names[i] for i in np.argsort(idf, kind="stable")[:count]]
+
+    def indicators(self, texts: pd.Series) -> np.ndarray:
+        """(texts, words) float32: 1 where a text holds the word term, else 0."""
+        if not self.words:
+            return np.zeros((len(texts), 0), np.float32)
+        counter = CountVectorizer(binary=True, vocabulary=self.words, dtype=np.float32, **self.parts[0][0])
+        return counter.transform(texts).toarray()  # only the chosen words' columns: bounded by WORD_CELLS
+
     def __getstate__(self) -> dict:
-        return {"parts": self.parts}
+        return {"parts": self.parts, "words": self.words}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"words": [], **state})  # saved before text_words: none
 
 
 class _OneHotWithMissing(OneHotEncoder):
@@ -220,12 +240,14 @@ class Derived:
     """What each kept column becomes before scaling and one-hot encoding, fit on the rows the
     preprocessing is fit on (no labels): each column's role (:mod:`pipeline.tabular.roles`)
     fits it and derives its columns; this keeps what the roles learned and gathers what they
-    make, in the columns' order. ``max_levels`` and ``min_count`` are the categories' (see
-    :class:`pipeline.tabular.features.FeatureParams`)."""
+    make, in the columns' order. ``max_levels`` and ``min_count`` are the categories',
+    ``text_words`` the free texts' (see :class:`pipeline.tabular.features.FeatureParams`)."""
 
-    def __init__(self, columns: list[Column], fit: pd.DataFrame, max_levels: int = 0, min_count: int = 1):
+    def __init__(self, columns: list[Column], fit: pd.DataFrame, max_levels: int = 0, min_count: int = 1,
+                 text_words: int = 0):
         self.columns = columns
-        self.fitted = {c.name: c.kind.fit(c, c.values(fit), max_levels=max_levels, min_count=min_count)
+        self.fitted = {c.name: c.kind.fit(c, c.values(fit), max_levels=max_levels, min_count=min_count,
+                                          text_words=text_words)
                        for c in columns}
         self.levels = {name: levels for c in columns for name, levels in c.kind.levels(c, self.fitted[c.name]).items()}
 

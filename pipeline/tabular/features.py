@@ -52,6 +52,9 @@ class FeatureParams:
     ``max_levels``: one-hot a category's most frequent levels only (0: all), the rest merged
     into a rare level, and give a category with more levels its frequency and an in-fold target
     encoding. ``min_count``: merge levels seen fewer times than this into the rare level.
+    ``text_words``: also give each free-text column's most frequent words (of one or two terms),
+    this many at most, as 0/1 columns, which trees split on beside the in-fold text model's
+    score (0 turns it off; fewer on large tables: see :mod:`pipeline.tabular.roles.text`).
     """
 
     fit_on: str = "all"
@@ -62,6 +65,7 @@ class FeatureParams:
     roles: bool = True
     max_levels: int = 64
     min_count: int = 5
+    text_words: int = 0
 
     def __post_init__(self):
         if self.fit_on not in FIT_ON:
@@ -77,6 +81,8 @@ class FeatureParams:
             raise ParamError("max_levels", self.max_levels, "must be 0 (every level) or more")
         if self.min_count < 1:
             raise ParamError("min_count", self.min_count, "must be at least 1")
+        if not isinstance(self.text_words, int) or self.text_words < 0:
+            raise ParamError("text_words", self.text_words, "must be 0 (off) or a number of words")
 
 
 @dataclass
@@ -179,7 +185,7 @@ class FeatureBuilder:
         self.roles = column_roles(train, test, tables.spec.columns, str(tables.train_path), tables.spec.time) \
             if params.roles else dtype_roles(train, test)
         fit = pd.concat([train, test]) if params.fit_on == "all" else train
-        self.derived = Derived(self.roles.kept, fit, params.max_levels, params.min_count)
+        self.derived = Derived(self.roles.kept, fit, params.max_levels, params.min_count, params.text_words)
         numbers, categories = self.derived.frames(fit)
         self.numeric, self.categorical = list(numbers.columns), list(categories.columns)
         self.bounds = None

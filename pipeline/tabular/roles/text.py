@@ -1,6 +1,8 @@
 """Free text: strings of several words that rarely repeat. A text becomes its length (log of
 characters) and word count, and its TF-IDF terms: a sparse matrix for the in-fold text model,
-never one column per distinct string."""
+never one column per distinct string. With ``text_words`` (the best preset's) its most frequent
+words also become 0/1 columns, as many as keep rows x words under WORD_CELLS: on a million rows
+20 of them, 4 bytes a cell in each of the two matrices that take them."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pipeline.tabular.roles.base import Role, register
 TEXT_WORDS = 2.0  # mean words per distinct value from which rarely repeated strings are text ...
 TEXT_DISTINCT = 0.3  # ... when distinct in at least this share of the cells (or of 4+ words anyway)
 LONG_TEXT_WORDS = 4.0
+WORD_CELLS = 20_000_000
 
 
 @register
@@ -29,20 +32,23 @@ class Text(Role):
             return True
         return False
 
-    def fit(self, column, values, **options) -> TextTerms:
-        return TextTerms(values.fillna(""))
+    def fit(self, column, values, text_words: int = 0, **options) -> TextTerms:
+        return TextTerms(values.fillna(""), min(text_words, WORD_CELLS // max(1, len(values))))
 
-    def names(self, column, fitted) -> list[str]:
-        return [f"{column.name}.chars", f"{column.name}.words"]
+    def names(self, column, fitted: TextTerms) -> list[str]:
+        return [f"{column.name}.chars", f"{column.name}.words", *(f"{column.name}:{w}" for w in fitted.words)]
 
-    def frames(self, column, fitted, values) -> tuple[dict, dict]:
+    def frames(self, column, fitted: TextTerms, values) -> tuple[dict, dict]:
         texts = values.fillna("")
+        marked = fitted.indicators(texts)
         return {f"{column.name}.chars": np.log1p(texts.str.len()).astype(np.float64),
-                f"{column.name}.words": texts.str.split().str.len().astype(np.float64)}, {}
+                f"{column.name}.words": texts.str.split().str.len().astype(np.float64),
+                **{f"{column.name}:{w}": marked[:, i] for i, w in enumerate(fitted.words)}}, {}
 
     def texts(self, column, fitted: TextTerms, frame: pd.DataFrame) -> list:
         """The TF-IDF matrix (scipy CSR, float32)."""
         return [fitted.transform(self.values(column, frame).fillna(""))]
 
     def remark(self, fitted: TextTerms) -> str:
-        return f"TF-IDF of {fitted.size} terms -> an in-fold text model"
+        words = f", its {len(fitted.words)} most frequent words as 0/1 columns" if fitted.words else ""
+        return f"TF-IDF of {fitted.size} terms -> an in-fold text model{words}"
