@@ -15,7 +15,7 @@ from pipeline.tabular.roles.base import Role, register
 TEXT_WORDS = 2.0  # mean words per distinct value from which rarely repeated strings are text ...
 TEXT_DISTINCT = 0.3  # ... when distinct in at least this share of the cells (or of 4+ words anyway)
 LONG_TEXT_WORDS = 4.0
-WORD_CELLS = 20_000_000
+WORD_CELLS = 20_000_000  # rows x words of one text column at most: 80 MB in each float32 matrix
 
 
 @register
