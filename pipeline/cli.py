@@ -73,7 +73,8 @@ PARAM_OPTIONS = (
     ("clip_quantile", float, "Clip numeric columns to their [q, 1-q] quantiles (0: off)."),
     ("scaling", str, lambda t: f"Numeric columns' scaling ({_choices('scaling', t)})."),
     ("numeric_bins", int, "Also encode numeric columns piecewise-linearly between this many quantiles (0: off)."),
-    ("text_words", int, "Also give each free-text column's most frequent words, this many, as 0/1 columns (0: off)."),
+    ("text_words", int, "Also give each free-text column's N most frequent words and word pairs as 0/1 columns "
+                        "(0: off)."),
     ("blend", str, lambda t: f"How members are weighed ({_choices('blend', t)}): equally, or by ensemble selection."),
     ("time_limit", str, "Time for the whole command (90s, 10m, 1.5h): members share it, and what does not fit "
                         "is cut (the report says what)."),

@@ -219,8 +219,10 @@ def test_folds_score_each_fold_and_evaluate_scores_the_held_out_part(tmp_path, c
 
 
 def test_no_flip_trains_without_mirror_images_and_refuses_tta(tmp_path, capsys, monkeypatch):
-    """Digits are not their mirror images: --no-flip keeps the augmentation's crops without
-    flips, and --tta (which averages each image with its mirror) is then refused in one line."""
+    """Digits are not their mirror images: --no-flip keeps the augmentation's crops (the mlp's
+    crop_pad 2) without flips, and --tta (which averages each image with its mirror) is then
+    refused in one line: before any training when both are given, else by the saved model's
+    params. The cnn, whose augmentation is flips only, then trains without augmenting."""
     import pipeline.images.train as training
     flips = []
     augment = training.augment
@@ -236,7 +238,16 @@ def test_no_flip_trains_without_mirror_images_and_refuses_tta(tmp_path, capsys, 
     code, _, err = run_cli(ws, capsys, "evaluate", "comp", *flags, "--tta")
     assert_one_line_error(code, err, "--tta", "flip = false", "drop --tta")
     assert run_cli(ws, capsys, "evaluate", "comp", *flags)[0] == 0
+    (ws / "params.toml").write_text("[comp]\nflip = false\n")  # flip = false stored, not a flag
+    code, _, err = run_cli(ws, capsys, "evaluate", "comp", *FAST, "--augment", "--tta")
+    assert_one_line_error(code, err, "--tta", "flip = false")
     flips.clear()
+    code, _, err = run_cli(ws, capsys, "run", "comp", "--model", "cnn", "--epochs", "1", "--no-flip", "--tta")
+    assert_one_line_error(code, err, "--tta", "flip = false")
+    assert "train: running" not in err and not flips  # refused before any training
+    (ws / "params.toml").unlink()
+    assert run_cli(ws, capsys, "train", "comp", "--model", "cnn", "--epochs", "1", "--no-flip")[0] == 0
+    assert not flips  # crop_pad 0 and no flips: nothing to augment
     assert run_cli(ws, capsys, "train", "comp", *FAST, "--augment")[0] == 0
     assert flips and all(flips)
 

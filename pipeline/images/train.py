@@ -207,7 +207,7 @@ def _train_epoch(run: _Run, x: torch.Tensor, y: torch.Tensor, generator: torch.G
         idx = order[first: first + t.batch_size]
         # index_select, not x[idx]: advanced indexing is ~20x slower on CPU for uint8 rows
         xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-        if t.augment:
+        if t.augment and (t.crop_pad or t.flip):  # with neither, augmenting would copy the batch unchanged
             xb = augment(xb, generator, pad=t.crop_pad, flip=t.flip)
         with run.autocast:
             logits = run.forward(xb)

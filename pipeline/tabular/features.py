@@ -52,8 +52,8 @@ class FeatureParams:
     ``max_levels``: one-hot a category's most frequent levels only (0: all), the rest merged
     into a rare level, and give a category with more levels its frequency and an in-fold target
     encoding. ``min_count``: merge levels seen fewer times than this into the rare level.
-    ``text_words``: also give each free-text column's most frequent words (of one or two terms),
-    this many at most, as 0/1 columns, which trees split on beside the in-fold text model's
+    ``text_words``: also give each free-text column's most frequent terms (words and pairs of
+    words), this many at most, as 0/1 columns, which trees split on beside the in-fold text model's
     score (0 turns it off; fewer on large tables: see :mod:`pipeline.tabular.roles.text`).
     """
 
@@ -81,7 +81,7 @@ class FeatureParams:
             raise ParamError("max_levels", self.max_levels, "must be 0 (every level) or more")
         if self.min_count < 1:
             raise ParamError("min_count", self.min_count, "must be at least 1")
-        if not isinstance(self.text_words, int) or self.text_words < 0:
+        if not isinstance(self.text_words, int) or isinstance(self.text_words, bool) or self.text_words < 0:
             raise ParamError("text_words", self.text_words, "must be 0 (off) or a number of words")
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import hub
+from pipeline.errors import ParamError
 from pipeline.hub import DataFile
 from pipeline.images import stages as image_stages
 from pipeline.images.train import DEFAULTS as CLASSIFIERS, OPTIMIZERS as IMAGE_OPTIMIZERS, \
@@ -44,7 +45,11 @@ class ImageTarget(Target):
         return {"model": tuple(CLASSIFIERS), "optimizer": IMAGE_OPTIMIZERS, "schedule": IMAGE_SCHEDULES}
 
     def configure(self, stored: dict, flags: dict) -> tuple[dict, None]:
-        return {**self.defaults, **stored, **flags}, None
+        params = {**self.defaults, **stored, **flags}
+        if params["tta"] and params.get("flip", True) in (False, "false"):  # before training, not after it
+            raise ParamError("tta", True, "averages each image with its mirror image, and flip = false trains "
+                             "without them; drop --tta")
+        return params, None
 
     def flag_values(self, given: dict) -> dict:
         """The classifiers' MLP has one hidden layer: ``--hidden 256`` is a width, not a list."""

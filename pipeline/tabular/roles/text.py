@@ -1,7 +1,7 @@
 """Free text: strings of several words that rarely repeat. A text becomes its length (log of
 characters) and word count, and its TF-IDF terms: a sparse matrix for the in-fold text model,
 never one column per distinct string. With ``text_words`` (the best preset's) its most frequent
-words also become 0/1 columns, as many as keep rows x words under WORD_CELLS: on a million rows
+terms (words and pairs of words) also become 0/1 columns, as many as keep rows x words under WORD_CELLS: on a million rows
 20 of them, 4 bytes a cell in each of the two matrices that take them."""
 
 from __future__ import annotations
