@@ -184,6 +184,10 @@ def test_text_words_mark_the_most_frequent_words_within_the_cell_budget(monkeypa
     terms = few.builder.derived.fitted["remarks"]
     restored = pickle.loads(pickle.dumps(terms))
     assert restored.words == terms.words and len(terms.words) == 3
+    clash = messy()
+    clash.train["remarks.chars"], clash.test["remarks.chars"] = np.arange(500.0) % 7, np.arange(100.0) % 7
+    with pytest.raises(DataError, match=r"two features get the same name \('remarks.chars'\); rename the column"):
+        build_features(clash, FeatureParams(max_levels=16, min_count=3))
     before = object.__new__(type(terms))
     before.__setstate__({"parts": terms.parts})  # saved before text_words
     assert before.words == [] and before.indicators(remarks).shape == (500, 0)

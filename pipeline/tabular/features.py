@@ -10,6 +10,8 @@ does (a target encoding, a text model) is fit inside each fold (:mod:`pipeline.t
 
 from __future__ import annotations
 
+from collections import Counter
+
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -186,6 +188,10 @@ class FeatureBuilder:
             if params.roles else dtype_roles(train, test)
         fit = pd.concat([train, test]) if params.fit_on == "all" else train
         self.derived = Derived(self.roles.kept, fit, params.max_levels, params.min_count, params.text_words)
+        made = Counter(name for column in self.roles.kept for name in self.derived.names(column))
+        if made and made.most_common(1)[0][1] > 1:  # one would overwrite the other
+            raise DataError(f"{tables.train_path}: two features get the same name ({made.most_common(1)[0][0]!r}); "
+                            "rename the column")
         numbers, categories = self.derived.frames(fit)
         self.numeric, self.categorical = list(numbers.columns), list(categories.columns)
         self.bounds = None
