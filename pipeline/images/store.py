@@ -29,6 +29,9 @@ FORMAT = "pipeline.images/1"
 IMAGES, MANIFEST = "images.npy", "manifest.json"
 
 
+LEVELS = np.arange(256) / 255  # each uint8 pixel value as the models read it
+
+
 class Writer:
     """Appends chunks of images (n, *shape) to an open ``.npy`` file after its header, hashing
     every byte; the first ``labelled`` images' channel sums give their mean and std."""
@@ -47,11 +50,12 @@ class Writer:
         if chunk.dtype != np.uint8 or chunk.shape[1:] != self.shape:
             raise ValueError(f"a chunk of {chunk.dtype} {chunk.shape[1:]}, not uint8 {self.shape}")
         labelled = chunk[: max(0, self.labelled - self.written)]
-        if len(labelled):
-            pixels = labelled.reshape(len(labelled), len(self.sums), -1).astype(np.float64) / 255
-            self.sums += pixels.sum((0, 2))
-            self.squares += np.square(pixels).sum((0, 2))
-        data = np.ascontiguousarray(chunk).tobytes()
+        if len(labelled):  # each channel's count of each pixel value: no float copy of the chunk
+            pixels = labelled.reshape(len(labelled), len(self.sums), -1)
+            counts = np.stack([np.bincount(pixels[:, c].ravel(), minlength=256) for c in range(len(self.sums))])
+            self.sums += counts @ LEVELS
+            self.squares += counts @ np.square(LEVELS)
+        data = memoryview(np.ascontiguousarray(chunk)).cast("B")
         self.sha1.update(data)
         self.handle.write(data)
         self.written += len(chunk)
