@@ -93,8 +93,10 @@ def sections(report: dict) -> list[tuple[str, str, object]]:
     if "positive_class" in report:
         out.append(("paragraph", "", f"probabilities are of the positive class {report['positive_class']!r}"))
     if report.get("members") and report.get("recipe"):
-        out.append(("paragraph", "", f"recipe {report['recipe']}: {len(report['members'])} members, each one's "
-                                     f"time in the table"))
+        seeds = f", each from {report['seeds']} seeds (as many as the time limit left room for)" \
+            if "seeds" in report else ""
+        out.append(("paragraph", "", f"recipe {report['recipe']}: {len(report['members'])} members{seeds}, each "
+                                     f"one's time in the table"))
     if report.get("members"):
         folds = len(report["members"][0]["valid"])
         columns = ["member", "weight", "mean valid", *[f"fold {i + 1}" for i in range(folds)], "seconds", "budget"]

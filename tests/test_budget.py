@@ -103,3 +103,28 @@ def test_a_time_limited_cv_reports_its_limit_and_a_bad_limit_is_refused(tmp_path
     code, out, err = run_cli(ws, capsys, "cv", "toy", "--time-limit", "soon")
     assert_one_line_error(code, err, "--time-limit 'soon': give seconds or a duration")
     assert code == 2
+
+
+def test_seeds_auto_spends_a_time_limit_on_more_seeds_and_the_final_fit_takes_them(tmp_path, capsys):
+    """seeds = "auto": one seed without a limit; under a limit that leaves room, more rounds of
+    every member on the same folds from the next seeds (AUTO_SEEDS in all here: a tiny table),
+    their out-of-fold predictions averaged; the report says how many, and the final fit trains
+    that many seeds of each member. A bad seeds value is one line."""
+    from pipeline.tabular.cv import AUTO_SEEDS
+    ws = make_competition(tmp_path / "ws")
+    (ws / "params.toml").write_text('[toy]\nfolds = 3\nseeds = "auto"\nensemble = [{model = "lightgbm"}]\n')
+    code, out, err = run_cli(ws, capsys, "cv", "toy", "--json")
+    assert code == 0, err
+    once = json.loads(out)
+    assert once["seeds"] == 1 and once["params"]["seeds"] == "auto"
+    code, out, err = run_cli(ws, capsys, "cv", "toy", "--json", "--time-limit", "10m")
+    assert code == 0, err
+    spent = json.loads(out)
+    assert spent["seeds"] == AUTO_SEEDS and spent["mean_valid"] != once["mean_valid"]  # the mean of 5 seeds
+    assert f"each from {AUTO_SEEDS} seeds" in (ws / "reports" / "runs" / spent["run"] / "report.md").read_text()
+    assert run_cli(ws, capsys, "train", "toy", "--time-limit", "10m")[0] == 0
+    [trees] = torch.load(ws / "models" / "toy.pt", weights_only=True)["members"]
+    assert len(trees["models"][0]) == AUTO_SEEDS  # one row set: every training row, its seeds' boosters
+    (ws / "params.toml").write_text('[toy]\nseeds = "many"\n')
+    code, _, err = run_cli(ws, capsys, "cv", "toy")
+    assert_one_line_error(code, err, "seeds")

@@ -31,6 +31,9 @@ from pipeline.tabular.trainer import FitResult, TrainParams, fit
 # Folds inside each fold's training rows, whose level-1 models make the level-2 members'
 # training columns (see _level2): 3 keeps their cost near twice the level-1 CV's.
 INNER_FOLDS = 3
+# seeds = "auto": rounds of every member from the next seed, at most this many in all, each
+# begun only while what is left of the CV's time holds ROUND_ROOM times the first round's.
+AUTO_SEEDS, ROUND_ROOM = 5, 1.1
 # A fold's train score is taken on this many of its training rows at most: predicting every
 # training row of every fold cost LightGBM 94 s of a 180 s CV on 200,000 rows.
 TRAIN_SCORED = 20_000
@@ -86,6 +89,7 @@ class Shared:
     device: str
     seed: int
     seeds: int = 1
+    offset: int = 0  # the members' seeds start at seed + offset (a further round of seeds = "auto")
     curves: bool = True
     extra: torch.Tensor | None = None  # (folds, rows, k): see pipeline.tabular.infold
     infold_seconds: float = 0.0  # what fitting the in-fold columns cost
@@ -216,6 +220,7 @@ class RecipeScore:
     kept: list[int] = field(default_factory=list)  # the recipe's members these are (a time limit cuts some)
     fold_of: torch.Tensor | None = None  # (rows,) the fold that validates each row; -1: none (a time split)
     infold_seconds: float = 0.0  # the in-fold columns' fit (target encodings, text models), shared by the members
+    seeds: int = 1  # each member's seeds (seeds = "auto": the rounds the time limit left room for)
 
 
 @dataclass
@@ -240,7 +245,8 @@ def _fit(shared: Shared, member, deadline: float | None, progress: Progress):
     data, train_rows, valid_rows = shared.data()
     try:
         return data, train_rows, valid_rows, member.fit(data, train_rows, valid_rows=valid_rows, seeds=shared.seeds,
-                                                        seed=shared.seed, progress=progress, deadline=deadline)
+                                                        seed=shared.seed + shared.offset, progress=progress,
+                                                        deadline=deadline)
     except OutOfTime as exc:
         return MemberRun(member.label, None, cut=exc.why)
 
@@ -322,9 +328,14 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
     fit on the other folds' out-of-fold predictions only, so the blend's fold scores are honest.
     """
     started = time.perf_counter()
-    shared = _shared(features, recipe.folds, device, seeds=recipe.seeds)
+    auto = recipe.seeds == "auto"
+    shared = _shared(features, recipe.folds, device, seeds=1 if auto else recipe.seeds)
     stacked = len(recipe.members) + len(recipe.stack) if recipe.stack else 0  # the fits inside the folds, level 2
+    first = time.monotonic()
     runs = fit_members(shared, recipe.members, backend, progress, budget, after=stacked)
+    seeds = 1 if auto else recipe.seeds
+    if auto and not recipe.stack:  # a stack's inner fits would need every round too
+        runs, seeds = _more_seeds(shared, recipe.members, runs, backend, progress, budget, time.monotonic() - first)
     if recipe.stack:
         level1 = [(member, run) for member, run in zip(recipe.members, runs) if not run.cut]
         runs += _level2(shared, recipe.folds, level1, recipe.stack, backend, progress, budget)
@@ -335,8 +346,33 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
     if not kept:
         raise TrainingError(f"no member fits in the time limit: {runs[0].label}: {runs[0].cut}; give more time")
     result = _blended(shared, [runs[i] for i in kept], recipe.blend, device)
-    result.kept, result.infold_seconds = kept, shared.infold_seconds
+    result.kept, result.infold_seconds, result.seeds = kept, shared.infold_seconds, seeds
     return result, time.perf_counter() - started
+
+
+def _more_seeds(shared: Shared, members: tuple, runs: list[MemberRun], backend, progress: Progress,
+                budget: Budget | None, spent: float) -> tuple[list[MemberRun], int]:
+    """seeds = "auto": while the time limit leaves room for another round at the first round's
+    pace (``spent`` seconds), every member fit again on the same folds from the next seed, each
+    member's predictions averaged over its rounds (out of fold, as the first round's). A round
+    that a time limit cuts or shortens is dropped, and ends the rounds. Without a limit: one."""
+    seeds = 1
+    while budget is not None and seeds < AUTO_SEEDS and budget.left() > ROUND_ROOM * spent:
+        again = fit_members(replace(shared, offset=seeds), members, backend, progress, budget)
+        if any(run.cut or run.shortened for run, kept in zip(again, runs) if not kept.cut):
+            break
+        runs = [kept if kept.cut else _averaged(kept, run, seeds) for kept, run in zip(runs, again)]
+        seeds += 1
+    return runs, seeds
+
+
+def _averaged(run: MemberRun, again: MemberRun, rounds: int) -> MemberRun:
+    """``run`` (the mean of ``rounds`` rounds) and one more round ``again``, as the mean of both."""
+    def mean(a, b):
+        return None if a is None or b is None else (a * rounds + b) / (rounds + 1)
+
+    return replace(run, predictions=mean(run.predictions, again.predictions), budget=mean(run.budget, again.budget),
+                   seconds=run.seconds + again.seconds, failed_epoch=np.maximum(run.failed_epoch, again.failed_epoch))
 
 
 def _level2(shared: Shared, folds: FoldParams, level1: list[tuple], stack: tuple, backend, progress: Progress,

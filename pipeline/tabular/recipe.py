@@ -49,7 +49,8 @@ FOLD_KEYS = tuple(f.name for f in fields(FoldParams))
 class Recipe:
     """``seeds``: each member is trained that many times and averaged (torch members from as
     many initialisations, scikit-learn members with a ``random_state`` from consecutive states;
-    the others are deterministic and fit once). ``blend``: ``mean`` or ``greedy`` (ensemble
+    the others are deterministic and fit once); ``auto``: as many as the time limit leaves room
+    for (see :func:`pipeline.tabular.cv.cross_validate_recipe`), one without a limit. ``blend``: ``mean`` or ``greedy`` (ensemble
     selection) of every member, of both levels. ``stack``: level-2 members, trained on the
     members' out-of-fold predictions besides the features (:mod:`pipeline.tabular.stacking`).
     ``time_limit``: the seconds a command may spend, planned as :mod:`pipeline.tabular.budget` says."""
@@ -59,15 +60,16 @@ class Recipe:
     folds: FoldParams
     members: tuple[Member, ...]
     blend: str = "mean"
-    seeds: int = 1
+    seeds: int | str = 1
     time_limit: float | None = None  # seconds for a command's whole work (see pipeline.tabular.budget)
     stack: tuple[Member, ...] = ()
 
     def __post_init__(self):
         if self.blend not in BLENDS:
             raise ParamError("blend", self.blend, f"not one of {', '.join(BLENDS)}")
-        if self.seeds < 1:
-            raise ParamError("seeds", self.seeds, "must be at least 1")
+        if self.seeds != "auto" and (isinstance(self.seeds, bool) or not isinstance(self.seeds, int)
+                                     or self.seeds < 1):
+            raise ParamError("seeds", self.seeds, "must be at least 1, or auto")
 
     def used_params(self, task) -> dict:
         """The params this recipe uses on ``task``, as its report and the lock record them: the
@@ -125,9 +127,19 @@ def resolve(target, stored: dict, flags: dict, *, single: bool = False) -> Recip
     try:
         return Recipe(name, FeatureParams(**{k: flat[k] for k in FEATURE_KEYS if k in flat}),
                       FoldParams(**{k: flat[k] for k in FOLD_KEYS if k in flat}), members,
-                      flat.get("blend", "mean"), int(flat.get("seeds", 1)), seconds(flat.get("time_limit")), stack)
+                      flat.get("blend", "mean"), _seeds(flat.get("seeds", 1)), seconds(flat.get("time_limit")), stack)
     except TypeError as exc:  # a value of the wrong type, e.g. folds = "five"
         raise UsageError(f"target {target.name}: {exc}") from None
+
+
+def _seeds(value) -> int | str:
+    """``seeds`` as a recipe takes it: a count (``3``, ``3.0``, ``"3"``) or ``"auto"``."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ParamError("seeds", value, "must be at least 1, or auto") from None
 
 
 def _preset(target, given: dict, single: bool) -> tuple[dict, str]:

@@ -40,6 +40,8 @@ def cv_report(run_dir: Path, target: str, features: Features, recipe: Recipe, re
         report["blend"] = {"how": recipe.blend, "weights": result.weights, "fold_weights": result.fold_weights}
     if result.infold_seconds:
         report["infold_seconds"] = result.infold_seconds
+    if recipe.seeds == "auto":  # what the time limit left room for
+        report["seeds"] = result.seeds
     return report
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +83,7 @@ def cv(ctx: Context) -> tuple[list[Path], dict]:
         log.warning("training diverged (non-finite loss): %s; lower lr", ", ".join(bad))
     oof = checkpoints.save(_oof_path(ctx), OOF_FORMAT, {
         "members": [m.label for m in recipe.every_member], "kept": result.kept, "predictions": result.oof,
-        "weights": result.weights, "budgets": result.budgets,
+        "weights": result.weights, "budgets": result.budgets, "seeds": result.seeds,
         "diverged": [m.label for m in result.members if m.failed]})
     kept = runs.write(run_dir / "oof.csv", features.spec.id, features.train_ids or list(range(len(features.y))),
                       result.blend_oof, runs.columns(features.spec, features.classes), result.fold_of)
@@ -106,6 +106,7 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
         level1 = sum(i < len(recipe.members) for i in oof["kept"])
         weights, budgets, diverged = list(oof["weights"]), list(oof["budgets"]), list(oof["diverged"])
         level1_oof = oof["predictions"][:level1]
+        recipe = replace(recipe, seeds=oof.get("seeds", 1 if recipe.seeds == "auto" else recipe.seeds))
     if diverged:  # whatever its weight: the recipe as asked for does not train
         raise TrainingError(f"training diverged (non-finite loss) in the CV of {', '.join(diverged)}; "
                             "no model was saved; lower lr")
