@@ -20,12 +20,11 @@ import torch
 
 from pipeline import checkpoints, plots, reports
 from pipeline.devices import resolve_device
-from pipeline.errors import ParamError
 from pipeline.folds import fold_rows
 from pipeline.images.data import CACHE_NAME, CLASS_NAMES, load_fashion
 from pipeline.images.models import Shape, architecture
 from pipeline.images.sets import ImageSet
-from pipeline.images.train import classifier_params, evaluate as evaluate_model, fit_classifier, predict
+from pipeline.images.train import check_tta, classifier_params, evaluate as evaluate_model, fit_classifier, predict
 from pipeline.make import Context, Stage, every_param, keys
 from pipeline.params import plain
 from pipeline.submissions import write_copies
@@ -187,12 +186,9 @@ def test_logits(ctx: Context, data: ImageSet) -> torch.Tensor:
 
 
 def _tta(ctx: Context, state: dict) -> bool:
-    """``--tta``, refused for a model trained without mirror images (``flip = false``): its
-    classes are not the same mirrored (digits), so the mirror's vote would be noise."""
+    """``--tta``, refused for a saved model trained without mirror images."""
     tta = bool(ctx.params["tta"])
-    if tta and not state["params"].get("flip", True):
-        raise ParamError("tta", True, f"averages each image with its mirror image, and {ctx.target.name}'s model "
-                         "trained with flip = false; drop --tta")
+    check_tta(tta, state["params"].get("flip", True))
     return tta
 
 

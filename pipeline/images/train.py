@@ -20,7 +20,7 @@ from torch import nn
 from pipeline.constraints import FLAG, Interval, OneOf, Satisfies, at_least, param, positive, \
     validate
 from pipeline.devices import make_generator, one_cpu_thread, resolve_device
-from pipeline.errors import TrainingError, UsageError
+from pipeline.errors import ParamError, TrainingError, UsageError
 from pipeline.images.data import augment
 from pipeline.images.models import MODELS, Shape, architecture, refuse_unknown
 from pipeline.progress import Progress, Step
@@ -57,6 +57,14 @@ class TrainingParams:
 
     def __post_init__(self):
         validate(self)
+
+
+def check_tta(tta: bool, flip) -> None:
+    """``--tta`` averages each image with its mirror image: refused for a model trained with
+    ``flip = false`` (a mirror is another class there, as for digits)."""
+    if tta and flip in (False, "false"):
+        raise ParamError("tta", True, "averages each image with its mirror image, and flip = false trains "
+                         "without them; drop --tta")
 
 
 # Each classifier's training, measured on the full data: AdamW with a one-cycle schedule reaches

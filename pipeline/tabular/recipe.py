@@ -50,8 +50,8 @@ class Recipe:
     """``seeds``: each member is trained that many times and averaged (torch members from as
     many initialisations, scikit-learn members with a ``random_state`` from consecutive states;
     the others are deterministic and fit once); ``auto``: as many as the time limit leaves room
-    for (see :func:`pipeline.tabular.cv.cross_validate_recipe`), one without a limit. ``blend``: ``mean`` or ``greedy`` (ensemble
-    selection) of every member, of both levels. ``stack``: level-2 members, trained on the
+    for (see :func:`pipeline.tabular.cv.cross_validate_recipe`), one without a limit. ``blend``:
+    ``mean`` or ``greedy`` (ensemble selection) of every member, of both levels. ``stack``: level-2 members, trained on the
     members' out-of-fold predictions besides the features (:mod:`pipeline.tabular.stacking`).
     ``time_limit``: the seconds a command may spend, planned as :mod:`pipeline.tabular.budget` says."""
 

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import hub
-from pipeline.errors import ParamError
 from pipeline.hub import DataFile
 from pipeline.images import stages as image_stages
-from pipeline.images.train import DEFAULTS as CLASSIFIERS, OPTIMIZERS as IMAGE_OPTIMIZERS, \
+from pipeline.images.train import DEFAULTS as CLASSIFIERS, OPTIMIZERS as IMAGE_OPTIMIZERS, check_tta, \
     SCHEDULES as IMAGE_SCHEDULES
 from pipeline.targets.base import Target
 
@@ -46,9 +45,7 @@ class ImageTarget(Target):
 
     def configure(self, stored: dict, flags: dict) -> tuple[dict, None]:
         params = {**self.defaults, **stored, **flags}
-        if params["tta"] and params.get("flip", True) in (False, "false"):  # before training, not after it
-            raise ParamError("tta", True, "averages each image with its mirror image, and flip = false trains "
-                             "without them; drop --tta")
+        check_tta(params["tta"], params.get("flip", True))  # before training, not after it
         return params, None
 
     def flag_values(self, given: dict) -> dict:
