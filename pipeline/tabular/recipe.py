@@ -51,9 +51,10 @@ class Recipe:
     many initialisations, scikit-learn members with a ``random_state`` from consecutive states;
     the others are deterministic and fit once); ``auto``: as many as the time limit leaves room
     for (see :func:`pipeline.tabular.cv.cross_validate_recipe`), one without a limit. ``blend``:
-    ``mean`` or ``greedy`` (ensemble selection) of every member, of both levels. ``stack``: level-2 members, trained on the
-    members' out-of-fold predictions besides the features (:mod:`pipeline.tabular.stacking`).
-    ``time_limit``: the seconds a command may spend, planned as :mod:`pipeline.tabular.budget` says."""
+    ``mean`` or ``greedy`` (ensemble selection) of every member, of both levels. ``stack``:
+    level-2 members, trained on the members' out-of-fold predictions besides the features
+    (:mod:`pipeline.tabular.stacking`). ``time_limit``: the seconds a command may spend, planned
+    as :mod:`pipeline.tabular.budget` says."""
 
     name: str
     features: FeatureParams
