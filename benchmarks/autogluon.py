@@ -6,16 +6,17 @@ Why: AutoGluon is the strongest off-the-shelf tabular AutoML; a recipe worth its
 come close to it on tables neither was tuned for. AutoGluon runs in its own environment
 (``--autogluon-python``, else ``$AUTOGLUON_PYTHON``: a virtual environment made with ``pip
 install torch==2.13.0 "autogluon.tabular[lightgbm,catboost,xgboost]"``) and is never imported
-here, nor by the package or its tests. Ours runs in a fresh process whose
-``PYTHONPATH`` is this checkout, through the library API (``submit``: preprocess, CV, train,
-submit). The two sides alternate which goes first, competition by competition, so that the
+here, nor by the package or its tests. Ours runs in a fresh process whose ``PYTHONPATH`` is
+this checkout, through the library API (``submit``: preprocess, CV, train, submit). The two
+sides alternate which goes first, run by run (a competition on one split), so that the
 machine's noise falls on both.
 
     python benchmarks/autogluon.py [--time-limit 10m] [--targets computers,benefits,hotel,strikes]
-        [--seed 0] [--only ours|autogluon] [--ours-recipe best] [--ours-params JSON] [--shared ../shared]
+        [--seed 0[,1,...]] [--only ours|autogluon] [--ours-recipe best] [--ours-params JSON] [--shared ../shared]
 
-``--seed`` picks another split (how noisy a competition is: benefits' 700 held-out rows move our
-AUC by 0.05 between splits); ``--ours-params '{"folds": 8}'`` runs our preset with params over it.
+``--seed`` picks another split, or several (``--seed 0,1,2,3,4``: a row each and their mean),
+which is how noisy a competition is: benefits' 700 held-out rows move our AUC by 0.05 between
+splits; ``--ours-params '{"folds": 8}'`` runs our preset with params over it.
 """
 
 from __future__ import annotations
@@ -114,11 +115,60 @@ def autogluon(folder: Path, python: str, table: dict, limit: float) -> dict:
     return child([python, "-c", AUTOGLUON, str(folder), str(limit), json.dumps(table)])
 
 
+def compare(args, name: str, seed: int, sides: list[str], first: int) -> dict:
+    """One competition on one 80/20 split: each side's held-out score and seconds, and who won."""
+    table = COMPETITIONS[name]
+    train = pd.read_csv(args.shared.resolve() / "competitions" / name / "train.csv")
+    classify = table["task"] == "classification"
+    fit, valid = train_test_split(train, test_size=0.2, random_state=seed,
+                                  stratify=train[table["label"]] if classify else None)
+    truth = valid.set_index(table["id"])[table["label"]]  # the labels stay in this process
+    row = {"competition": name, "seed": seed, "metric": table["metric"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in sides if first % 2 == 0 else sides[::-1]:  # alternate who goes first
+            folder = Path(tmp) / side
+            folder.mkdir()
+            fit.to_csv(folder / "fit.csv", index=False)
+            valid.drop(columns=table["label"]).to_csv(folder / "valid.csv", index=False)
+            print(f"{name} (seed {seed}): {side} ...", file=sys.stderr, flush=True)
+            try:
+                out = (ours(folder, name, table, args.ours_recipe, args.limit, args.ours_params) if side == "ours"
+                       else autogluon(folder, args.autogluon_python, table, args.limit))
+                predicted = pd.read_csv(out["submission"]).set_index(table["id"])[table["label"]]
+                row[side] = score(table["metric"], truth, predicted.reindex(truth.index).to_numpy(),
+                                  table.get("positive"))
+            except Exception as failed:  # noqa: BLE001 - one side's failure must not end the others
+                print(f"{name}: {side} failed: {type(failed).__name__}: {failed}", file=sys.stderr, flush=True)
+                continue
+            row[f"{side}_seconds"] = out["seconds"]
+            print(f"{name} (seed {seed}): {side} {table['metric']} {row[side]:.4f} in {out['seconds']:.0f} s",
+                  file=sys.stderr, flush=True)
+    return judged(row)
+
+
+def judged(row: dict) -> dict:
+    """``row`` with its winner, where both sides scored."""
+    if "ours" in row and "autogluon" in row:
+        better = row["ours"] > row["autogluon"] if HIGHER_IS_BETTER[row["metric"]] else row["ours"] < row["autogluon"]
+        row["winner"] = "tie" if row["ours"] == row["autogluon"] else "ours" if better else "AutoGluon"
+    return row
+
+
+def means(rows: list[dict]) -> dict:
+    """The mean over a competition's splits of each side's score and seconds (splits a side failed on left out)."""
+    mean = {"competition": rows[0]["competition"], "seed": "mean", "metric": rows[0]["metric"]}
+    for key in ("autogluon", "ours", "autogluon_seconds", "ours_seconds"):
+        if all(key in row for row in rows):
+            mean[key] = float(np.mean([row[key] for row in rows]))
+    return judged(mean)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--time-limit", default="600", help="for each side on each competition: 600, 90s, 10m")
     parser.add_argument("--targets", default=",".join(COMPETITIONS))
-    parser.add_argument("--seed", type=int, default=0, help="the 80/20 split's seed")
+    parser.add_argument("--seed", type=lambda text: [int(s) for s in text.split(",")], default=[0],
+                        help="the 80/20 split's seed, or several (0,1,2,3,4): a row each and their mean")
     parser.add_argument("--only", choices=("ours", "autogluon"), help="run one side alone")
     parser.add_argument("--ours-recipe", default="best", help="our preset recipe (auto where best is missing)")
     parser.add_argument("--ours-params", type=json.loads, default={},
@@ -127,51 +177,27 @@ def main() -> None:
                         help="the python of AutoGluon's own environment (default: $AUTOGLUON_PYTHON)")
     parser.add_argument("--shared", type=Path, default=HERE.parent / "shared")
     args = parser.parse_args()
-    limit = seconds(args.time_limit)
+    args.limit = seconds(args.time_limit)
     if args.only != "ours" and not args.autogluon_python:
         parser.error("give --autogluon-python (or set AUTOGLUON_PYTHON): an environment with "
                      'pip install torch==2.13.0 "autogluon.tabular[lightgbm,catboost,xgboost]"')
     sides = [s for s in ("autogluon", "ours") if args.only in (None, s)]
-    results = []
-    for i, name in enumerate(args.targets.split(",")):
-        table = COMPETITIONS[name]
-        train = pd.read_csv(args.shared.resolve() / "competitions" / name / "train.csv")
-        classify = table["task"] == "classification"
-        fit, valid = train_test_split(train, test_size=0.2, random_state=args.seed,
-                                      stratify=train[table["label"]] if classify else None)
-        truth = valid.set_index(table["id"])[table["label"]]  # the labels stay in this process
-        row = {"competition": name, "metric": table["metric"]}
-        with tempfile.TemporaryDirectory() as tmp:
-            for side in sides if i % 2 == 0 else sides[::-1]:  # alternate who goes first
-                folder = Path(tmp) / side
-                folder.mkdir()
-                fit.to_csv(folder / "fit.csv", index=False)
-                valid.drop(columns=table["label"]).to_csv(folder / "valid.csv", index=False)
-                print(f"{name}: {side} ...", file=sys.stderr, flush=True)
-                try:
-                    out = (ours(folder, name, table, args.ours_recipe, limit, args.ours_params) if side == "ours"
-                           else autogluon(folder, args.autogluon_python, table, limit))
-                    predicted = pd.read_csv(out["submission"]).set_index(table["id"])[table["label"]]
-                    row[side] = score(table["metric"], truth, predicted.reindex(truth.index).to_numpy(),
-                                      table.get("positive"))
-                except Exception as failed:  # noqa: BLE001 - one side's failure must not end the others
-                    print(f"{name}: {side} failed: {type(failed).__name__}: {failed}", file=sys.stderr, flush=True)
-                    continue
-                row[f"{side}_seconds"] = out["seconds"]
-                print(f"{name}: {side} {table['metric']} {row[side]:.4f} in {out['seconds']:.0f} s",
-                      file=sys.stderr, flush=True)
-        if "ours" in row and "autogluon" in row:
-            better = row["ours"] > row["autogluon"] if HIGHER_IS_BETTER[table["metric"]] else row["ours"] < row["autogluon"]
-            row["winner"] = "tie" if row["ours"] == row["autogluon"] else "ours" if better else "AutoGluon"
-        results.append(row)
-
+    results, runs = [], 0
+    for name in args.targets.split(","):
+        rows = []
+        for seed in args.seed:
+            rows.append(compare(args, name, seed, sides, runs))
+            runs += 1
+        results += rows + ([means(rows)] if len(rows) > 1 else [])
     cell = lambda row, key, form: format(row[key], form) if key in row else "-"  # noqa: E731
-    print(f"\ntime limit {limit:.0f} s per side, seed {args.seed}, ours = recipe {args.ours_recipe} {args.ours_params or ''}\n")
-    print(f"| competition | metric | AutoGluon best_quality | ours {args.ours_recipe} | AG seconds | ours seconds | winner |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\ntime limit {args.limit:.0f} s per side, ours = recipe {args.ours_recipe} {args.ours_params or ''}\n")
+    print(f"| competition | seed | metric | AutoGluon best_quality | ours {args.ours_recipe} | AG seconds "
+          "| ours seconds | winner |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in results:
-        print(f"| {row['competition']} | {row['metric']} | {cell(row, 'autogluon', '.4f')} | {cell(row, 'ours', '.4f')} "
-              f"| {cell(row, 'autogluon_seconds', '.0f')} | {cell(row, 'ours_seconds', '.0f')} | {row.get('winner', '-')} |")
+        print(f"| {row['competition']} | {row['seed']} | {row['metric']} | {cell(row, 'autogluon', '.4f')} "
+              f"| {cell(row, 'ours', '.4f')} | {cell(row, 'autogluon_seconds', '.0f')} "
+              f"| {cell(row, 'ours_seconds', '.0f')} | {row.get('winner', '-')} |")
     print("\n" + json.dumps(results, indent=1))
 
 
