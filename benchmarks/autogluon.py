@@ -138,7 +138,8 @@ def compare(args, name: str, seed: int, sides: list[str], first: int) -> dict:
                 row[side] = score(table["metric"], truth, predicted.reindex(truth.index).to_numpy(),
                                   table.get("positive"))
             except Exception as failed:  # noqa: BLE001 - one side's failure must not end the others
-                print(f"{name}: {side} failed: {type(failed).__name__}: {failed}", file=sys.stderr, flush=True)
+                print(f"{name} (seed {seed}): {side} failed: {type(failed).__name__}: {failed}",
+                      file=sys.stderr, flush=True)
                 continue
             row[f"{side}_seconds"] = out["seconds"]
             print(f"{name} (seed {seed}): {side} {table['metric']} {row[side]:.4f} in {out['seconds']:.0f} s",
@@ -155,7 +156,8 @@ def judged(row: dict) -> dict:
 
 
 def means(rows: list[dict]) -> dict:
-    """The mean over a competition's splits of each side's score and seconds (splits a side failed on left out)."""
+    """The mean over a competition's splits of each side's score and seconds; none for a side that
+    failed on one of them (a mean over fewer splits would not compare)."""
     mean = {"competition": rows[0]["competition"], "seed": "mean", "metric": rows[0]["metric"]}
     for key in ("autogluon", "ours", "autogluon_seconds", "ours_seconds"):
         if all(key in row for row in rows):
@@ -184,10 +186,8 @@ def main() -> None:
     sides = [s for s in ("autogluon", "ours") if args.only in (None, s)]
     results, runs = [], 0
     for name in args.targets.split(","):
-        rows = []
-        for seed in args.seed:
-            rows.append(compare(args, name, seed, sides, runs))
-            runs += 1
+        rows = [compare(args, name, seed, sides, runs + k) for k, seed in enumerate(args.seed)]
+        runs += len(rows)
         results += rows + ([means(rows)] if len(rows) > 1 else [])
     cell = lambda row, key, form: format(row[key], form) if key in row else "-"  # noqa: E731
     print(f"\ntime limit {args.limit:.0f} s per side, ours = recipe {args.ours_recipe} {args.ours_params or ''}\n")
