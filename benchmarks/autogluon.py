@@ -115,10 +115,9 @@ def autogluon(folder: Path, python: str, table: dict, limit: float) -> dict:
     return child([python, "-c", AUTOGLUON, str(folder), str(limit), json.dumps(table)])
 
 
-def compare(args, name: str, seed: int, sides: list[str], first: int) -> dict:
-    """One competition on one 80/20 split: each side's held-out score and seconds, and who won."""
+def compare(args, name: str, train: pd.DataFrame, seed: int, sides: list[str], first: int) -> dict:
+    """One competition on one 80/20 split of its ``train``: each side's held-out score and seconds, and who won."""
     table = COMPETITIONS[name]
-    train = pd.read_csv(args.shared.resolve() / "competitions" / name / "train.csv")
     classify = table["task"] == "classification"
     fit, valid = train_test_split(train, test_size=0.2, random_state=seed,
                                   stratify=train[table["label"]] if classify else None)
@@ -186,7 +185,8 @@ def main() -> None:
     sides = [s for s in ("autogluon", "ours") if args.only in (None, s)]
     results, runs = [], 0
     for name in args.targets.split(","):
-        rows = [compare(args, name, seed, sides, runs + k) for k, seed in enumerate(args.seed)]
+        train = pd.read_csv(args.shared.resolve() / "competitions" / name / "train.csv")
+        rows = [compare(args, name, train, seed, sides, runs + k) for k, seed in enumerate(args.seed)]
         runs += len(rows)
         results += rows + ([means(rows)] if len(rows) > 1 else [])
     cell = lambda row, key, form: format(row[key], form) if key in row else "-"  # noqa: E731
