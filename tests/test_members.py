@@ -19,7 +19,8 @@ from pipeline.errors import DataError, ParamError, UsageError
 from pipeline.folds import fold_rows
 from pipeline.progress import Progress, Step
 from pipeline.tabular.features import FeatureParams, Features, build_features
-from pipeline.tabular.members import LightGBMMember, SklearnMember, TorchMember, TrainingSet, load_fitted, score_groups
+from pipeline.tabular.members import LightGBMMember, SklearnMember, TorchMember, TrainingSet, build, declared, \
+    load_fitted, score_groups
 from pipeline.tabular.members.boosting import LightGBMParams
 from pipeline.tabular.tables import Tables, TableSpec
 from pipeline.tabular.trainer import TrainParams
@@ -41,10 +42,11 @@ def _one_thread():
 
 
 def generated(kind: str = "regression", *, n: int = 150, n_test: int = 40, seed: int = 0, signed: bool = False,
-              metric: str | None = None, test_shift: float = 0.0) -> Features:
+              metric: str | None = None, test_shift: float = 0.0, bins: int = 0) -> Features:
     """A small table: three numbers (one with NaN), a category (with NaN) and a label that
     depends on them: positive prices (or ``signed`` values), yes/no, or classes a/b/c.
-    ``test_shift`` moves the test rows' numbers far from the training rows'."""
+    ``test_shift`` moves the test rows' numbers far from the training rows'; ``bins``: the
+    numbers' quantile splines too."""
     task, classes, default = TASKS[kind]
     r = np.random.default_rng(seed)
     N = n + n_test
@@ -63,7 +65,7 @@ def generated(kind: str = "regression", *, n: int = 150, n_test: int = 40, seed:
     train, test = frame.iloc[:n].reset_index(drop=True), frame.iloc[n:].reset_index(drop=True)
     tables = Tables(train, test, pd.Series(y[:n]), pd.Series(np.arange(n, N)), spec, Path("train.csv"),
                     Path("test.csv"))
-    return build_features(tables, FeatureParams())
+    return build_features(tables, FeatureParams(numeric_bins=bins))
 
 
 def three_folds(features: Features) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -331,3 +333,39 @@ def test_scikit_learn_regressors_predict_inside_the_training_labels_range(member
     assert outside(fitted.predict(data.test), data, train) == [0, 0, 0]
     fitted.transform.low[:], fitted.transform.high[:] = -math.inf, math.inf  # the control: a linear model extrapolates
     assert min(outside(fitted.predict(data.test), data, train)) > 0
+
+
+# ----------------------------------------------------------------------------- the view without splines
+
+
+@pytest.mark.parametrize("family, table", [("mlp", {"hidden": [16], "epochs": 4, "lr": 0.01, "batch_size": 32}),
+                                           ("glm", {})])
+def test_a_member_without_splines_reads_only_the_plain_columns(family, table, tmp_path):
+    """``splines = false``: the member fits and predicts on the scaled numbers and one-hot
+    categories alone, so noise in the spline columns changes none of its predictions, and does
+    change those of the same member with them; saved and loaded, it predicts the same."""
+    data = data_for("binary", bins=8)
+    width = data.features.plain_width
+    assert 0 < width < data.X.shape[1]
+    noisy = dataclasses.replace(data.test, dense=data.test.dense.clone())
+    noisy.dense[:, width:] = torch.randn(noisy.dense[:, width:].shape, generator=torch.Generator().manual_seed(0))
+    train, valid = three_folds(data.features)
+    plain = build(family, {**table, "splines": False})
+    assert plain.used_params(data.task) == {**build(family, table).used_params(data.task), "splines": False}
+    fitted = plain.fit(data, train, valid_rows=valid)
+    assert fitted.label == f"{family} (no splines)"
+    torch.testing.assert_close(fitted.predict(noisy), fitted.predict(data.test))
+    with_splines = build(family, table).fit(data, train)
+    assert not torch.allclose(with_splines.predict(noisy), with_splines.predict(data.test))
+    loaded = load_fitted(round_trip(fitted.state(), tmp_path), data.metric, CPU)
+    assert loaded.label == fitted.label
+    torch.testing.assert_close(loaded.predict(data.test), fitted.predict(data.test))
+
+
+def test_splines_is_a_param_of_the_families_that_read_the_dense_columns():
+    assert declared("mlp")["splines"] is True and declared("glm")["splines"] is True
+    assert "splines" not in declared("lightgbm")
+    with pytest.raises(UsageError, match="ensemble member lightgbm has no param 'splines'"):
+        build("lightgbm", {"splines": False})  # trees read the native columns: no splines to leave out
+    with pytest.raises(ParamError, match="splines"):
+        build("mlp", {"splines": "no"})

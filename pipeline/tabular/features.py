@@ -132,6 +132,11 @@ class Features:
     times: torch.Tensor | None = None  # each training row's time in days, NaN unknown (the time split)
     train_ids: list = field(default_factory=list)  # what a run's out-of-fold predictions are keyed by
 
+    @property
+    def plain_width(self) -> int:
+        """Dense columns that are not quantile splines (they come first)."""
+        return self.X.shape[1] if self.builder is None else self.builder.plain_width
+
     def to_state(self) -> dict:
         """A dict of tensors and plain values, loadable with ``torch.load(weights_only=True)``."""
         state = {k: v for k, v in vars(self).items() if k not in ("spec", "builder", "texts", "texts_test")}
@@ -259,6 +264,13 @@ class FeatureBuilder:
         codes = np.stack(codes, 1).astype(np.float32) if codes else np.zeros((len(numbers), 0), np.float32)
         codes[codes < 0] = np.nan
         return np.ascontiguousarray(np.concatenate([numbers.to_numpy(dtype=np.float32), codes], 1))
+
+    @property
+    def plain_width(self) -> int:
+        """Dense columns before the numbers' quantile splines, which come last: the scaled
+        numbers and the one-hot categories."""
+        splines = self.transformer.named_transformers_.get("splines")
+        return len(self.names) - (0 if splines is None else len(splines.get_feature_names_out()))
 
     @property
     def native_names(self) -> list[str]:

@@ -5,7 +5,8 @@ models (:mod:`.neural`), and on the template of one library model per row set
 A family declares its params with their defaults and constraints next to its code; a recipe's
 member table (``{model = "mlp", dropout = 0.2}``) names its family and overrides them. A new
 family is one file whose last line registers it (:func:`~.base.register`), and one import
-line here.
+line here. A member of a family that reads the dense columns takes them without the numbers'
+quantile splines where its table says ``splines = false`` (:mod:`.views`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from pipeline.tabular.members.boosting import LightGBMMember
 from pipeline.tabular.members.scikit import SklearnMember
 from pipeline.tabular.members import extra_trees  # noqa: F401  (registers extratrees)
 from pipeline.tabular.members import catboost  # noqa: F401  (registers catboost)
+from pipeline.tabular.members.views import WithoutSplines
 
 
 def declared(family: str) -> dict:
-    """The params of ``family`` and their defaults."""
-    return FAMILIES[family].declared(family)
+    """The params of ``family`` and their defaults (with ``splines`` where it reads the dense columns)."""
+    return FAMILIES[family].declared(family) if FAMILIES[family].native else WithoutSplines.declared(family)
 
 
 def every_param() -> set[str]:
@@ -36,7 +38,7 @@ def build(family: str, values: dict) -> Member:
     """A member of ``family`` with ``values`` over its defaults; a bad value is a one-line error."""
     if family not in FAMILIES:
         raise ParamError("model", family, f"not one of {', '.join(FAMILIES)}")
-    return FAMILIES[family].build(family, values)
+    return WithoutSplines.build(family, values)
 
 
 def load_fitted(state: dict, metric: Metric, device: torch.device) -> Fitted:
@@ -48,4 +50,4 @@ def load_fitted(state: dict, metric: Metric, device: torch.device) -> Fitted:
 
 __all__ = ["FAMILIES", "FitReport", "Fitted", "Inputs", "Member", "TrainingSet", "build", "declared",
            "every_param", "load_fitted", "score_groups", "LightGBMMember", "SklearnMember",
-           "TorchMember"]
+           "TorchMember", "WithoutSplines"]

@@ -14,8 +14,9 @@ mean of the folds' budgets, so no row is held out of the model that is submitted
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -55,6 +56,10 @@ class Inputs:
     def __len__(self) -> int:
         return len(self.dense)
 
+    def narrowed(self, width: int) -> "Inputs":
+        """These rows with only their first ``width`` dense columns."""
+        return replace(self, dense=self.dense[:, :width].contiguous())
+
     @property
     def device(self) -> torch.device:
         return self.dense.device
@@ -79,6 +84,13 @@ class TrainingSet:
     @cached_property
     def labels(self) -> np.ndarray:
         return self.features.y.numpy()
+
+    def narrowed(self, width: int) -> "TrainingSet":
+        """The same rows with only their first ``width`` dense columns (see :mod:`.views`)."""
+        view = copy.copy(self)
+        view.train, view.test = self.train.narrowed(width), self.test.narrowed(width)
+        view.X = view.train.dense
+        return view
 
 
 @dataclass
@@ -116,6 +128,7 @@ class Member(ABC):
     (:meth:`build`) and rebuilds a fitted one from its state (:meth:`restore`)."""
 
     family: str
+    native = False  # it reads the native columns (trees), not the dense ones
 
     @property
     def label(self) -> str:

@@ -55,11 +55,9 @@ class LightGBMMember(ConfiguredMember):
     config: LightGBMParams = LightGBMParams()
     Params = LightGBMParams
     family = "lightgbm"
+    native = True
     stops_at_deadline = True
     stopped = "boosting stopped"
-
-    def columns(self, inputs: Inputs, group: int) -> np.ndarray:
-        return inputs.native_of(group)
 
     def _fit_one(self, X, target, rows, one: OneFit):
         """One booster on ``rows``: early-stopped on its inner split, or ``budget`` rounds;

@@ -48,6 +48,7 @@ class CatBoostMember(ConfiguredMember):
     config: CatBoostParams = CatBoostParams()
     Params = CatBoostParams
     family = "catboost"
+    native = True
     stops_at_deadline = True
     stopped = "boosting stopped"
 
@@ -60,9 +61,6 @@ class CatBoostMember(ConfiguredMember):
 
     def check(self, task) -> None:
         _library()
-
-    def columns(self, inputs: Inputs, group: int) -> np.ndarray:
-        return inputs.native_of(group)
 
     def _fit_one(self, X: np.ndarray, target, rows, one: OneFit):
         catboost = _library()

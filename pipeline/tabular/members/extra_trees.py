@@ -36,11 +36,7 @@ class ExtraTreesMember(ConfiguredMember):
     config: ExtraTreesParams = ExtraTreesParams()
     Params = ExtraTreesParams
     family = "extratrees"
-
-    def columns(self, inputs, group: int) -> np.ndarray:
-        """The native columns (numbers as they are, NaN routed by the trees, category codes): on
-        benefits 5-fold AUC 0.6387 in 10 s, on the dense ones 0.6294 in 14 s; computers equal."""
-        return inputs.native_of(group)
+    native = True  # on benefits AUC 0.6387 in 10 s, on the dense columns 0.6294 in 14 s
 
     def _fit_one(self, X: np.ndarray, target: np.ndarray, rows: np.ndarray, one: OneFit):
         forest = ExtraTreesRegressor if one.data.task.continuous else ExtraTreesClassifier

@@ -52,8 +52,8 @@ class LibraryMember(Member):
     stopped = "training stopped"  # what the report says its deadline did
 
     def columns(self, inputs: Inputs, group: int) -> np.ndarray:
-        """Row set ``group``'s columns as this family takes them: the dense ones by default."""
-        return inputs.dense_of(group)
+        """Row set ``group``'s columns as this family takes them: the native ones for trees, else the dense ones."""
+        return inputs.native_of(group) if self.native else inputs.dense_of(group)
 
     def check(self, task) -> None:
         """Refuse, before any fit, params this family cannot take on ``task``."""
