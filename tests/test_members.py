@@ -15,7 +15,7 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
-from pipeline.errors import DataError, ParamError, UsageError
+from pipeline.errors import ParamError, UsageError
 from pipeline.folds import fold_rows
 from pipeline.progress import Progress, Step
 from pipeline.tabular.features import FeatureParams, Features, build_features

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pipeline.constraints import LOG_TARGET, Interval, at_least, param, positive, validate
-from pipeline.tabular.members.base import Inputs, TrainingSet, register
+from pipeline.tabular.members.base import TrainingSet, register
 from pipeline.tabular.members.library import ConfiguredMember, OneFit
 
 EARLY_STOPPING = 200  # boosting rounds without improvement on the inner split

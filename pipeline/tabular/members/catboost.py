@@ -18,7 +18,7 @@ import torch
 
 from pipeline.constraints import LOG_TARGET, Interval, at_least, param, positive, validate
 from pipeline.errors import UsageError
-from pipeline.tabular.members.base import Inputs, register
+from pipeline.tabular.members.base import register
 from pipeline.tabular.members.library import ConfiguredMember, OneFit
 
 EARLY_STOPPING = 200  # rounds without improvement on the inner split
