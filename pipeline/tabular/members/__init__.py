@@ -26,7 +26,7 @@ from pipeline.tabular.members.views import WithoutSplines
 
 def declared(family: str) -> dict:
     """The params of ``family`` and their defaults (with ``splines`` where it reads the dense columns)."""
-    return FAMILIES[family].declared(family) if FAMILIES[family].native else WithoutSplines.declared(family)
+    return WithoutSplines.declared(family)
 
 
 def every_param() -> set[str]:

@@ -22,6 +22,7 @@ from pipeline.metrics import Metric
 from pipeline.tabular.members.base import FAMILIES, Fitted, Inputs, Job, Member
 
 PARAM = "splines"  # a member table's key: false for this view
+SUFFIX = " (no splines)"  # after the inner member's label
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class WithoutSplines(Member):
 
     @property
     def label(self) -> str:
-        return f"{self.inner.label} (no splines)"
+        return self.inner.label + SUFFIX
 
     def _fit(self, job: Job) -> "NarrowFitted":
         width = job.data.features.plain_width
@@ -44,17 +45,19 @@ class WithoutSplines(Member):
 
     @classmethod
     def declared(cls, family: str) -> dict:
-        """``family``'s params and this view's switch (true: the splines too, the member as it is)."""
-        return {**FAMILIES[family].declared(family), PARAM: True}
+        """``family``'s params, and this view's switch where it reads the dense columns (true:
+        the splines too, the member as it is)."""
+        params = FAMILIES[family].declared(family)
+        return params if FAMILIES[family].native else {**params, PARAM: True}
 
     @classmethod
     def build(cls, family: str, values: dict) -> "Member":
-        """A member of ``family`` (a tree family refuses the switch as a param it does not take),
-        in this view where its table says ``splines = false``."""
-        plain = checked(PARAM, values.get(PARAM, True), FLAG) or FAMILIES[family].native
-        values = values if FAMILIES[family].native else {k: v for k, v in values.items() if k != PARAM}
-        member = FAMILIES[family].build(family, values)
-        return member if plain else cls(member)
+        """A member of ``family``, in this view where its table says ``splines = false`` (a tree
+        family refuses the switch as a param it does not take)."""
+        if FAMILIES[family].native:
+            return FAMILIES[family].build(family, values)
+        member = FAMILIES[family].build(family, {k: v for k, v in values.items() if k != PARAM})
+        return member if checked(PARAM, values.get(PARAM, True), FLAG) else cls(member)
 
     def params(self) -> dict:
         return {**self.inner.params(), PARAM: False}
@@ -78,7 +81,7 @@ class NarrowFitted(Fitted):
 
     def __init__(self, inner: Fitted, width: int):
         self.inner, self.width = inner, width
-        self.label, self.report = f"{inner.label} (no splines)", inner.report
+        self.label, self.report = inner.label + SUFFIX, inner.report
 
     def predict(self, inputs: Inputs, rows: list[torch.Tensor] | None = None) -> torch.Tensor:
         return self.inner.predict(inputs.narrowed(self.width), rows)
