@@ -76,6 +76,8 @@ PARAM_OPTIONS = (
     ("text_words", int, "Also give each free-text column's N most frequent words and word pairs as 0/1 columns "
                         "(0: off)."),
     ("blend", str, lambda t: f"How members are weighed ({_choices('blend', t)}): equally, or by ensemble selection."),
+    ("final", str, lambda t: f"What predicts the submission ({_choices('final', t)}): each member refit on every "
+                             "row, or its CV's fold models averaged (no refit)."),
     ("time_limit", str, "Time for the whole command (90s, 10m, 1.5h): members share it, and what does not fit "
                         "is cut (the report says what)."),
     ("augment", bool, "Images: random crop and flip."),

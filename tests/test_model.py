@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from helpers import assert_one_line_error, make_competition, run_cli
+from pipeline import checkpoints
 from pipeline.api import Pipeline
+from pipeline.tabular.cv import AUTO_SEEDS
 from pipeline.tabular.features import build_features
 from pipeline.tabular.model import fit_final
 from pipeline.tabular.tables import load_tables
@@ -109,3 +111,39 @@ def test_a_flag_that_no_member_uses_is_refused_before_any_work(tmp_path, capsys)
     code, out, err = run_cli(ws, capsys, "cv", "toy", "--model", "lightgbm", "--hidden", "64")
     assert_one_line_error(code, err, "--hidden [64]", "no member of this recipe (lightgbm) uses it")
     assert code == 2 and not (ws / "data").exists()
+
+
+def test_final_folds_submits_the_cv_fold_models_without_fitting_again(tmp_path, capsys):
+    """final = "folds" (AutoGluon's bagging): the model is the CV's fold models of every round of seeds,
+    each reading its own fold's in-fold columns (here a street of 100 levels' target encoding), so
+    train fits nothing; its predictions of a second test file are the submission's, and it is a
+    model of the same rows as the refit one: close to it, not it. With a stack it is refused."""
+    ws = make_competition(tmp_path / "ws")
+    for name in ("train.csv", "test.csv"):
+        frame = pd.read_csv(ws / name)
+        frame["street"] = [f"street {k % 100}" for k in frame["key"]]
+        frame.to_csv(ws / name, index=False)
+    (ws / "params.toml").write_text('[toy]\nfolds = 3\nseeds = "auto"\nblend = "mean"\n'
+                                    'ensemble = [{model = "lightgbm"}, {model = "glm"}]\n')
+    code, _, err = run_cli(ws, capsys, "submit", "toy", "--final", "folds", "--time-limit", "10m")
+    assert code == 0, err
+    saved = torch.load(ws / "models" / "toy.pt", weights_only=True)
+    trees, _ = saved["members"]
+    assert len(trees["rounds"]) == AUTO_SEEDS and len(trees["rounds"][0]["models"]) == 3  # each round: 3 folds
+    assert len(checkpoints.unpack(saved["encoders"]["groups"])) == 3
+    bagged = pd.read_csv(ws / "submissions" / "toy.csv").set_index("key")["price"]
+    other = pd.read_csv(ws / "test.csv").iloc[::3]
+    other.to_csv(ws / "other.csv", index=False)
+    code, _, err = run_cli(ws, capsys, "submit", "toy", "--final", "folds", "--time-limit", "10m", "--test",
+                           str(ws / "other.csv"),
+                           "--out", str(ws / "other-sub.csv"))
+    assert code == 0 and "running" not in err, err
+    np.testing.assert_allclose(pd.read_csv(ws / "other-sub.csv")["price"], bagged.loc[other["key"]], rtol=1e-6)
+    assert run_cli(ws, capsys, "submit", "toy")[0] == 0
+    refit = pd.read_csv(ws / "submissions" / "toy.csv").set_index("key")["price"]
+    gap = np.abs(np.log(bagged / refit))
+    assert gap.mean() < 0.05 and gap.max() > 1e-4
+    (ws / "params.toml").write_text('[toy]\nfolds = 3\nstack = [{model = "glm"}]\n')
+    code, _, err = run_cli(ws, capsys, "cv", "toy", "--final", "folds")
+    assert_one_line_error(code, err, "final", "a stacked recipe refits its members")
+    assert code == 2

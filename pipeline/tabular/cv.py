@@ -93,6 +93,8 @@ class Shared:
     curves: bool = True
     extra: torch.Tensor | None = None  # (folds, rows, k): see pipeline.tabular.infold
     infold_seconds: float = 0.0  # what fitting the in-fold columns cost
+    encoders: infold.InFold | None = None  # what made ``extra``: each fold's encoders, for the test rows
+    keep: bool = False  # the members' fold models come back with their runs (final = "folds")
 
     def data(self) -> tuple[TrainingSet, list[torch.Tensor], list[torch.Tensor]]:
         data = TrainingSet(self.features, torch.device(self.device), self.extra)
@@ -124,13 +126,14 @@ def _shared(features: Features, folds: FoldParams, device: torch.device, **optio
                        times=None if features.times is None else features.times.numpy())
     _check_classes(features, splits, folds.folds)
     train_rows = [tr for tr, _ in splits]
-    extra, started = None, time.perf_counter()
+    encoders, extra, started = None, None, time.perf_counter()
     task = features.spec.scorer.task
     if infold.width(features.codes, features.texts, task, task.outputs(features.classes)):
-        _, extra = infold.fit_infold(features.codes, features.texts, features.y, features.spec.scorer,
-                                     task.outputs(features.classes), train_rows, folds.seed)
+        encoders, extra = infold.fit_infold(features.codes, features.texts, features.y, features.spec.scorer,
+                                            task.outputs(features.classes), train_rows, folds.seed)
     return Shared(features, train_rows, [va for _, va in splits], str(device), folds.seed, extra=extra,
-                  infold_seconds=time.perf_counter() - started if extra is not None else 0.0, **options)
+                  infold_seconds=time.perf_counter() - started if extra is not None else 0.0, encoders=encoders,
+                  **options)
 
 
 def configs_task(shared: Shared, configs: list[TrainParams], progress: Progress) -> list[FoldScores]:
@@ -221,6 +224,8 @@ class RecipeScore:
     fold_of: torch.Tensor | None = None  # (rows,) the fold that validates each row; -1: none (a time split)
     infold_seconds: float = 0.0  # the in-fold columns' fit (target encodings, text models), shared by the members
     seeds: int = 1  # each member's seeds (seeds = "auto": the rounds the time limit left room for)
+    fitted: list[list] = field(default_factory=list)  # final = "folds": each kept member's fold models, per round
+    encoders: infold.InFold | None = None  # final = "folds": the folds' in-fold encoders, which their models read
 
 
 @dataclass
@@ -237,6 +242,7 @@ class MemberRun:
     seconds: float = 0.0
     shortened: str = ""
     cut: str = ""
+    fitted: list = field(default_factory=list)  # its fold models per round, when the CV keeps them
 
 
 def _fit(shared: Shared, member, deadline: float | None, progress: Progress):
@@ -261,7 +267,7 @@ def member_task(shared: Shared, member, deadline: float | None, progress: Progre
     report = fitted.report
     wanted = [torch.cat([valid, train]) for valid, train in zip(valid_rows, scored(train_rows, shared.seed))]
     return MemberRun(fitted.label, fitted.predict(data.train, wanted).cpu(), report.curves, report.failed_epoch,
-                     report.budget, report.seconds, report.shortened)
+                     report.budget, report.seconds, report.shortened, fitted=[fitted] if shared.keep else [])
 
 
 def inner_task(shared: Shared, member, deadline: float | None, progress: Progress) -> MemberRun:
@@ -329,7 +335,7 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
     """
     started = time.perf_counter()
     auto = recipe.seeds == "auto"
-    shared = _shared(features, recipe.folds, device, seeds=1 if auto else recipe.seeds)
+    shared = _shared(features, recipe.folds, device, seeds=1 if auto else recipe.seeds, keep=recipe.final == "folds")
     stacked = len(recipe.members) + len(recipe.stack) if recipe.stack else 0  # the fits inside the folds, level 2
     first = time.monotonic()
     runs = fit_members(shared, recipe.members, backend, progress, budget, after=stacked)
@@ -347,6 +353,8 @@ def cross_validate_recipe(features: Features, recipe: Recipe, *, device: torch.d
         raise TrainingError(f"no member fits in the time limit: {runs[0].label}: {runs[0].cut}; give more time")
     result = _blended(shared, [runs[i] for i in kept], recipe.blend, device)
     result.kept, result.infold_seconds, result.seeds = kept, shared.infold_seconds, seeds
+    if shared.keep:
+        result.fitted, result.encoders = [runs[i].fitted for i in kept], shared.encoders
     return result, time.perf_counter() - started
 
 
@@ -372,7 +380,8 @@ def _averaged(run: MemberRun, again: MemberRun, rounds: int) -> MemberRun:
         return None if a is None or b is None else (a * rounds + b) / (rounds + 1)
 
     return replace(run, predictions=mean(run.predictions, again.predictions), budget=mean(run.budget, again.budget),
-                   seconds=run.seconds + again.seconds, failed_epoch=np.maximum(run.failed_epoch, again.failed_epoch))
+                   seconds=run.seconds + again.seconds, failed_epoch=np.maximum(run.failed_epoch, again.failed_epoch),
+                   fitted=run.fitted + again.fitted)
 
 
 def _level2(shared: Shared, folds: FoldParams, level1: list[tuple], stack: tuple, backend, progress: Progress,

@@ -1,5 +1,6 @@
 """A trained recipe: each member fit on every training row for the training length its CV
-chose, the blend weights its CV fit, and the feature builder that made the inputs. It predicts
+chose (or, with ``final = "folds"``, its CV's fold models, averaged: :func:`bagged`), the blend
+weights its CV fit, and the feature builder that made the inputs. It predicts
 any rows with the training table's columns, and saves itself as a weights-only checkpoint (the
 torch weights, LightGBM's text and scikit-learn's estimators and transformers through skops)."""
 
@@ -21,7 +22,8 @@ from pipeline.tabular.ensemble import blend
 from pipeline.tabular import infold
 from pipeline.tabular.features import FeatureBuilder, Features
 from pipeline.tabular.infold import InFold
-from pipeline.tabular.members import Fitted, Inputs, TrainingSet, load_fitted, score_groups
+from pipeline.tabular.members import FitReport, Fitted, Inputs, TrainingSet, load_fitted, score_groups
+from pipeline.tabular.members.base import mean_budget
 from pipeline.tabular.recipe import Recipe
 from pipeline.tabular.stacking import StackedColumns, with_columns
 
@@ -44,13 +46,19 @@ class TrainedModel:
         return blend(self.predictions(inputs), self.metric, self.weights)[0].cpu().numpy()
 
     def predictions(self, inputs: Inputs) -> list[torch.Tensor]:
-        """Each member's (1, rows, outputs) predictions, level 1 then level 2."""
+        """Each member's (1, rows, outputs) predictions (a bag's averaged over its models in the
+        metric's space), level 1 then level 2."""
         level1 = len(self.members) if self.level1 is None else self.level1
-        first = [m.predict(inputs) for m in self.members[:level1]]
+        first = [self._pooled(m.predict(inputs)) for m in self.members[:level1]]
         if self.stacked is None:
             return first
         stacked = stacked_inputs(inputs, self.stacked.columns(torch.stack([p[0] for p in first]), self.metric))
         return first + [m.predict(stacked) for m in self.members[level1:]]
+
+    def _pooled(self, predictions: torch.Tensor) -> torch.Tensor:
+        if len(predictions) == 1:
+            return predictions
+        return self.metric.unspace(self.metric.space(predictions).mean(0, keepdim=True))
 
     def inputs(self, frame: pd.DataFrame, path, device: torch.device) -> Inputs:
         """A frame of the training table's feature columns as every member's inputs."""
@@ -78,11 +86,57 @@ class TrainedModel:
         """A saved model and its checkpoint's other keys; a tampered or foreign file is refused in one line."""
         state = checkpoints.load(path, FORMAT, "tabular model", remake)
         with checkpoints.restoring(path, remake):
-            members = [load_fitted(m, metric, device) for m in state["members"]]
+            members = [Bag.restore(m, metric, device) if "rounds" in m else load_fitted(m, metric, device)
+                       for m in state["members"]]
             encoders = None if state["encoders"] is None else InFold.from_state(state["encoders"])
             stacked = None if state.get("stacked") is None else StackedColumns.from_state(state["stacked"])
             return cls(members, list(state["weights"]), checkpoints.unpack(state["builder"]), metric,
                        list(state["classes"]), encoders, state.get("level1"), stacked), state
+
+
+class Bag(Fitted):
+    """A member's fold models from every round of its CV (``final = "folds"``), each fold's
+    reading its own in-fold columns: (rounds x folds, rows, outputs) predictions."""
+
+    def __init__(self, rounds: list[Fitted]):
+        self.rounds, self.label = rounds, rounds[0].label
+        reports = [f.report for f in rounds]
+        self.report = FitReport(sum(r.seconds for r in reports), np.max([r.failed_epoch for r in reports], axis=0),
+                                mean_budget(r.budget for r in reports))
+
+    def predict(self, inputs: Inputs, rows: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``rows``: each fold's, in every round."""
+        return torch.cat([f.predict(inputs, rows) for f in self.rounds])
+
+    def state(self) -> dict:
+        return {"rounds": [f.state() for f in self.rounds]}
+
+    @classmethod
+    def restore(cls, state: dict, metric: Metric, device: torch.device) -> "Bag":
+        return cls([load_fitted(f, metric, device) for f in state["rounds"]])
+
+
+def bagged(features: Features, fitted: list[list[Fitted]], weights: list[float], encoders: InFold | None,
+           device: torch.device) -> tuple[TrainedModel, float]:
+    """``final = "folds"`` (AutoGluon's bagging): the CV's fold models of each member the blend
+    weighs (``fitted``: per member, per round), which predict every row with the in-fold
+    columns of their fold's ``encoders``; nothing is fit again. Refused in one line as
+    :func:`fit_final` refuses, and the blend's score on the training rows (each row seen by all
+    folds but one)."""
+    extra = (None, None) if encoders is None else (encoders.values(features.codes.numpy(), features.texts),
+                                                   encoders.values(features.codes_test.numpy(), features.texts_test))
+    data = TrainingSet(features, device, *extra)
+    kept = [i for i, w in enumerate(weights) if w > 0]
+    members = [Bag(fitted[i]) for i in kept]
+    for member in members:
+        _check(member, data)
+    total = sum(weights[i] for i in kept)
+    model = TrainedModel(members, [weights[i] / total for i in kept], features.builder, data.metric,
+                         features.classes, encoders)
+    rows = [torch.arange(len(features.X), device=device)]
+    [train_score] = score_groups(blend(model.predictions(data.train), data.metric, model.weights), data.y, rows,
+                                 data.metric)
+    return model, train_score
 
 
 def fit_final(features: Features, recipe: Recipe, members: list, weights: list[float], budgets: list[float | None],

@@ -40,7 +40,10 @@ class FoldParams:
 
 log = logging.getLogger(__name__)
 
-RECIPE_KEYS = ("recipe", "model", "ensemble", "stack", "seeds", "blend", "time_limit")
+RECIPE_KEYS = ("recipe", "model", "ensemble", "stack", "seeds", "blend", "time_limit", "final")
+# What predicts the submission: each member refit on every row, or the fold models of its CV
+# averaged (AutoGluon's bagging; see pipeline.tabular.model.bagged)
+FINALS = ("refit", "folds")
 FEATURE_KEYS = tuple(f.name for f in fields(FeatureParams))
 FOLD_KEYS = tuple(f.name for f in fields(FoldParams))
 
@@ -54,7 +57,8 @@ class Recipe:
     ``mean`` or ``greedy`` (ensemble selection) of every member, of both levels. ``stack``:
     level-2 members, trained on the members' out-of-fold predictions besides the features
     (:mod:`pipeline.tabular.stacking`). ``time_limit``: the seconds a command may spend, planned
-    as :mod:`pipeline.tabular.budget` says."""
+    as :mod:`pipeline.tabular.budget` says. ``final``: what predicts the submission, each member
+    refit on every row (``refit``) or its CV's fold models averaged (``folds``, no refit)."""
 
     name: str
     features: FeatureParams
@@ -64,8 +68,13 @@ class Recipe:
     seeds: int | str = 1
     time_limit: float | None = None  # seconds for a command's whole work (see pipeline.tabular.budget)
     stack: tuple[Member, ...] = ()
+    final: str = "refit"
 
     def __post_init__(self):
+        if self.final not in FINALS:
+            raise ParamError("final", self.final, f"not one of {', '.join(FINALS)}")
+        if self.final == "folds" and self.stack:
+            raise ParamError("final", self.final, "a stacked recipe refits its members: drop stack or use refit")
         if self.blend not in BLENDS:
             raise ParamError("blend", self.blend, f"not one of {', '.join(BLENDS)}")
         if self.seeds != "auto" and (isinstance(self.seeds, bool) or not isinstance(self.seeds, int)
@@ -81,6 +90,8 @@ class Recipe:
         out.update(seeds=self.seeds)
         if self.time_limit is not None:
             out.update(time_limit=self.time_limit)
+        if self.final != "refit":
+            out.update(final=self.final)
         used = [{k: plain(v) for k, v in m.used_params(task).items()} for m in self.members]
         if len(used) == 1 and not self.stack:
             out.update(used[0])
@@ -128,7 +139,8 @@ def resolve(target, stored: dict, flags: dict, *, single: bool = False) -> Recip
     try:
         return Recipe(name, FeatureParams(**{k: flat[k] for k in FEATURE_KEYS if k in flat}),
                       FoldParams(**{k: flat[k] for k in FOLD_KEYS if k in flat}), members,
-                      flat.get("blend", "mean"), _seeds(flat.get("seeds", 1)), seconds(flat.get("time_limit")), stack)
+                      flat.get("blend", "mean"), _seeds(flat.get("seeds", 1)), seconds(flat.get("time_limit")), stack,
+                      flat.get("final", "refit"))
     except TypeError as exc:  # a value of the wrong type, e.g. folds = "five"
         raise UsageError(f"target {target.name}: {exc}") from None
 

@@ -25,7 +25,9 @@ from pipeline.tabular import runs
 from pipeline.tabular.budget import FINAL_FIT, Budget
 from pipeline.tabular.cv import cross_validate_recipe
 from pipeline.tabular.features import Features, build_features
-from pipeline.tabular.model import TrainedModel, fit_final
+from pipeline.tabular.infold import InFold
+from pipeline.tabular.members import load_fitted
+from pipeline.tabular.model import TrainedModel, bagged, fit_final
 from pipeline.tabular.recipe import FEATURE_KEYS
 from pipeline.tabular.report import cv_report
 from pipeline.tabular.tables import load_tables, read_csv, read_test
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 FEATURES_FORMAT = "pipeline.features/2"  # /1 had no feature builder
 OOF_FORMAT = "pipeline.oof/2"  # /1 had no kept members
+FOLDS_FORMAT = "pipeline.folds/1"
 
 
 def features_path(ctx: Context) -> Path:
@@ -46,6 +49,11 @@ def model_path(ctx: Context) -> Path:
 
 def _oof_path(ctx: Context) -> Path:
     return ctx.workspace.data / ctx.target.name / "oof.pt"
+
+
+def _folds_path(ctx: Context) -> Path:
+    """final = "folds": the CV's fold models and their in-fold encoders, which ``train`` takes as they are."""
+    return ctx.workspace.data / ctx.target.name / "folds.pt"
 
 
 def download(ctx: Context) -> tuple[list[Path], dict]:
@@ -89,7 +97,10 @@ def cv(ctx: Context) -> tuple[list[Path], dict]:
                       result.blend_oof, runs.columns(features.spec, features.classes), result.fold_of)
     path = reports.save_report(run_dir, report, ctx.workspace)
     pictures = [run_dir / name for name in report["plots"]]
-    return [path, run_dir / "report.md", run_dir / "report.html", *pictures, oof, kept], report
+    folds = [] if recipe.final != "folds" else [checkpoints.save(_folds_path(ctx), FOLDS_FORMAT, {
+        "members": [[f.state() for f in rounds] for rounds in result.fitted],
+        "encoders": None if result.encoders is None else result.encoders.state()})]
+    return [path, run_dir / "report.md", run_dir / "report.html", *pictures, oof, kept, *folds], report
 
 
 def train(ctx: Context) -> tuple[list[Path], dict]:
@@ -110,8 +121,12 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
     if diverged:  # whatever its weight: the recipe as asked for does not train
         raise TrainingError(f"training diverged (non-finite loss) in the CV of {', '.join(diverged)}; "
                             "no model was saved; lower lr")
-    model, train_score = fit_final(features, recipe, members, weights, budgets, device=device, budget=budget,
-                                   progress=ctx.progress(f"train {ctx.target.name}"), level1=level1, oof=level1_oof)
+    if recipe.final == "folds":
+        model, train_score = _bag(ctx, features, weights, device)
+    else:
+        model, train_score = fit_final(features, recipe, members, weights, budgets, device=device, budget=budget,
+                                       progress=ctx.progress(f"train {ctx.target.name}"), level1=level1,
+                                       oof=level1_oof)
     path = model.save(model_path(ctx), target=ctx.target.name, params=ctx.params, features=features.names)
     summary = {"model": ctx.rel(path), "train": train_score, "seconds": sum(m.report.seconds for m in model.members),
                "device": str(device), "weights": model.weights}
@@ -120,13 +135,25 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
     return [path], summary
 
 
+def _bag(ctx: Context, features: Features, weights: list[float], device: torch.device) -> tuple[TrainedModel, float]:
+    """final = "folds": the model of the CV's fold models (see :func:`pipeline.tabular.model.bagged`)."""
+    path, remake = _folds_path(ctx), f"pipeline cv {ctx.target.name}"
+    state = checkpoints.load(path, FOLDS_FORMAT, "fold models", remake)
+    with checkpoints.restoring(path, remake):
+        metric = features.spec.scorer
+        fitted = [[load_fitted(f, metric, device) for f in rounds] for rounds in state["members"]]
+        encoders = None if state["encoders"] is None else InFold.from_state(state["encoders"])
+    return bagged(features, fitted, weights, encoders, device)
+
+
 def _budget(ctx: Context, stage: str) -> Budget | None:
     """A stage's share of the command's time limit: all that is left, but for a CV that a final
-    fit follows, which keeps FINAL_FIT of it for that."""
+    fit follows, which keeps FINAL_FIT of it for that (a recipe whose fold models are final
+    fits nothing after its CV)."""
     if ctx.deadline is None:
         return None
     left = max(0.0, ctx.deadline - time.monotonic())
-    keep = FINAL_FIT if stage == "cv" and ctx.until != "cv" else 0.0
+    keep = FINAL_FIT if stage == "cv" and ctx.until != "cv" and ctx.config.final == "refit" else 0.0
     return Budget(time.monotonic() + left * (1 - keep))
 
 

@@ -14,7 +14,7 @@ from pipeline.tabular.features import FIT_ON, SCALINGS
 from pipeline.tabular.members import FAMILIES
 from pipeline.tabular.optim import OPTIMIZERS
 from pipeline.tabular.presets import FAMILY_DEFAULTS
-from pipeline.tabular.recipe import Recipe, known_params, resolve
+from pipeline.tabular.recipe import FINALS, Recipe, known_params, resolve
 from pipeline.tabular.stacked import ACTIVATIONS
 from pipeline.tabular.tables import TableSpec
 from pipeline.tabular.trainer import SCHEDULES
@@ -70,7 +70,7 @@ class TabularTarget(Target):
     def choices(self) -> dict[str, tuple]:
         return {"model": tuple(FAMILIES), "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
                 "activation": tuple(ACTIVATIONS), "split": SPLITS, "fit_on": FIT_ON, "scaling": SCALINGS,
-                "blend": BLENDS, "recipe": tuple(self.presets)}
+                "blend": BLENDS, "final": FINALS, "recipe": tuple(self.presets)}
 
     def configure(self, stored: dict, flags: dict, single: bool = False) -> tuple[dict, Recipe]:
         """The resolved recipe, and its params as plain values (what reports and the lock record)."""
