@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import assert_one_line_error, files_under, make_competition, run_cli
@@ -192,6 +194,21 @@ def test_ray_recipe_cv_gives_the_local_scores(ray_instance, competition, capsys)
     for ours, theirs in zip(local["members"], on_ray["members"]):
         assert ours["valid"] == pytest.approx(theirs["valid"], rel=1e-5), ours["model"]
     assert local["mean_valid"] == pytest.approx(on_ray["mean_valid"], rel=1e-5)
+
+
+def test_fold_models_kept_on_ray_submit_as_the_local_ones(ray_instance, tmp_path, capsys):
+    """final = "folds": the fold models come back from Ray's workers with their runs, and the
+    submission they make is the local one."""
+    submissions = []
+    for backend in ("local", "ray"):
+        ws = make_competition(tmp_path / backend, rows=160)
+        code, _, err = run_cli(ws, capsys, "cv", "toy", "--final", "folds", "--backend", backend)
+        assert code == 0, err
+        code, _, err = run_cli(ws, capsys, "submit", "toy", "--final", "folds")
+        assert code == 0 and "cv: up to date, skipped" in err, err
+        submissions.append(pd.read_csv(ws / "submissions" / "toy.csv"))
+    local, on_ray = submissions
+    np.testing.assert_allclose(on_ray["price"], local["price"], rtol=1e-5)
 
 
 def test_a_killed_worker_is_retried_and_the_sweep_completes(ray_instance, competition, capsys, monkeypatch,
