@@ -119,10 +119,10 @@ class Bag(Fitted):
 def bagged(features: Features, fitted: list[list[Fitted]], weights: list[float], encoders: InFold | None,
            device: torch.device) -> tuple[TrainedModel, float]:
     """``final = "folds"`` (AutoGluon's bagging): the CV's fold models of each member the blend
-    weighs (``fitted``: per member, per round), which predict every row with the in-fold
-    columns of their fold's ``encoders``; nothing is fit again. Refused in one line as
-    :func:`fit_final` refuses, and the blend's score on the training rows (each row seen by all
-    folds but one)."""
+    weighs (``fitted``: per member, per round; none needed for the others), which predict every
+    row with the in-fold columns of their fold's ``encoders``; nothing is fit again. Refused in
+    one line as :func:`fit_final` refuses, and the blend's score on the training rows (each row
+    seen by all folds but one)."""
     extra = (None, None) if encoders is None else (encoders.values(features.codes.numpy(), features.texts),
                                                    encoders.values(features.codes_test.numpy(), features.texts_test))
     data = TrainingSet(features, device, *extra)

@@ -136,12 +136,14 @@ def train(ctx: Context) -> tuple[list[Path], dict]:
 
 
 def _bag(ctx: Context, features: Features, weights: list[float], device: torch.device) -> tuple[TrainedModel, float]:
-    """final = "folds": the model of the CV's fold models (see :func:`pipeline.tabular.model.bagged`)."""
+    """final = "folds": the model of the CV's fold models (see :func:`pipeline.tabular.model.bagged`);
+    those of members the blend gives no weight are not loaded."""
     path, remake = _folds_path(ctx), f"pipeline cv {ctx.target.name}"
     state = checkpoints.load(path, FOLDS_FORMAT, "fold models", remake)
     with checkpoints.restoring(path, remake):
         metric = features.spec.scorer
-        fitted = [[load_fitted(f, metric, device) for f in rounds] for rounds in state["members"]]
+        fitted = [[load_fitted(f, metric, device) for f in rounds] if weight > 0 else []
+                  for rounds, weight in zip(state["members"], weights)]
         encoders = None if state["encoders"] is None else InFold.from_state(state["encoders"])
     return bagged(features, fitted, weights, encoders, device)
 
